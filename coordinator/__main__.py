@@ -1,0 +1,46 @@
+"""`python -m coordinator` / `shardsearch coordinator`: run the public SearchService over a set of shards."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Sequence
+
+from coordinator.config import CoordinatorConfig
+from shardsearch import grpcserver
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
+    parser.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (default 9100; 0 = free port, -1 = off)")
+    parser.add_argument(
+        "--shards", type=lambda s: tuple(p.strip() for p in s.split(",") if p.strip()),
+        help="comma-separated shard addresses in ring order: host:port or name=host:port",
+    )
+    parser.add_argument("--shard-pattern", help="address pattern with {i}, e.g. shard-{i}.shard:50061 (StatefulSet DNS)")
+    parser.add_argument("--shard-count", type=int, help="number of shards the pattern expands to")
+    parser.add_argument("--vnodes", type=int, help="virtual nodes per shard on the ring")
+    parser.add_argument("--default-timeout-s", type=float, help="deadline for calls that set none")
+    parser.add_argument("--port-file", help="write the bound ports here as JSON once serving")
+    parser.add_argument("--log-level")
+
+
+def run(args: argparse.Namespace) -> None:
+    overrides = {k: v for k, v in vars(args).items() if k in CoordinatorConfig.__dataclass_fields__}
+    config = CoordinatorConfig.from_env(**overrides)
+    config.shard_addresses()  # fail fast on a bad shard list
+    grpcserver.setup_logging(config.log_level)
+    from coordinator.server import serve
+
+    asyncio.run(serve(config))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="shardsearch coordinator", description=__doc__)
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

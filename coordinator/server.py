@@ -1,0 +1,91 @@
+"""Builds and runs the coordinator: SearchService (plus health and reflection) and its Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from coordinator.catalog import Catalog
+from coordinator.config import CoordinatorConfig
+from coordinator.ring import Ring
+from coordinator.search import Searcher, SearchMetrics
+from coordinator.servicer import SearchServicer
+from coordinator.shards import ShardMetrics, ShardPool
+from shardsearch import grpcserver
+from shardsearch.metrics import RpcMetrics
+from shardsearch.v1 import search_pb2, search_pb2_grpc, shard_pb2
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+@dataclass
+class RunningCoordinator:
+    server: grpcserver.Server
+    pool: ShardPool
+    executor: ThreadPoolExecutor
+    metrics_port: int
+    background: asyncio.Task[None]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self.background.cancel()
+        await self.server.stop(grace)
+        await self.pool.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = None) -> RunningCoordinator:
+    registry = registry or CollectorRegistry()
+    addresses = config.shard_addresses()
+    pool = ShardPool(addresses, ShardMetrics(registry))
+    ring = Ring(pool.names, config.vnodes)
+    catalog = Catalog(pool)
+    executor = ThreadPoolExecutor(2, thread_name_prefix="coordinator")
+    searcher = Searcher(pool, catalog, executor, SearchMetrics(registry))
+    servicer = SearchServicer(
+        pool, ring, catalog, searcher, executor, RpcMetrics(registry, "shardsearch_coordinator"),
+        default_timeout=config.default_timeout_s, deadline_margin=config.deadline_margin_s,
+    )
+    server = await grpcserver.start_server(
+        f"{config.host}:{config.port}",
+        [lambda s: search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+    )
+    metrics_port = grpcserver.serve_metrics_safely(registry, config.host, config.metrics_port)
+    vectors = Gauge(
+        "shardsearch_collection_vectors", "Live vectors per collection, summed over shards.", ["collection"],
+        registry=registry,
+    )
+    background = asyncio.create_task(_refresh_counts(pool, catalog, vectors, config.stats_interval_s))
+    logger.info(
+        "coordinator serving gRPC on %s:%d (metrics %d) over %d shards: %s",
+        config.host, server.port, metrics_port, len(addresses), ", ".join(f"{n}={a}" for n, a in addresses),
+    )
+    if config.port_file:
+        grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
+    return RunningCoordinator(server, pool, executor, metrics_port, background)
+
+
+async def _refresh_counts(pool: ShardPool, catalog: Catalog, gauge: Gauge, interval: float) -> None:
+    """Keeps `shardsearch_collection_vectors` current; shard outages just leave the last value."""
+    while True:
+        with contextlib.suppress(Exception):
+            for spec in await catalog.refresh(timeout=5.0):
+                outcomes = await pool.broadcast("Stats", shard_pb2.ShardStatsRequest(collection=spec.name), 5.0)
+                if all(o.ok for o in outcomes):
+                    gauge.labels(spec.name).set(sum(o.response.info.vectors for o in outcomes))
+        await asyncio.sleep(interval)
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    running = await start(config)
+    await grpcserver.wait_for_signal()
+    logger.info("coordinator stopping")
+    await running.stop()

@@ -1,0 +1,305 @@
+"""SearchService RPCs: validate, route (ring) or fan out (Searcher), map errors. Heavy work goes to the executor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
+
+import grpc
+import numpy as np
+
+from coordinator.catalog import Catalog
+from coordinator.ring import Ring
+from coordinator.search import Searcher, SearchOptions
+from coordinator.shards import Outcome, ShardPool
+from shardsearch import codec, validation
+from shardsearch.errors import (
+    AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ShardSearchError, rpc,
+)
+from shardsearch.metrics import RpcMetrics
+from shardsearch.v1 import search_pb2, search_pb2_grpc, shard_pb2
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STREAM_WINDOW = 64  # requests of one StreamSearch processed concurrently
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    def __init__(
+        self, pool: ShardPool, ring: Ring, catalog: Catalog, searcher: Searcher, executor: Executor,
+        metrics: RpcMetrics, default_timeout: float, deadline_margin: float,
+        limits: validation.Limits = validation.DEFAULT_LIMITS,
+    ) -> None:
+        self._pool = pool
+        self._ring = ring
+        self._catalog = catalog
+        self._searcher = searcher
+        self._executor = executor
+        self.metrics = metrics
+        self._default_timeout = default_timeout
+        self._margin = deadline_margin
+        self._limits = limits
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        """Time the shards get: the caller's remaining deadline minus a margin to merge and answer."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self._default_timeout
+        if remaining <= 0:
+            raise DeadlineExceeded("the call's deadline passed before it could be served")
+        return max(0.001, min(remaining - self._margin, remaining * 0.9))
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _raise_write_failure(self, collection: str, outcomes: Sequence[Outcome], what: str) -> None:
+        failed = [o for o in outcomes if not o.ok]
+        if not failed:
+            return
+        for outcome in failed:
+            assert outcome.error is not None
+            if outcome.error.code == grpc.StatusCode.NOT_FOUND:
+                self._catalog.forget(collection)
+                raise NotFound(f"collection {collection!r} does not exist")
+        error = failed[0].error
+        assert error is not None
+        raise ShardSearchError(
+            f"{what} reached {len(outcomes) - len(failed)} of {len(outcomes)} owning shards; {error} "
+            "(retrying the whole call is safe)", error.code,
+        )
+
+    # ---- collections ----------------------------------------------------------------------------------------
+
+    @rpc("CreateCollection")
+    async def CreateCollection(self, request: search_pb2.CreateCollectionRequest, context: Any) -> Any:
+        spec = search_pb2.Collection(name=request.name, dim=request.dim, metric=request.metric, index=request.index)
+        validation.check_collection(spec, self._limits)
+        outcomes = await self._pool.broadcast(
+            "CreateCollection", shard_pb2.ShardCreateCollectionRequest(collection=spec), self._timeout(context)
+        )
+        exists = [o for o in outcomes if o.error is not None and o.error.code == grpc.StatusCode.ALREADY_EXISTS]
+        if len(exists) == len(outcomes):
+            raise AlreadyExists(f"collection {spec.name!r} already exists")
+        failed = [o for o in outcomes if not o.ok and o not in exists]
+        if failed:
+            raise ShardSearchError(
+                f"collection {spec.name!r} was created on {len(outcomes) - len(failed)} of {len(outcomes)} shards; "
+                f"{failed[0].error} (retry CreateCollection to finish)", failed[0].error.code,  # type: ignore[union-attr]
+            )
+        self._catalog.put(spec)
+        return search_pb2.CreateCollectionResponse(collection=spec)
+
+    @rpc("DropCollection")
+    async def DropCollection(self, request: search_pb2.DropCollectionRequest, context: Any) -> Any:
+        outcomes = await self._pool.broadcast(
+            "DropCollection", shard_pb2.ShardDropCollectionRequest(name=request.name), self._timeout(context)
+        )
+        self._catalog.forget(request.name)
+        missing = [o for o in outcomes if o.error is not None and o.error.code == grpc.StatusCode.NOT_FOUND]
+        if len(missing) == len(outcomes):
+            raise NotFound(f"collection {request.name!r} does not exist")
+        failed = [o for o in outcomes if not o.ok and o not in missing]
+        if failed:
+            raise ShardSearchError(
+                f"collection {request.name!r} was dropped on {len(outcomes) - len(failed)} of {len(outcomes)} "
+                f"shards; {failed[0].error} (retry DropCollection to finish)", failed[0].error.code,  # type: ignore[union-attr]
+            )
+        return search_pb2.DropCollectionResponse()
+
+    @rpc("ListCollections")
+    async def ListCollections(self, request: search_pb2.ListCollectionsRequest, context: Any) -> Any:
+        return search_pb2.ListCollectionsResponse(collections=await self._catalog.refresh(self._timeout(context)))
+
+    @rpc("DescribeCollection")
+    async def DescribeCollection(self, request: search_pb2.DescribeCollectionRequest, context: Any) -> Any:
+        timeout = self._timeout(context)
+        spec = await self._catalog.get(request.name, timeout)
+        outcomes = await self._pool.broadcast("Stats", shard_pb2.ShardStatsRequest(collection=spec.name), timeout)
+        shards = []
+        for outcome in outcomes:
+            info = search_pb2.ShardInfo()
+            if outcome.ok:
+                info.CopyFrom(outcome.response.info)
+            else:
+                info.error = str(outcome.error)
+            info.shard, info.address = outcome.shard.name, outcome.shard.address
+            shards.append(info)
+        if all(o.error is not None and o.error.code == grpc.StatusCode.NOT_FOUND for o in outcomes):
+            self._catalog.forget(spec.name)
+            raise NotFound(f"collection {spec.name!r} does not exist")
+        return search_pb2.DescribeCollectionResponse(
+            collection=spec, shards=shards, total_vectors=sum(s.vectors for s in shards)
+        )
+
+    # ---- writes and point reads -----------------------------------------------------------------------------
+
+    @rpc("Upsert")
+    async def Upsert(self, request: search_pb2.UpsertRequest, context: Any) -> Any:
+        timeout = self._timeout(context)
+        spec = await self._catalog.get(request.collection, timeout)
+        routed = await self._run(route_items, request, spec, self._ring, self._pool, self._limits)
+        outcomes = await self._pool.fan_out("Upsert", routed, timeout)
+        self._raise_write_failure(spec.name, outcomes, "upsert")
+        return search_pb2.UpsertResponse(upserted=sum(o.response.upserted for o in outcomes))
+
+    @rpc("Delete")
+    async def Delete(self, request: search_pb2.DeleteRequest, context: Any) -> Any:
+        timeout = self._timeout(context)
+        spec = await self._catalog.get(request.collection, timeout)
+        ids = list(request.ids)
+        validation.check_ids(ids, "ids", self._limits)
+        routed = [(shard, shard_pb2.ShardDeleteRequest(collection=spec.name, ids=group))
+                  for shard, group in self._group_ids(ids)]
+        outcomes = await self._pool.fan_out("Delete", routed, timeout)
+        self._raise_write_failure(spec.name, outcomes, "delete")
+        return search_pb2.DeleteResponse(deleted=sum(o.response.deleted for o in outcomes))
+
+    @rpc("Get")
+    async def Get(self, request: search_pb2.GetRequest, context: Any) -> Any:
+        timeout = self._timeout(context)
+        spec = await self._catalog.get(request.collection, timeout)
+        ids = list(request.ids)
+        validation.check_ids(ids, "ids", self._limits)
+        routed = [(shard, shard_pb2.ShardGetRequest(collection=spec.name, ids=group))
+                  for shard, group in self._group_ids(ids)]
+        outcomes = await self._pool.fan_out("Get", routed, timeout)
+        self._raise_write_failure(spec.name, outcomes, "get")
+        found: dict[str, search_pb2.Item] = {}
+        row = 4 * spec.dim
+        for outcome in outcomes:
+            r = outcome.response
+            for i, item_id in enumerate(r.ids):
+                found[item_id] = search_pb2.Item(
+                    id=item_id, vector_f32=r.vectors_f32[i * row : (i + 1) * row], payload=r.payloads[i]
+                )
+        return search_pb2.GetResponse(items=[found[i] for i in dict.fromkeys(ids) if i in found])
+
+    def _group_ids(self, ids: list[str]) -> list[tuple[Any, list[str]]]:
+        owners = self._ring.owner_indices(ids)
+        return [(self._pool.shards[s], [ids[i] for i in np.flatnonzero(owners == s)]) for s in np.unique(owners)]
+
+    # ---- search ---------------------------------------------------------------------------------------------
+
+    async def _search_one(self, request: search_pb2.SearchRequest, timeout: float) -> search_pb2.SearchResponse:
+        spec = await self._catalog.get(request.collection, timeout)
+        query = codec.one_vector(request.vector, request.vector_f32, spec.dim, "vector")
+        outcome = await self._searcher.search(spec, query.reshape(1, -1), self._options(request), timeout)
+        response = outcome.results[0]
+        response.request_id = request.request_id
+        return response
+
+    def _options(self, request: Any) -> SearchOptions:
+        validation.check_search(request.k, request.nprobe, self._limits)
+        return SearchOptions(
+            k=request.k, nprobe=request.nprobe,
+            allow_partial=request.partial_policy == search_pb2.PARTIAL_POLICY_ALLOW,
+            include_payload=request.include_payload,
+        )
+
+    @rpc("Search")
+    async def Search(self, request: search_pb2.SearchRequest, context: Any) -> Any:
+        return await self._search_one(request, self._timeout(context))
+
+    @rpc("BatchSearch")
+    async def BatchSearch(self, request: search_pb2.BatchSearchRequest, context: Any) -> Any:
+        timeout = self._timeout(context)
+        spec = await self._catalog.get(request.collection, timeout)
+        opts = self._options(request)
+        queries = await self._run(codec.many_vectors, request.vectors, request.vectors_f32, spec.dim, "vectors")
+        validation.check_query_count(queries.shape[0], self._limits)
+        outcome = await self._searcher.search(spec, queries, opts, timeout)
+        return search_pb2.BatchSearchResponse(
+            results=outcome.results, partial=bool(outcome.missing), missing_shards=outcome.missing
+        )
+
+    async def StreamSearch(
+        self, request_iterator: AsyncIterator[search_pb2.SearchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[search_pb2.StreamSearchResponse]:
+        """Each request is searched concurrently (bounded window); answers go out as they complete."""
+        answers: asyncio.Queue[search_pb2.StreamSearchResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+
+        async def answer(request: search_pb2.SearchRequest) -> None:
+            try:
+                response = await self._stream_item(request, context)
+                await answers.put(response)
+            finally:
+                window.release()
+
+        async def feed() -> None:
+            pending: set[asyncio.Task[None]] = set()
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.create_task(answer(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.gather(*pending)
+            finally:
+                await answers.put(None)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+            await feeder
+        finally:
+            feeder.cancel()
+
+    async def _stream_item(
+        self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.StreamSearchResponse:
+        """One StreamSearch request: errors are reported in the message, the stream goes on."""
+        start = asyncio.get_running_loop().time()
+        code = grpc.StatusCode.OK
+        self.metrics.inflight.inc()
+        try:
+            response = await self._search_one(request, self._timeout(context))
+            return search_pb2.StreamSearchResponse(request_id=request.request_id, response=response)
+        except ShardSearchError as exc:
+            code = exc.code
+            return search_pb2.StreamSearchResponse(
+                request_id=request.request_id, error_code=exc.code.value[0], error_message=str(exc)
+            )
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            logger.exception("StreamSearch request failed")
+            return search_pb2.StreamSearchResponse(
+                request_id=request.request_id, error_code=grpc.StatusCode.INTERNAL.value[0],
+                error_message="internal error; see server logs",
+            )
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.observe_request("StreamSearch", code, asyncio.get_running_loop().time() - start)
+
+
+def route_items(
+    request: search_pb2.UpsertRequest, spec: search_pb2.Collection, ring: Ring, pool: ShardPool,
+    limits: validation.Limits,
+) -> list[tuple[Any, shard_pb2.ShardUpsertRequest]]:
+    """Validates the items and splits them by owning shard (runs in the executor: numpy and per-item work)."""
+    items = request.items
+    if not items:
+        raise InvalidArgument("items: at least one item is required")
+    ids = [item.id for item in items]
+    validation.check_ids(ids, "items", limits, unique=True)
+    dim = spec.dim
+    matrix = np.empty((len(items), dim), dtype=np.float32)
+    for i, item in enumerate(items):
+        matrix[i] = codec.one_vector(item.vector, item.vector_f32, dim, f"items[{i}].vector")
+    payloads = [item.payload for item in items]
+    validation.check_payloads(payloads, "items", limits)
+    has_payload = any(payloads)
+    owners = ring.owner_indices(ids)
+    routed = []
+    for shard_index in np.unique(owners):
+        rows = np.flatnonzero(owners == shard_index)
+        routed.append((pool.shards[shard_index], shard_pb2.ShardUpsertRequest(
+            collection=spec.name, ids=[ids[i] for i in rows], vectors_f32=codec.pack(matrix[rows]),
+            payloads=[payloads[i] for i in rows] if has_payload else (),
+        )))
+    return routed

@@ -1,0 +1,1 @@
+"""Shard server: owns one shard of every collection (FAISS IVF-PQ + an exact fresh buffer)."""

@@ -1,0 +1,48 @@
+"""`python -m shard_server` / `shardsearch shard`: run one shard server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from typing import Sequence
+
+from shard_server.config import ShardConfig
+from shardsearch import grpcserver
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
+    parser.add_argument("--port", type=int, help="gRPC port (0 = any free port)")
+    parser.add_argument("--name", help="shard name, e.g. shard-0")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (0 = any free port, -1 = off)")
+    parser.add_argument("--port-file", help="write the bound ports here as JSON once serving")
+    parser.add_argument("--omp-threads", type=int, help="FAISS OpenMP threads (0 = FAISS default)")
+    parser.add_argument("--search-threads", type=int, help="executor threads for FAISS work")
+    parser.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="stay on the CPU")
+    parser.add_argument("--log-level")
+
+
+def run(args: argparse.Namespace) -> None:
+    overrides = {k: v for k, v in vars(args).items() if k in ShardConfig.__dataclass_fields__}
+    config = ShardConfig.from_env(**overrides)
+    grpcserver.setup_logging(config.log_level)
+    if config.omp_threads > 0:  # must precede the first FAISS import: OpenMP reads it once
+        os.environ["OMP_NUM_THREADS"] = str(config.omp_threads)
+    asyncio.run(serve_config(config))
+
+
+async def serve_config(config: ShardConfig) -> None:
+    from shard_server.server import serve  # imports FAISS only after OMP_NUM_THREADS is settled
+
+    await serve(config)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="shardsearch shard", description=__doc__)
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Shard server configuration: defaults < SHARDSEARCH_SHARD_* environment < command-line flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardsearch.config import from_env
+
+ENV_PREFIX = "SHARDSEARCH_SHARD_"
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    host: str = "127.0.0.1"
+    """Interface to bind gRPC on (0.0.0.0 in containers)."""
+    port: int = 50061
+    """gRPC port; 0 picks a free one (see port_file)."""
+    name: str = "shard-0"
+    """Stable shard name, used in logs."""
+    metrics_port: int = 9101
+    """Prometheus /metrics port; 0 picks a free one, -1 turns it off."""
+    port_file: str = ""
+    """If set, the bound ports are written here as JSON once serving (for launchers)."""
+    omp_threads: int = 0
+    """OpenMP threads for FAISS; 0 keeps FAISS's default (all cores). Use 1 when processes share cores."""
+    search_threads: int = 2
+    """Worker threads running FAISS searches and writes off the event loop."""
+    use_gpu: bool = True
+    """Clone trained indexes to the GPU when faiss.get_num_gpus() > 0."""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "ShardConfig":
+        return from_env(cls, ENV_PREFIX, **overrides)

@@ -1,0 +1,290 @@
+"""One collection's shard: raw vectors by label, a trained IVF-PQ index and an exact fresh buffer, searched together.
+
+Labels are int64s handed out in write order and never reused: an overwrite kills the old label and appends a new
+one, so a label's vector never changes. Labels below `ivf_upto` are in the trained index (if still alive); labels
+from `ivf_upto` to `next` form the fresh buffer, searched exactly. Every search re-ranks its candidates exactly with
+the stored float vectors and drops dead labels, so deletes and overwrites are exact whatever the index holds.
+
+All index access happens under one lock; training runs outside it on a snapshot and swaps the result in.
+Callers run these methods off the event loop (an executor or a batcher thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from shard_server import device, params as index_params
+from shardsearch.v1 import search_pb2
+
+logger = logging.getLogger(__name__)
+
+ABSORB_THRESHOLD = 8_192  # fresh vectors that get encoded into a trained index in one go
+RETRAIN_GROWTH = 4.0  # retrain once the shard holds this many times the vectors it trained on
+COMPACT_DEAD_FRACTION = 0.2  # remove dead codes from the IVF lists past this fraction
+MAX_TRAIN_SAMPLE = 200_000
+ADD_CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    labels: np.ndarray  # n x k int64, -1 where there are fewer than k hits
+    scores: np.ndarray  # n x k float32 in the collection's metric
+
+
+class Collection:
+    def __init__(self, spec: search_pb2.Collection, use_gpu: bool = False) -> None:
+        self.spec = spec
+        self.dim = spec.dim
+        self.inner_product = spec.metric == search_pb2.METRIC_INNER_PRODUCT
+        self.metric = faiss.METRIC_INNER_PRODUCT if self.inner_product else faiss.METRIC_L2
+        self.train_threshold = spec.index.train_threshold or index_params.DEFAULT_TRAIN_THRESHOLD
+        self.use_gpu = use_gpu
+        self._lock = threading.Lock()
+        self._vecs = np.empty((1024, self.dim), dtype=np.float32)
+        self._alive = np.zeros(1024, dtype=bool)
+        self._id_of: list[str] = []
+        self._label_of: dict[str, int] = {}
+        self._payloads: dict[int, bytes] = {}
+        self._next = 0
+        self._live = 0
+        self._ivf: faiss.Index | None = None
+        self._ivf_upto = 0
+        self._ivf_dead = 0
+        self._params: index_params.IndexParams | None = None
+        self._trained_on = 0
+        self._training = False
+
+    # ---- writes -------------------------------------------------------------------------------------------
+
+    def upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[bytes] | None = None) -> int:
+        n = len(ids)
+        with self._lock:
+            self._reserve(self._next + n)
+            for item_id in ids:
+                old = self._label_of.get(item_id)
+                if old is not None:
+                    self._kill(old)
+            start = self._next
+            self._vecs[start : start + n] = vectors
+            self._alive[start : start + n] = True
+            self._id_of.extend(ids)
+            for offset, item_id in enumerate(ids):
+                self._label_of[item_id] = start + offset
+            if payloads:
+                for offset, payload in enumerate(payloads):
+                    if payload:
+                        self._payloads[start + offset] = payload
+            self._next += n
+            self._live += n
+        return n
+
+    def delete(self, ids: list[str]) -> int:
+        deleted = 0
+        with self._lock:
+            for item_id in ids:
+                label = self._label_of.pop(item_id, None)
+                if label is not None:
+                    self._kill(label)
+                    deleted += 1
+        return deleted
+
+    def _kill(self, label: int) -> None:
+        self._alive[label] = False
+        self._live -= 1
+        self._payloads.pop(label, None)
+        if label < self._ivf_upto:
+            self._ivf_dead += 1
+
+    def _reserve(self, size: int) -> None:
+        capacity = len(self._alive)
+        if size <= capacity:
+            return
+        while capacity < size:
+            capacity *= 2
+        vecs = np.empty((capacity, self.dim), dtype=np.float32)
+        vecs[: self._next] = self._vecs[: self._next]
+        alive = np.zeros(capacity, dtype=bool)
+        alive[: self._next] = self._alive[: self._next]
+        self._vecs, self._alive = vecs, alive
+
+    # ---- reads --------------------------------------------------------------------------------------------
+
+    def get(self, ids: list[str]) -> tuple[list[str], np.ndarray, list[bytes]]:
+        with self._lock:
+            found = [(i, self._label_of[i]) for i in ids if i in self._label_of]
+            labels = np.fromiter((label for _, label in found), dtype=np.int64, count=len(found))
+            vectors = self._vecs[labels].copy()
+            payloads = [self._payloads.get(label, b"") for _, label in found]
+        return [i for i, _ in found], vectors, payloads
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int = 0) -> SearchResult:
+        """Top-k per query: IVF-PQ candidates and the exact buffer, re-ranked exactly, dead labels dropped."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n = queries.shape[0]
+        with self._lock:
+            candidates = []
+            if self._ivf is not None and self._ivf.ntotal > 0:
+                assert self._params is not None
+                kf = min(k * self._params.refine_factor, int(self._ivf.ntotal))
+                probe = min(nprobe or self._params.default_nprobe, self._params.nlist)
+                _, found = self._ivf.search(queries, kf, params=faiss.SearchParametersIVF(nprobe=probe))
+                candidates.append(found)
+            start, stop = self._ivf_upto, self._next
+            if stop > start:
+                dead = (stop - start) - int(np.count_nonzero(self._alive[start:stop]))
+                kb = min(stop - start, k + dead)
+                _, found = faiss.knn(queries, self._vecs[start:stop], kb, metric=self.metric)
+                candidates.append(np.where(found >= 0, found + start, -1))
+            if not candidates:
+                return SearchResult(np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32))
+            labels = np.concatenate(candidates, axis=1)
+            valid = labels >= 0
+            safe = np.where(valid, labels, 0)
+            valid &= self._alive[safe]
+            stored = self._vecs[safe]
+        return self._rerank(queries, labels, valid, stored, k)
+
+    def _rerank(self, queries: np.ndarray, labels: np.ndarray, valid: np.ndarray, stored: np.ndarray, k: int) -> SearchResult:
+        if self.inner_product:
+            scores = np.einsum("ncd,nd->nc", stored, queries)
+            order_key = -scores
+        else:
+            diff = stored - queries[:, None, :]
+            scores = np.einsum("ncd,ncd->nc", diff, diff)
+            order_key = scores.copy()
+        order_key[~valid] = np.inf
+        if labels.shape[1] > k:
+            top = np.argpartition(order_key, k - 1, axis=1)[:, :k]
+        else:
+            top = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
+        top = np.take_along_axis(top, np.argsort(np.take_along_axis(order_key, top, axis=1), axis=1, kind="stable"), axis=1)
+        out_labels = np.take_along_axis(labels, top, axis=1)
+        out_scores = np.take_along_axis(scores, top, axis=1).astype(np.float32)
+        out_labels[~np.take_along_axis(valid, top, axis=1)] = -1
+        if out_labels.shape[1] < k:
+            pad = k - out_labels.shape[1]
+            out_labels = np.pad(out_labels, ((0, 0), (0, pad)), constant_values=-1)
+            out_scores = np.pad(out_scores, ((0, 0), (0, pad)))
+        return SearchResult(out_labels, out_scores)
+
+    def ids_for(self, labels: np.ndarray) -> list[str]:
+        id_of = self._id_of
+        return [id_of[label] if label >= 0 else "" for label in labels.ravel().tolist()]
+
+    def payloads_for(self, labels: np.ndarray) -> list[bytes]:
+        with self._lock:
+            return [self._payloads.get(label, b"") for label in labels.ravel().tolist()]
+
+    # ---- maintenance: training, absorbing the buffer, compaction ---------------------------------------------
+
+    def pending_work(self) -> str | None:
+        """What the maintenance thread should do next ("train", "absorb", "compact"), or None. O(1)."""
+        if self._training:
+            return None
+        if self._ivf is None:
+            return "train" if self._live >= self.train_threshold else None
+        if self._live >= max(self.train_threshold, RETRAIN_GROWTH * self._trained_on):
+            return "train"
+        if self._next - self._ivf_upto >= ABSORB_THRESHOLD:
+            return "absorb"
+        if self._ivf_dead > COMPACT_DEAD_FRACTION * max(1, self._ivf.ntotal) and self._ivf_dead >= 1000:
+            return "train" if not device.can_remove(self._ivf) else "compact"
+        return None
+
+    def maintain(self) -> None:
+        """Runs pending work until there is none (call from a background thread)."""
+        while (work := self.pending_work()) is not None:
+            {"train": self.train, "absorb": self.absorb, "compact": self.compact}[work]()
+
+    def train(self) -> None:
+        with self._lock:
+            if self._training:
+                return
+            self._training = True
+            upto = self._next
+            labels = np.flatnonzero(self._alive[:upto]).astype(np.int64)
+            vecs = self._vecs  # rows below `upto` never change: safe to read outside the lock
+        try:
+            started = time.perf_counter()
+            index, chosen = self._build(vecs, labels)
+            with self._lock:
+                self._ivf = index
+                self._params = chosen
+                self._ivf_upto = upto
+                self._ivf_dead = len(labels) - int(np.count_nonzero(self._alive[labels]))
+                self._trained_on = len(labels)
+            logger.info(
+                "collection %s: trained %s on %d vectors in %.2fs",
+                self.spec.name, chosen.factory(), len(labels), time.perf_counter() - started,
+            )
+        finally:
+            self._training = False
+
+    def _build(self, vecs: np.ndarray, labels: np.ndarray) -> tuple[faiss.Index, index_params.IndexParams]:
+        chosen = index_params.choose(self.dim, len(labels), self.spec.index, gpu=self.use_gpu)
+        rng = np.random.default_rng(len(labels))
+        sample_size = min(len(labels), max(chosen.nlist * 64, 16_384), MAX_TRAIN_SAMPLE)
+        sample = np.sort(rng.choice(labels, size=sample_size, replace=False))
+        index = faiss.index_factory(self.dim, chosen.factory(), self.metric)
+        index.train(vecs[sample])
+        index = device.to_device(index, self.use_gpu)
+        for lo in range(0, len(labels), ADD_CHUNK):
+            chunk = labels[lo : lo + ADD_CHUNK]
+            index.add_with_ids(vecs[chunk], chunk)
+        return index, chosen
+
+    def absorb(self) -> None:
+        """Encodes the fresh buffer into the trained index (fast: no training)."""
+        with self._lock:
+            start, stop = self._ivf_upto, self._next
+            labels = start + np.flatnonzero(self._alive[start:stop]).astype(np.int64)
+            if self._ivf is not None and len(labels):
+                self._ivf.add_with_ids(self._vecs[labels], labels)
+            self._ivf_upto = stop
+
+    def compact(self) -> None:
+        """Removes dead codes from the IVF lists (CPU indexes; GPU ones are rebuilt by training instead)."""
+        with self._lock:
+            if self._ivf is None:
+                return
+            dead = np.flatnonzero(~self._alive[: self._ivf_upto]).astype(np.int64)
+            self._ivf.remove_ids(faiss.IDSelectorBatch(dead))
+            self._ivf_dead = 0
+
+    # ---- introspection ------------------------------------------------------------------------------------
+
+    def info(self) -> search_pb2.ShardInfo:
+        with self._lock:
+            buffered = int(np.count_nonzero(self._alive[self._ivf_upto : self._next]))
+            chosen = self._params
+            info = search_pb2.ShardInfo(
+                vectors=self._live,
+                indexed_vectors=self._live - buffered,
+                buffered_vectors=buffered,
+                trained=self._ivf is not None,
+                training=self._training,
+            )
+        if chosen is None:
+            info.index.CopyFrom(self.spec.index)
+            info.index.train_threshold = self.train_threshold
+            info.index_description = "Flat (exact; not trained yet)"
+        else:
+            info.index.CopyFrom(
+                search_pb2.IndexOptions(
+                    nlist=chosen.nlist, pq_m=chosen.pq_m, pq_nbits=chosen.pq_nbits,
+                    train_threshold=self.train_threshold, default_nprobe=chosen.default_nprobe,
+                    refine_factor=chosen.refine_factor,
+                )
+            )
+            info.index_description = f"{chosen.factory()},Refine(Flat) + exact buffer on {device.name(self.use_gpu)}"
+        return info
+
+    @property
+    def live(self) -> int:
+        return self._live

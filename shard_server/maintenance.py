@@ -1,0 +1,46 @@
+"""One background thread that trains, absorbs and compacts collections, so writes and searches never wait on it."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable
+
+from shard_server.index import Collection
+
+logger = logging.getLogger(__name__)
+
+
+class Maintenance:
+    def __init__(self, thread_init: Callable[[], None] = lambda: None) -> None:
+        self._queue: queue.Queue[Collection | None] = queue.Queue()
+        self._queued: set[int] = set()
+        self._lock = threading.Lock()
+        self._thread_init = thread_init
+        self._thread = threading.Thread(target=self._run, name="maintenance", daemon=True)
+        self._thread.start()
+
+    def nudge(self, collection: Collection) -> None:
+        """Queues the collection if it has pending work (cheap; safe to call after every write)."""
+        if collection.pending_work() is None:
+            return
+        with self._lock:
+            if id(collection) in self._queued:
+                return
+            self._queued.add(id(collection))
+        self._queue.put(collection)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        self._thread_init()
+        while (collection := self._queue.get()) is not None:
+            with self._lock:
+                self._queued.discard(id(collection))
+            try:
+                collection.maintain()
+            except Exception:
+                logger.exception("maintenance of collection %s failed", collection.spec.name)

@@ -1,0 +1,73 @@
+"""Builds and runs a shard server: gRPC (ShardService, health, reflection) plus Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from shard_server import device
+from shard_server.config import ShardConfig
+from shard_server.maintenance import Maintenance
+from shard_server.servicer import ShardMetrics, ShardServicer
+from shardsearch import grpcserver
+from shardsearch.v1 import shard_pb2, shard_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = shard_pb2.DESCRIPTOR.services_by_name["ShardService"].full_name
+
+
+def set_faiss_threads(n: int) -> None:
+    """Sets FAISS's OpenMP thread count for the calling thread (each thread has its own pool)."""
+    if n > 0:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+
+
+@dataclass
+class RunningShard:
+    server: grpcserver.Server
+    servicer: ShardServicer
+    executor: ThreadPoolExecutor
+    maintenance: Maintenance
+    metrics_port: int
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.server.stop(grace)
+        self.maintenance.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def start(config: ShardConfig, registry: CollectorRegistry | None = None) -> RunningShard:
+    registry = registry or CollectorRegistry()
+    init = lambda: set_faiss_threads(config.omp_threads)  # noqa: E731
+    init()
+    executor = ThreadPoolExecutor(config.search_threads, thread_name_prefix="faiss", initializer=init)
+    maintenance = Maintenance(thread_init=init)
+    use_gpu = config.use_gpu and device.gpu_available()
+    servicer = ShardServicer(executor, maintenance, ShardMetrics(registry), use_gpu=use_gpu)
+    server = await grpcserver.start_server(
+        f"{config.host}:{config.port}",
+        [lambda s: shard_pb2_grpc.add_ShardServiceServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+    )
+    metrics_port = grpcserver.serve_metrics_safely(registry, config.host, config.metrics_port)
+    logger.info(
+        "shard %s serving gRPC on %s:%d (metrics %d, %s, omp_threads=%s)",
+        config.name, config.host, server.port, metrics_port, device.name(use_gpu), config.omp_threads or "default",
+    )
+    if config.port_file:
+        grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
+    return RunningShard(server, servicer, executor, maintenance, metrics_port)
+
+
+async def serve(config: ShardConfig) -> None:
+    running = await start(config)
+    await grpcserver.wait_for_signal()
+    logger.info("shard %s stopping", config.name)
+    await running.stop()

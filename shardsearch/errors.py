@@ -1,0 +1,99 @@
+"""Domain errors that carry a gRPC status, and the one decorator that maps them onto a servicer's context."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+import grpc
+
+logger = logging.getLogger(__name__)
+
+
+class ShardSearchError(Exception):
+    """Base error: `code` is the gRPC status a caller sees, the message is what they read."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(ShardSearchError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ShardSearchError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ShardSearchError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Unavailable(ShardSearchError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ShardSearchError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResourceExhausted(ShardSearchError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(ShardSearchError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError, where: str) -> ShardSearchError:
+    """Maps an outbound call's failure to a domain error, keeping its status and naming where it happened."""
+    code = exc.code()
+    if code == grpc.StatusCode.CANCELLED:
+        code = grpc.StatusCode.UNAVAILABLE
+    return ShardSearchError(f"{where}: {exc.details() or code.name}", code)
+
+
+T = TypeVar("T")
+
+
+def rpc(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Decorates a unary servicer method: domain errors become `context.abort`, anything else INTERNAL.
+
+    The servicer may have a `metrics` attribute (a `shardsearch.metrics.RpcMetrics`).
+    """
+
+    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            metrics = getattr(self, "metrics", None)
+            if metrics is not None:
+                metrics.inflight.inc()
+            try:
+                return await fn(self, request, context)
+            except ShardSearchError as exc:
+                code = exc.code
+                await context.abort(exc.code, str(exc))
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                logger.exception("%s failed", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server logs")
+            finally:
+                if metrics is not None:
+                    metrics.inflight.dec()
+                    metrics.observe_request(method, code, time.perf_counter() - start)
+            raise AssertionError("unreachable")  # abort() always raises
+
+        return handler
+
+    return wrap

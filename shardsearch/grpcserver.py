@@ -1,0 +1,115 @@
+"""What every shardsearch server shares: a grpc.aio server with health checking, reflection and sane limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from shardsearch.metrics import serve_metrics
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Options for long-lived client channels (large batched messages, keepalive to detect dead peers)."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+
+
+@dataclass
+class Server:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    services: tuple[str, ...]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.services):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def start_server(
+    address: str,
+    register: Iterable[Callable[[grpc.aio.Server], None]],
+    services: Iterable[str],
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> Server:
+    """Binds `address` (port 0 picks a free port), registers the services, health and reflection, and starts."""
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Port 0 must mean a port nobody else holds (tests run many servers side by side).
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+    server = grpc.aio.server(options=options)
+    for add in register:
+        add(server)
+    names = tuple(services)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    await server.start()
+    bound = Server(server, port, health_servicer, names)
+    await bound.set_serving(True)
+    return bound
+
+
+def write_port_file(path: str, content: str) -> None:
+    """Publishes the bound ports atomically (a launcher polls for the file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(content)
+    os.replace(tmp, path)
+
+
+def serve_metrics_safely(registry: CollectorRegistry, host: str, port: int) -> int:
+    """Starts /metrics; a port clash is logged and metrics stay off rather than the server failing."""
+    try:
+        return serve_metrics(registry, host, port)
+    except OSError as exc:
+        logger.error("metrics endpoint on %s:%d could not start: %s", host, port, exc)
+        return -1
+
+
+async def wait_for_signal() -> None:
+    """Returns on SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
+    )

@@ -1,0 +1,184 @@
+"""A whole cluster on one machine: N shard processes and a coordinator, each its own process, on free ports.
+
+Used by `shardsearch local` and by the integration tests. Children get SIGTERM if the launcher dies (Linux
+PR_SET_PDEATHSIG), so no orphans are left behind even after `kill -9` of the launcher.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class Process:
+    name: str
+    args: list[str]
+    log_path: Path
+    port_file: Path
+    popen: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    metrics_port: int = -1
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, env: dict[str, str]) -> None:
+        self.port_file.unlink(missing_ok=True)
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", *self.args, "--port-file", str(self.port_file)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent,
+        )
+        log.close()
+
+    def wait_ready(self, deadline: float) -> None:
+        """Waits for the port file, then for the gRPC health check to say SERVING."""
+        assert self.popen is not None
+        while not self.port_file.exists():
+            self._check_alive(deadline)
+            time.sleep(0.05)
+        ports = json.loads(self.port_file.read_text())
+        self.port, self.metrics_port = ports["grpc"], ports["metrics"]
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                self._check_alive(deadline)
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+
+    def _check_alive(self, deadline: float) -> None:
+        assert self.popen is not None
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}; log:\n{self.log_tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{self.name} not healthy in time; log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def signal(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen is None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+@dataclass
+class LocalCluster:
+    shards: int = 2
+    port: int = 0
+    host: str = "127.0.0.1"
+    run_dir: Path | None = None
+    omp_threads: int = 1
+    metrics: bool = False
+    shard_args: Sequence[str] = ()
+    coordinator_args: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    shard_procs: list[Process] = field(default_factory=list, init=False)
+    coordinator: Process | None = field(default=None, init=False)
+
+    def start(self, timeout: float = 60.0) -> "LocalCluster":
+        if self.run_dir is None:
+            self.run_dir = Path(tempfile.mkdtemp(prefix="shardsearch-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env}
+        metrics_port = "0" if self.metrics else "-1"
+        try:
+            for i in range(self.shards):
+                name = f"shard-{i}"
+                proc = self._process(name, [
+                    "shard_server", "--host", "127.0.0.1", "--port", "0", "--name", name,
+                    "--metrics-port", metrics_port, "--omp-threads", str(self.omp_threads), *self.shard_args,
+                ])
+                proc.start(env)
+                self.shard_procs.append(proc)
+            deadline = time.monotonic() + timeout
+            for proc in self.shard_procs:
+                proc.wait_ready(deadline)
+            self.coordinator = self._process("coordinator", [
+                "coordinator", "--host", self.host, "--port", str(self.port), "--metrics-port", metrics_port,
+                "--shards", self.shard_list(), *self.coordinator_args,
+            ])
+            self.coordinator.start(env)
+            self.coordinator.wait_ready(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _process(self, name: str, args: list[str]) -> Process:
+        assert self.run_dir is not None
+        return Process(name, args, self.run_dir / f"{name}.log", self.run_dir / f"{name}.ports.json")
+
+    def shard_list(self) -> str:
+        return ",".join(f"{p.name}={p.address}" for p in self.shard_procs)
+
+    @property
+    def address(self) -> str:
+        assert self.coordinator is not None
+        return f"{self.host}:{self.coordinator.port}"
+
+    def restart_shard(self, index: int, timeout: float = 30.0) -> None:
+        """Starts a stopped shard again on the same port, so the coordinator's address for it stays valid."""
+        proc = self.shard_procs[index]
+        proc.stop()
+        proc.args[proc.args.index("--port") + 1] = str(proc.port)
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env}
+        proc.start(env)
+        proc.wait_ready(time.monotonic() + timeout)
+
+    def stop(self) -> None:
+        procs = ([self.coordinator] if self.coordinator else []) + self.shard_procs
+        for proc in procs:
+            proc.signal(signal.SIGTERM)
+        for proc in procs:
+            proc.stop()
+
+    def logs(self) -> str:
+        procs = ([self.coordinator] if self.coordinator else []) + self.shard_procs
+        return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in procs)
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
