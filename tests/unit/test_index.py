@@ -1,0 +1,105 @@
+"""The shard's collection index on real FAISS: exactness of writes, training, and searching while training."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from shard_server.index import Collection
+from shardsearch.v1 import search_pb2
+from tests.conftest import load_dataset, recall_at_10
+
+
+def make(dim: int = 16, metric: int = search_pb2.METRIC_L2, threshold: int = 100_000, **opts: int) -> Collection:
+    spec = search_pb2.Collection(
+        name="t", dim=dim, metric=metric, index=search_pb2.IndexOptions(train_threshold=threshold, **opts)
+    )
+    return Collection(spec)
+
+
+def top_ids(coll: Collection, queries: np.ndarray, k: int = 10) -> list[list[str]]:
+    result = coll.search(queries, k)
+    return [coll.ids_for(row) for row in result.labels]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(3)
+
+
+def test_untrained_search_is_exact(rng: np.random.Generator) -> None:
+    coll = make()
+    x = rng.standard_normal((500, 16)).astype(np.float32)
+    coll.upsert([str(i) for i in range(500)], x)
+    q = rng.standard_normal((5, 16)).astype(np.float32)
+    exact = np.argsort(((q[:, None, :] - x[None]) ** 2).sum(-1), axis=1)[:, :10]
+    assert top_ids(coll, q) == [[str(i) for i in row] for row in exact]
+
+
+def test_fewer_vectors_than_k_pads_with_no_hit(rng: np.random.Generator) -> None:
+    coll = make()
+    coll.upsert(["a", "b"], rng.standard_normal((2, 16)).astype(np.float32))
+    assert sorted(top_ids(coll, np.zeros((1, 16), np.float32), 5)[0]) == ["", "", "", "a", "b"]
+
+
+def test_overwrite_replaces_and_delete_removes_in_buffer_and_in_trained_index(rng: np.random.Generator) -> None:
+    coll = make(threshold=1_000)
+    x = rng.standard_normal((3_000, 16)).astype(np.float32)
+    coll.upsert([str(i) for i in range(3_000)], x)
+    coll.maintain()
+    assert coll.info().trained
+    fresh = rng.standard_normal((10, 16)).astype(np.float32)
+    coll.upsert([f"new{i}" for i in range(10)], fresh)  # stays in the buffer
+    for ids, vectors in ((["5", "new3"], np.stack([x[5], fresh[3]])),):
+        assert [row[0] for row in top_ids(coll, vectors)] == ids
+        moved = vectors + 50.0
+        coll.upsert(ids, moved)
+        assert [row[0] for row in top_ids(coll, moved)] == ids
+        assert all(i not in row for i, row in zip(ids, top_ids(coll, vectors)))
+        assert coll.delete(ids) == 2
+        assert all(i not in row for i, row in zip(ids, top_ids(coll, moved, 50)))
+    assert coll.delete(["5"]) == 0
+    assert coll.live == 3_000 + 10 - 2
+
+
+def test_inner_product_ranks_by_largest_score(rng: np.random.Generator) -> None:
+    coll = make(metric=search_pb2.METRIC_INNER_PRODUCT)
+    x = rng.standard_normal((200, 16)).astype(np.float32)
+    coll.upsert([str(i) for i in range(200)], x)
+    result = coll.search(x[:3], 5)
+    assert np.all(np.diff(result.scores, axis=1) <= 0)
+    assert np.allclose(result.scores[:, 0], (x[:3] @ x.T).max(axis=1), rtol=1e-5)
+
+
+def test_get_returns_exact_vectors_and_payloads(rng: np.random.Generator) -> None:
+    coll = make()
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    coll.upsert(["a", "b", "c"], x, [b"pa", b"", b"pc"])
+    ids, vectors, payloads = coll.get(["c", "zz", "a"])
+    assert ids == ["c", "a"] and np.array_equal(vectors, x[[2, 0]]) and payloads == [b"pc", b"pa"]
+
+
+def test_trained_ivfpq_reaches_recall_on_real_data() -> None:
+    base, queries, gt = load_dataset("bigann10k")
+    coll = make(dim=128, threshold=2_000)
+    coll.upsert([str(i) for i in range(len(base))], base)
+    coll.maintain()
+    info = coll.info()
+    assert info.trained and info.index_description.startswith("IVF")
+    found = [[int(i) for i in row] for row in top_ids(coll, queries)]
+    assert recall_at_10(found, gt) >= 0.95
+
+
+def test_searches_keep_answering_while_training(rng: np.random.Generator) -> None:
+    coll = make(threshold=20_000)
+    x = rng.standard_normal((40_000, 16)).astype(np.float32)
+    coll.upsert([str(i) for i in range(40_000)], x)
+    trainer = threading.Thread(target=coll.maintain)
+    trainer.start()
+    answered = 0
+    while trainer.is_alive() or answered == 0:
+        assert top_ids(coll, x[answered % 100 : answered % 100 + 1], 1)[0][0] == str(answered % 100)
+        answered += 1
+    trainer.join()
+    assert coll.info().trained
+    assert top_ids(coll, x[:1], 1)[0][0] == "0"
