@@ -8,6 +8,7 @@ from typing import Sequence
 
 from coordinator.config import CoordinatorConfig
 from shardsearch import grpcserver
+from shardsearch.process import die_with_parent_if_asked
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    die_with_parent_if_asked()
     overrides = {k: v for k, v in vars(args).items() if k in CoordinatorConfig.__dataclass_fields__}
     config = CoordinatorConfig.from_env(**overrides)
     config.shard_addresses()  # fail fast on a bad shard list

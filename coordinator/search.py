@@ -77,11 +77,11 @@ class Searcher:
         failed = [o for o in outcomes if not o.ok]
         if not failed:
             return []
-        for outcome in failed:
+        if all(o.error is not None and o.error.code == grpc.StatusCode.NOT_FOUND for o in outcomes):
+            self._catalog.forget(collection)
+            raise NotFound(f"collection {collection!r} does not exist")
+        for outcome in failed:  # a shard lacking the collection (e.g. restarted empty) counts as a failed shard
             assert outcome.error is not None
-            if outcome.error.code == grpc.StatusCode.NOT_FOUND:
-                self._catalog.forget(collection)
-                raise NotFound(f"collection {collection!r} does not exist")
             if outcome.error.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise outcome.error
         names = [o.shard.name for o in failed]

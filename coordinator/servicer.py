@@ -86,7 +86,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         failed = [o for o in outcomes if not o.ok and o not in exists]
         if failed:
             raise ShardSearchError(
-                f"collection {spec.name!r} was created on {len(outcomes) - len(failed)} of {len(outcomes)} shards; "
+                f"collection {spec.name!r} is on {len(outcomes) - len(failed)} of {len(outcomes)} shards; "
                 f"{failed[0].error} (retry CreateCollection to finish)", failed[0].error.code,  # type: ignore[union-attr]
             )
         self._catalog.put(spec)

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from shard_server.config import ShardConfig
 from shardsearch import grpcserver
+from shardsearch.process import die_with_parent_if_asked
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    die_with_parent_if_asked()
     overrides = {k: v for k, v in vars(args).items() if k in ShardConfig.__dataclass_fields__}
     config = ShardConfig.from_env(**overrides)
     grpcserver.setup_logging(config.log_level)

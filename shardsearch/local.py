@@ -1,12 +1,11 @@
 """A whole cluster on one machine: N shard processes and a coordinator, each its own process, on free ports.
 
-Used by `shardsearch local` and by the integration tests. Children get SIGTERM if the launcher dies (Linux
-PR_SET_PDEATHSIG), so no orphans are left behind even after `kill -9` of the launcher.
+Used by `shardsearch local` and by the integration tests. Children get SIGTERM if the launcher dies (they set
+PR_SET_PDEATHSIG themselves, see shardsearch.process), so no orphans are left even after `kill -9` of the launcher.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -21,14 +20,7 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+from shardsearch.process import DIE_WITH_PARENT_ENV
 
 
 @dataclass
@@ -50,7 +42,7 @@ class Process:
         log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", *self.args, "--port-file", str(self.port_file)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, env={**env, DIE_WITH_PARENT_ENV: str(os.getpid())},
         )
         log.close()
 

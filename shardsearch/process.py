@@ -1,0 +1,27 @@
+"""Process hygiene for servers started by a launcher: die with the parent, so nothing is orphaned."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+DIE_WITH_PARENT_ENV = "SHARDSEARCH_DIE_WITH_PARENT"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent_if_asked() -> None:
+    """If the launcher set SHARDSEARCH_DIE_WITH_PARENT=<its pid>, get SIGTERM when it dies (Linux only).
+
+    Done in the child rather than in a preexec_fn: a preexec_fn forces a real fork(), whose gRPC fork handlers
+    can abort the child before exec when the parent uses gRPC (grpc/grpc#43055).
+    """
+    parent = os.environ.get(DIE_WITH_PARENT_ENV)
+    if not parent:
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        return
+    if os.getppid() != int(parent):  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)

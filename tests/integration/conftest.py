@@ -1,0 +1,67 @@
+"""Real clusters: shard and coordinator processes on ephemeral 127.0.0.1 ports, driven over real gRPC."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from shardsearch import codec
+from shardsearch.local import LocalCluster
+from shardsearch.v1 import search_pb2, search_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """A 4-shard cluster shared by a test module; its logs are printed if a test fails."""
+    failed_before = request.session.testsfailed
+    with LocalCluster(shards=4, metrics=True) as running:
+        yield running
+        if request.session.testsfailed > failed_before:
+            print(f"\n=== cluster logs ===\n{running.logs()}")
+
+
+def connect(cluster: LocalCluster) -> search_pb2_grpc.SearchServiceStub:
+    channel = grpc.insecure_channel(cluster.address, options=[("grpc.max_receive_message_length", 64 << 20)])
+    return search_pb2_grpc.SearchServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def stub(cluster: LocalCluster) -> search_pb2_grpc.SearchServiceStub:
+    return connect(cluster)
+
+
+def upsert(stub: search_pb2_grpc.SearchServiceStub, collection: str, ids: list[str], vectors: np.ndarray,
+           batch: int = 1000) -> None:
+    for lo in range(0, len(ids), batch):
+        stub.Upsert(search_pb2.UpsertRequest(collection=collection, items=[
+            search_pb2.Item(id=ids[i], vector_f32=codec.pack(vectors[i])) for i in range(lo, min(len(ids), lo + batch))
+        ]))
+
+
+def batch_search(stub: search_pb2_grpc.SearchServiceStub, collection: str, queries: np.ndarray, k: int = 10,
+                 **kwargs: object) -> search_pb2.BatchSearchResponse:
+    return stub.BatchSearch(search_pb2.BatchSearchRequest(
+        collection=collection, vectors_f32=codec.pack(queries), k=k, **kwargs
+    ))
+
+
+def wait_trained(stub: search_pb2_grpc.SearchServiceStub, collection: str, timeout: float = 60.0) -> search_pb2.DescribeCollectionResponse:
+    """Polls DescribeCollection until every shard has trained and absorbed its buffer into IVF-PQ."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = stub.DescribeCollection(search_pb2.DescribeCollectionRequest(name=collection))
+        if all(s.trained and not s.training for s in info.shards):
+            return info
+        assert time.monotonic() < deadline, f"shards did not train in {timeout}s: {info}"
+        time.sleep(0.1)
+
+
+def create(stub: search_pb2_grpc.SearchServiceStub, name: str, dim: int, metric: int = search_pb2.METRIC_L2,
+           **index: int) -> None:
+    stub.CreateCollection(search_pb2.CreateCollectionRequest(
+        name=name, dim=dim, metric=metric, index=search_pb2.IndexOptions(**index)
+    ))

@@ -1,0 +1,165 @@
+"""The cluster through its public API: recall on real data, freshness, deletes, overwrites, all search forms."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from shardsearch import codec
+from shardsearch.local import LocalCluster
+from shardsearch.v1 import search_pb2
+from tests.conftest import load_dataset, recall_at_10
+from tests.integration.conftest import batch_search, create, upsert, wait_trained
+
+SIFT = "sift"
+
+
+@pytest.fixture(scope="module")
+def sift(stub):
+    """bigann10k in a 4-shard collection, trained into IVF-PQ on every shard."""
+    base, queries, gt = load_dataset("bigann10k")
+    create(stub, SIFT, 128, train_threshold=1_000)
+    upsert(stub, SIFT, [str(i) for i in range(len(base))], base)
+    info = wait_trained(stub, SIFT)
+    return base, queries, gt, info
+
+
+def ids_of(response: search_pb2.SearchResponse) -> list[int]:
+    return [int(h.id) for h in response.hits]
+
+
+def test_recall_through_four_trained_shards(stub, sift) -> None:
+    base, queries, gt, info = sift
+    assert len(info.shards) == 4 and info.total_vectors == len(base)
+    for shard in info.shards:
+        assert shard.trained and shard.index_description.startswith("IVF"), shard
+        assert shard.indexed_vectors > 0 and 0.2 < shard.vectors / (len(base) / 4) < 1.8
+    found = [ids_of(stub.Search(search_pb2.SearchRequest(collection=SIFT, vector=q.tolist(), k=10))) for q in queries]
+    recall = recall_at_10(found, gt)
+    assert recall >= 0.95, recall
+
+
+def test_batch_and_stream_agree_with_unary(stub, sift) -> None:
+    _, queries, gt, _ = sift
+    batch = batch_search(stub, SIFT, queries[:20])
+    unary = [stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(q), k=10)) for q in queries[:20]]
+    assert [ids_of(r) for r in batch.results] == [ids_of(r) for r in unary]
+    requests = (search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(q), k=10, request_id=f"q{i}")
+                for i, q in enumerate(queries[:20]))
+    streamed = {r.request_id: r for r in stub.StreamSearch(requests)}
+    assert sorted(streamed) == sorted(f"q{i}" for i in range(20))
+    assert all(r.error_code == 0 and r.response.request_id == rid for rid, r in streamed.items())
+    assert [ids_of(streamed[f"q{i}"].response) for i in range(20)] == [ids_of(r) for r in unary]
+
+
+def test_a_stream_survives_a_bad_request(stub, sift) -> None:
+    _, queries, _, _ = sift
+    requests = [
+        search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(queries[0]), k=5, request_id="good"),
+        search_pb2.SearchRequest(collection=SIFT, vector=[1.0, 2.0], k=5, request_id="bad"),
+        search_pb2.SearchRequest(collection="nope", vector=[1.0], k=5, request_id="missing"),
+    ]
+    replies = {r.request_id: r for r in stub.StreamSearch(iter(requests))}
+    assert len(replies["good"].response.hits) == 5 and replies["good"].error_code == 0
+    assert replies["bad"].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "dim 128" in replies["bad"].error_message
+    assert replies["missing"].error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_upserted_vector_is_its_own_top_hit_at_once(stub, sift) -> None:
+    rng = np.random.default_rng(11)
+    for round_ in range(5):
+        vector = rng.uniform(0, 255, 128).astype(np.float32)
+        stub.Upsert(search_pb2.UpsertRequest(collection=SIFT, items=[
+            search_pb2.Item(id=f"fresh-{round_}", vector_f32=codec.pack(vector), payload=b"fresh")
+        ]))
+        reply = stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(vector), k=3, include_payload=True))
+        assert reply.hits[0].id == f"fresh-{round_}" and reply.hits[0].score == pytest.approx(0.0, abs=1e-3)
+        assert reply.hits[0].payload == b"fresh"
+
+
+def test_delete_and_overwrite_are_exact(stub, sift) -> None:
+    base, queries, gt, _ = sift
+    victims = [str(int(gt[i, 0])) for i in range(5)]
+    assert stub.Delete(search_pb2.DeleteRequest(collection=SIFT, ids=victims + ["never-existed"])).deleted == 5
+    for i in range(5):
+        reply = stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(queries[i]), k=100))
+        assert victims[i] not in [h.id for h in reply.hits]
+    assert stub.Get(search_pb2.GetRequest(collection=SIFT, ids=victims)).items == []
+
+    target = str(int(gt[10, 0]))
+    moved = np.full(128, 300.0, np.float32)
+    stub.Upsert(search_pb2.UpsertRequest(collection=SIFT, items=[search_pb2.Item(id=target, vector_f32=codec.pack(moved))]))
+    old = stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(base[int(target)]), k=100))
+    assert target not in [h.id for h in old.hits]
+    new = stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(moved), k=1))
+    assert new.hits[0].id == target
+    (item,) = stub.Get(search_pb2.GetRequest(collection=SIFT, ids=[target])).items
+    assert np.array_equal(np.frombuffer(item.vector_f32, np.float32), moved)
+    described = stub.DescribeCollection(search_pb2.DescribeCollectionRequest(name=SIFT))
+    assert described.total_vectors == len(base) - 5 + 5  # 5 deleted, 5 fresh ones from the test above
+
+
+def test_four_shards_answer_exactly_like_one(stub) -> None:
+    base, queries, _ = load_dataset("fmnist1k")
+    create(stub, "fmnist", base.shape[1])
+    ids = [str(i) for i in range(len(base))]
+    upsert(stub, "fmnist", ids, base, batch=250)
+    with LocalCluster(shards=1) as single:
+        from tests.integration.conftest import connect
+
+        one = connect(single)
+        create(one, "fmnist", base.shape[1])
+        upsert(one, "fmnist", ids, base, batch=250)
+        four_results = batch_search(stub, "fmnist", queries[:100], k=10).results
+        one_results = batch_search(one, "fmnist", queries[:100], k=10).results
+    for a, b in zip(four_results, one_results):
+        assert np.allclose([h.score for h in a.hits], [h.score for h in b.hits], rtol=1e-5)
+        # identical up to ties: ids may only differ where scores are equal
+        differing = {h.id for h in a.hits} ^ {h.id for h in b.hits}
+        if differing:
+            tied = {h.id for h in (*a.hits, *b.hits) if h.score == a.hits[-1].score}
+            assert differing <= tied
+
+
+def test_list_describe_and_drop(stub) -> None:
+    create(stub, "scratch", 4, metric=search_pb2.METRIC_INNER_PRODUCT)
+    names = [c.name for c in stub.ListCollections(search_pb2.ListCollectionsRequest()).collections]
+    assert "scratch" in names
+    info = stub.DescribeCollection(search_pb2.DescribeCollectionRequest(name="scratch"))
+    assert info.collection.metric == search_pb2.METRIC_INNER_PRODUCT and len(info.shards) == 4
+    assert all(not s.trained and s.index.train_threshold > 0 for s in info.shards)
+    stub.DropCollection(search_pb2.DropCollectionRequest(name="scratch"))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Search(search_pb2.SearchRequest(collection="scratch", vector=[1, 0, 0, 0], k=1))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_every_server_has_health_and_reflection(cluster) -> None:
+    addresses = [cluster.address] + [p.address for p in cluster.shard_procs]
+    expected = ["shardsearch.v1.SearchService"] + ["shardsearch.v1.ShardService"] * len(cluster.shard_procs)
+    for address, service in zip(addresses, expected):
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            reply = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+            names = {s.name for s in reply.list_services_response.service}
+            assert {service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_metrics_endpoint_counts_requests_by_method_and_code(cluster, stub, sift) -> None:
+    with pytest.raises(grpc.RpcError):
+        stub.Search(search_pb2.SearchRequest(collection=SIFT, vector=[1.0], k=1))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.coordinator.metrics_port}/metrics").read().decode()
+    assert 'shardsearch_coordinator_requests_total{code="OK",method="Search"}' in text
+    assert 'shardsearch_coordinator_requests_total{code="INVALID_ARGUMENT",method="Search"}' in text
+    assert "shardsearch_coordinator_request_duration_seconds_bucket" in text
+    assert 'shardsearch_coordinator_shard_request_duration_seconds_count{method="Search",shard="shard-0"}' in text
+    shard_text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.shard_procs[0].metrics_port}/metrics").read().decode()
+    assert 'shardsearch_shard_vectors{collection="sift"}' in shard_text
