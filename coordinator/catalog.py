@@ -43,6 +43,3 @@ class Catalog:
 
     def forget(self, name: str) -> None:
         self._specs.pop(name, None)
-
-    def names(self) -> list[str]:
-        return list(self._specs)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -89,11 +89,4 @@ class ShardPool:
 
     async def close(self) -> None:
         await asyncio.gather(*(shard.channel.close() for shard in self.shards))
-
-
-def first_error(outcomes: Sequence[Outcome], skip: Callable[[ShardSearchError], bool] = lambda e: False) -> ShardSearchError | None:
-    for outcome in outcomes:
-        if outcome.error is not None and not skip(outcome.error):
-            return outcome.error
-    return None
 
