@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardsearch.batching import BatchingConfig
 from shardsearch.config import from_env
 
 ENV_PREFIX = "SHARDSEARCH_COORDINATOR_"
@@ -33,7 +34,40 @@ class CoordinatorConfig:
     """How often vector counts per collection are refreshed for the metrics."""
     port_file: str = ""
     """If set, the bound ports are written here as JSON once serving (for launchers)."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT so several coordinator processes share one port (one event loop per core)."""
     log_level: str = "INFO"
+
+    batching: bool = True
+    """Gather concurrent searches with the same collection and options into one RPC per shard."""
+    batch_max_size: int = 256
+    """Query rows per batch."""
+    batch_max_queue_delay_us: int = 500
+    """Longest a search waits for company while other batches are in flight (never when the coordinator is idle)."""
+    batch_max_queue_size: int = 4096
+    """Searches allowed to queue; beyond it new ones get RESOURCE_EXHAUSTED."""
+    batch_max_in_flight: int = 4
+    """Batches sent to the shards at once."""
+
+    cache: str = "auto"
+    """Result cache: auto (Redis if redis_url is set, else an in-process LRU), redis, local or off."""
+    redis_url: str = ""
+    """e.g. redis://redis:6379/0; shared by every coordinator replica."""
+    cache_ttl_s: float = 300.0
+    """Lifetime of a cached answer (answers are never stale; the TTL just bounds memory)."""
+    cache_timeout_s: float = 0.1
+    """Redis round-trip limit; past it the search goes on without the cache."""
+    cache_retry_s: float = 1.0
+    """After a Redis error the cache stays off this long before Redis is tried again."""
+    cache_max_bytes: int = 256 * 1024 * 1024
+    """Size of the in-process LRU."""
+
+    def batching_config(self) -> BatchingConfig:
+        return BatchingConfig(
+            enabled=self.batching, max_batch_size=self.batch_max_size,
+            max_queue_delay_us=self.batch_max_queue_delay_us, max_queue_size=self.batch_max_queue_size,
+            max_in_flight=self.batch_max_in_flight,
+        )
 
     def shard_addresses(self) -> list[tuple[str, str]]:
         """(name, address) per shard, in ring order."""

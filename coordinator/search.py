@@ -1,4 +1,4 @@
-"""The search path shared by Search, BatchSearch and StreamSearch: one batched RPC per shard, then merge.
+"""The search path shared by Search, BatchSearch and StreamSearch: cache, dynamic batcher, one RPC per shard, merge.
 
 Shard failures are handled by the request's partial policy; merging and building responses run in an executor.
 """
@@ -8,18 +8,22 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
+from coordinator.cache import ResultCache, entry_keys
 from coordinator.catalog import Catalog
 from coordinator.merge import ShardHits, merge
 from coordinator.shards import Outcome, ShardPool
 from shardsearch import codec
+from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.errors import NotFound, ShardSearchError
 from shardsearch.v1 import search_pb2, shard_pb2
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,12 @@ class SearchOptions:
     nprobe: int = 0
     allow_partial: bool = False
     include_payload: bool = False
+
+
+@dataclass(frozen=True)
+class _Job:
+    spec: search_pb2.Collection
+    queries: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -47,13 +57,72 @@ class SearchMetrics:
 
 
 class Searcher:
-    def __init__(self, pool: ShardPool, catalog: Catalog, executor: Executor, metrics: SearchMetrics) -> None:
+    """Search = result cache lookup, then the dynamic batcher (one RPC per shard per batch), merge, cache fill."""
+
+    def __init__(
+        self, pool: ShardPool, catalog: Catalog, executor: Executor, metrics: SearchMetrics,
+        batching: BatchingConfig, batch_metrics: BatchMetrics, cache: ResultCache | None = None,
+    ) -> None:
         self._pool = pool
         self._catalog = catalog
         self._executor = executor
         self._metrics = metrics
+        self._cache = cache
+        self._batcher: Batcher[_Job, SearchOutcome] = Batcher("coordinator batcher", batching, self._run_batch, batch_metrics)
+
+    @property
+    def cache(self) -> ResultCache | None:
+        return self._cache
 
     async def search(
+        self, spec: search_pb2.Collection, queries: np.ndarray, opts: SearchOptions, timeout: float,
+        use_cache: bool = True,
+    ) -> SearchOutcome:
+        self._metrics.queries.inc(queries.shape[0])
+        if self._cache is None or not use_cache:
+            return await self._batched(spec, queries, opts, timeout)
+        n = queries.shape[0]
+        args = (spec.dim, spec.metric, opts.k, opts.nprobe, opts.include_payload, queries)
+        keys = entry_keys(*args) if n <= 16 else await self._run(entry_keys, *args)
+        lookup = await self._cache.lookup(spec.name, keys)
+        misses = [i for i, value in enumerate(lookup.values) if value is None]
+        results: list[search_pb2.SearchResponse | None] = [None] * n
+        for i, value in enumerate(lookup.values):
+            if value is not None:
+                results[i] = response = search_pb2.SearchResponse.FromString(value)
+                response.cached = True
+        if not misses:
+            return SearchOutcome(results, [])  # type: ignore[arg-type]
+        fresh = await self._batched(spec, queries if len(misses) == n else queries[misses], opts, timeout)
+        for i, response in zip(misses, fresh.results, strict=True):
+            results[i] = response
+        if not fresh.missing and lookup.token is not None:  # partial answers are never cached
+            self._cache.store(spec.name, lookup.token, [(keys[i], r.SerializeToString()) for i, r in zip(misses, fresh.results)])
+        return SearchOutcome(results, fresh.missing)  # type: ignore[arg-type]
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _batched(
+        self, spec: search_pb2.Collection, queries: np.ndarray, opts: SearchOptions, timeout: float
+    ) -> SearchOutcome:
+        key = (spec.name, spec.dim, spec.metric, opts)
+        return await self._batcher.submit(key, _Job(spec, queries), queries.shape[0], timeout)
+
+    async def _run_batch(self, key: Hashable, jobs: list[_Job], timeout: float) -> list[SearchOutcome]:
+        """One shard RPC per shard for the whole batch; the merged answers are split back per caller."""
+        opts: SearchOptions = key[3]  # type: ignore[index]
+        spec = jobs[0].spec
+        queries = jobs[0].queries if len(jobs) == 1 else np.concatenate([job.queries for job in jobs])
+        outcome = await self._search_now(spec, queries, opts, timeout)
+        split, offset = [], 0
+        for job in jobs:
+            rows = job.queries.shape[0]
+            split.append(SearchOutcome(outcome.results[offset : offset + rows], outcome.missing))
+            offset += rows
+        return split
+
+    async def _search_now(
         self, spec: search_pb2.Collection, queries: np.ndarray, opts: SearchOptions, timeout: float
     ) -> SearchOutcome:
         request = shard_pb2.ShardSearchRequest(
@@ -64,14 +133,15 @@ class Searcher:
         missing = self._check_failures(spec.name, outcomes, opts.allow_partial)
         answered = [o.response for o in outcomes if o.ok]
         higher_is_better = spec.metric == search_pb2.METRIC_INNER_PRODUCT
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(
-            self._executor, assemble, answered, opts.k, higher_is_better, opts.include_payload, missing
-        )
-        self._metrics.queries.inc(queries.shape[0])
+        results = await self._run(assemble, answered, opts.k, higher_is_better, opts.include_payload, missing)
         if missing:
             self._metrics.partial.inc()
         return SearchOutcome(results, missing)
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        if self._cache is not None:
+            await self._cache.close()
 
     def _check_failures(self, collection: str, outcomes: Sequence[Outcome], allow_partial: bool) -> list[str]:
         failed = [o for o in outcomes if not o.ok]

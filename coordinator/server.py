@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from coordinator import cache
 from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.ring import Ring
@@ -18,6 +19,7 @@ from coordinator.search import Searcher, SearchMetrics
 from coordinator.servicer import SearchServicer
 from coordinator.shards import ShardMetrics, ShardPool
 from shardsearch import grpcserver
+from shardsearch.batching import BatchMetrics
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import search_pb2, search_pb2_grpc, shard_pb2
 
@@ -30,6 +32,7 @@ SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 class RunningCoordinator:
     server: grpcserver.Server
     pool: ShardPool
+    searcher: Searcher
     executor: ThreadPoolExecutor
     metrics_port: int
     background: asyncio.Task[None]
@@ -37,6 +40,7 @@ class RunningCoordinator:
     async def stop(self, grace: float = 5.0) -> None:
         self.background.cancel()
         await self.server.stop(grace)
+        await self.searcher.close()
         await self.pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -48,7 +52,14 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     ring = Ring(pool.names, config.vnodes)
     catalog = Catalog(pool)
     executor = ThreadPoolExecutor(2, thread_name_prefix="coordinator")
-    searcher = Searcher(pool, catalog, executor, SearchMetrics(registry))
+    result_cache = cache.build(
+        config.cache, cache.CacheMetrics(registry), config.redis_url, config.cache_ttl_s, config.cache_timeout_s,
+        config.cache_retry_s, config.cache_max_bytes,
+    )
+    searcher = Searcher(
+        pool, catalog, executor, SearchMetrics(registry), config.batching_config(),
+        BatchMetrics(registry, "shardsearch_coordinator"), result_cache,
+    )
     servicer = SearchServicer(
         pool, ring, catalog, searcher, executor, RpcMetrics(registry, "shardsearch_coordinator"),
         default_timeout=config.default_timeout_s, deadline_margin=config.deadline_margin_s,
@@ -57,6 +68,7 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
         f"{config.host}:{config.port}",
         [lambda s: search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
+        reuse_port=config.reuse_port,
     )
     metrics_port = grpcserver.serve_metrics_safely(registry, config.host, config.metrics_port)
     vectors = Gauge(
@@ -65,12 +77,13 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     )
     background = asyncio.create_task(_refresh_counts(pool, catalog, vectors, config.stats_interval_s))
     logger.info(
-        "coordinator serving gRPC on %s:%d (metrics %d) over %d shards: %s",
+        "coordinator serving gRPC on %s:%d (metrics %d) over %d shards: %s; result cache: %s; batching: %s",
         config.host, server.port, metrics_port, len(addresses), ", ".join(f"{n}={a}" for n, a in addresses),
+        cache.describe(result_cache), config.batching_config() if config.batching else "off",
     )
     if config.port_file:
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
-    return RunningCoordinator(server, pool, executor, metrics_port, background)
+    return RunningCoordinator(server, pool, searcher, executor, metrics_port, background)
 
 
 async def _refresh_counts(pool: ShardPool, catalog: Catalog, gauge: Gauge, interval: float) -> None:

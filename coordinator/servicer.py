@@ -55,6 +55,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _invalidate(self, collection: str, outcomes: Sequence[Outcome]) -> None:
+        """After any shard applied a write (even if others failed), cached answers for the collection are dead."""
+        cache = self._searcher.cache
+        if cache is not None and any(o.ok for o in outcomes):
+            await cache.invalidate(collection)
+
     def _raise_write_failure(self, collection: str, outcomes: Sequence[Outcome], what: str) -> None:
         failed = [o for o in outcomes if not o.ok]
         if not failed:
@@ -80,6 +86,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         outcomes = await self._pool.broadcast(
             "CreateCollection", shard_pb2.ShardCreateCollectionRequest(collection=spec), self._timeout(context)
         )
+        await self._invalidate(spec.name, outcomes)
         exists = [o for o in outcomes if o.error is not None and o.error.code == grpc.StatusCode.ALREADY_EXISTS]
         if len(exists) == len(outcomes):
             raise AlreadyExists(f"collection {spec.name!r} already exists")
@@ -98,6 +105,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             "DropCollection", shard_pb2.ShardDropCollectionRequest(name=request.name), self._timeout(context)
         )
         self._catalog.forget(request.name)
+        await self._invalidate(request.name, outcomes)
         missing = [o for o in outcomes if o.error is not None and o.error.code == grpc.StatusCode.NOT_FOUND]
         if len(missing) == len(outcomes):
             raise NotFound(f"collection {request.name!r} does not exist")
@@ -142,6 +150,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         spec = await self._catalog.get(request.collection, timeout)
         routed = await self._run(route_items, request, spec, self._ring, self._pool, self._limits)
         outcomes = await self._pool.fan_out("Upsert", routed, timeout)
+        await self._invalidate(spec.name, outcomes)
         self._raise_write_failure(spec.name, outcomes, "upsert")
         return search_pb2.UpsertResponse(upserted=sum(o.response.upserted for o in outcomes))
 
@@ -154,6 +163,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         routed = [(shard, shard_pb2.ShardDeleteRequest(collection=spec.name, ids=group))
                   for shard, group in self._group_ids(ids)]
         outcomes = await self._pool.fan_out("Delete", routed, timeout)
+        await self._invalidate(spec.name, outcomes)
         self._raise_write_failure(spec.name, outcomes, "delete")
         return search_pb2.DeleteResponse(deleted=sum(o.response.deleted for o in outcomes))
 
@@ -186,7 +196,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def _search_one(self, request: search_pb2.SearchRequest, timeout: float) -> search_pb2.SearchResponse:
         spec = await self._catalog.get(request.collection, timeout)
         query = codec.one_vector(request.vector, request.vector_f32, spec.dim, "vector")
-        outcome = await self._searcher.search(spec, query.reshape(1, -1), self._options(request), timeout)
+        outcome = await self._searcher.search(
+            spec, query.reshape(1, -1), self._options(request), timeout, use_cache=not request.skip_cache
+        )
         response = outcome.results[0]
         response.request_id = request.request_id
         return response
@@ -210,7 +222,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         opts = self._options(request)
         queries = await self._run(codec.many_vectors, request.vectors, request.vectors_f32, spec.dim, "vectors")
         validation.check_query_count(queries.shape[0], self._limits)
-        outcome = await self._searcher.search(spec, queries, opts, timeout)
+        outcome = await self._searcher.search(spec, queries, opts, timeout, use_cache=not request.skip_cache)
         return search_pb2.BatchSearchResponse(
             results=outcome.results, partial=bool(outcome.missing), missing_shards=outcome.missing
         )

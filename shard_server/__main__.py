@@ -22,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-threads", type=int, help="executor threads for FAISS work")
     parser.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="stay on the CPU")
     parser.add_argument("--log-level")
+    batching = parser.add_argument_group("dynamic batching")
+    batching.add_argument("--no-batching", dest="batching", action="store_const", const=False,
+                          help="one FAISS call per Search RPC")
+    batching.add_argument("--batch-max-size", type=int, help="query rows per FAISS call (default 1024)")
+    batching.add_argument("--batch-max-queue-delay-us", type=int, help="max wait for company under load (default 200)")
+    batching.add_argument("--batch-max-queue-size", type=int, help="queued RPCs before RESOURCE_EXHAUSTED (default 8192)")
+    batching.add_argument("--batch-max-in-flight", type=int, help="FAISS search calls at once (default 1)")
 
 
 def run(args: argparse.Namespace) -> None:

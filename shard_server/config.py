@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardsearch.batching import BatchingConfig
 from shardsearch.config import from_env
 
 ENV_PREFIX = "SHARDSEARCH_SHARD_"
@@ -28,6 +29,24 @@ class ShardConfig:
     use_gpu: bool = True
     """Clone trained indexes to the GPU when faiss.get_num_gpus() > 0."""
     log_level: str = "INFO"
+
+    batching: bool = True
+    """Gather concurrent Search RPCs into one FAISS call."""
+    batch_max_size: int = 1024
+    """Query rows per FAISS call."""
+    batch_max_queue_delay_us: int = 200
+    """Longest a search waits for company while another batch runs (only with batch_max_in_flight > 1)."""
+    batch_max_queue_size: int = 8192
+    """Search RPCs allowed to queue; beyond it new ones get RESOURCE_EXHAUSTED."""
+    batch_max_in_flight: int = 1
+    """FAISS search calls at once (FAISS itself spreads one call over omp_threads)."""
+
+    def batching_config(self) -> BatchingConfig:
+        return BatchingConfig(
+            enabled=self.batching, max_batch_size=self.batch_max_size,
+            max_queue_delay_us=self.batch_max_queue_delay_us, max_queue_size=self.batch_max_queue_size,
+            max_in_flight=self.batch_max_in_flight,
+        )
 
     @classmethod
     def from_env(cls, **overrides: object) -> "ShardConfig":

@@ -14,6 +14,7 @@ from shard_server.config import ShardConfig
 from shard_server.maintenance import Maintenance
 from shard_server.servicer import ShardMetrics, ShardServicer
 from shardsearch import grpcserver
+from shardsearch.batching import BatchMetrics
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
     executor = ThreadPoolExecutor(config.search_threads, thread_name_prefix="faiss", initializer=init)
     maintenance = Maintenance(thread_init=init)
     use_gpu = config.use_gpu and device.gpu_available()
-    servicer = ShardServicer(executor, maintenance, ShardMetrics(registry), use_gpu=use_gpu)
+    servicer = ShardServicer(
+        executor, maintenance, ShardMetrics(registry), use_gpu=use_gpu, batching=config.batching_config(),
+        batch_metrics=BatchMetrics(registry, "shardsearch_shard"),
+    )
     server = await grpcserver.start_server(
         f"{config.host}:{config.port}",
         [lambda s: shard_pb2_grpc.add_ShardServiceServicer_to_server(servicer, s)],

@@ -1,4 +1,7 @@
-"""ShardService RPCs: thin handlers over `index.Collection`, with all FAISS and numpy work in an executor."""
+"""ShardService RPCs: thin handlers over `index.Collection`, with all FAISS and numpy work in an executor.
+
+Concurrent Search RPCs go through a dynamic batcher: one FAISS call answers every request queued at that moment.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import Executor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Hashable, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
@@ -14,6 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from shard_server.index import Collection
 from shard_server.maintenance import Maintenance
 from shardsearch import codec, validation
+from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.errors import AlreadyExists, InvalidArgument, NotFound, rpc
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
@@ -21,6 +25,7 @@ from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 30.0  # for a search whose caller set no deadline
 
 
 class ShardMetrics(RpcMetrics):
@@ -33,8 +38,14 @@ class ShardMetrics(RpcMetrics):
 
 
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
-    def __init__(self, executor: Executor, maintenance: Maintenance, metrics: ShardMetrics, use_gpu: bool) -> None:
+    def __init__(
+        self, executor: Executor, maintenance: Maintenance, metrics: ShardMetrics, use_gpu: bool,
+        batching: BatchingConfig, batch_metrics: BatchMetrics,
+    ) -> None:
         self._executor = executor
+        self._batcher: Batcher[tuple[np.ndarray, int], shard_pb2.ShardSearchResponse] = Batcher(
+            "shard batcher", batching, self._run_batch, batch_metrics
+        )
         self._maintenance = maintenance
         self.metrics = metrics
         self._use_gpu = use_gpu
@@ -121,7 +132,16 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument(f"queries_f32: holds {queries.shape[0]} queries, n says {request.n}")
         validation.check_query_count(request.n)
         validation.check_search(request.k, request.nprobe)
-        return await self._run(_search, coll, queries, request.k, request.nprobe, request.include_payload)
+        remaining = context.time_remaining()
+        timeout = DEFAULT_TIMEOUT_S if remaining is None else remaining
+        key = (coll, request.nprobe, request.include_payload)
+        return await self._batcher.submit(key, (queries, request.k), queries.shape[0], timeout)
+
+    async def _run_batch(
+        self, key: Hashable, items: list[tuple[np.ndarray, int]], timeout: float
+    ) -> list[shard_pb2.ShardSearchResponse]:
+        coll, nprobe, include_payload = key  # type: ignore[misc]
+        return await self._run(_search_batch, coll, items, nprobe, include_payload)
 
     @rpc("Stats")
     async def Stats(self, request: shard_pb2.ShardStatsRequest, context: Any) -> Any:
@@ -129,14 +149,27 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return shard_pb2.ShardStatsResponse(info=await self._run(coll.info))
 
 
-def _search(coll: Collection, queries: np.ndarray, k: int, nprobe: int, include_payload: bool) -> shard_pb2.ShardSearchResponse:
-    """Runs in the executor: the FAISS call and building the (n x k) response."""
-    result = coll.search(queries, k, nprobe)
-    return shard_pb2.ShardSearchResponse(
-        n=queries.shape[0],
-        k=k,
-        ids=coll.ids_for(result.labels),
-        scores_f32=codec.pack(result.scores),
-        payloads=coll.payloads_for(result.labels) if include_payload else (),
-    )
+def _search_batch(
+    coll: Collection, items: list[tuple[np.ndarray, int]], nprobe: int, include_payload: bool
+) -> list[shard_pb2.ShardSearchResponse]:
+    """Runs in the executor: one FAISS call for every request in the batch, split back into one response each.
 
+    Requests may ask for different k: the batch searches the largest, and each keeps its own top k (results are
+    sorted, so a prefix of the top-K is the top-k).
+    """
+    queries = items[0][0] if len(items) == 1 else np.concatenate([q for q, _ in items])
+    k_max = max(k for _, k in items)
+    result = coll.search(queries, k_max, nprobe)
+    responses, offset = [], 0
+    for rows, k in items:
+        n = rows.shape[0]
+        labels = result.labels[offset : offset + n, :k]
+        responses.append(shard_pb2.ShardSearchResponse(
+            n=n,
+            k=k,
+            ids=coll.ids_for(labels),
+            scores_f32=codec.pack(result.scores[offset : offset + n, :k]),
+            payloads=coll.payloads_for(labels) if include_payload else (),
+        ))
+        offset += n
+    return responses

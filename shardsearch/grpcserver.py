@@ -56,13 +56,17 @@ async def start_server(
     register: Iterable[Callable[[grpc.aio.Server], None]],
     services: Iterable[str],
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    reuse_port: bool = False,
 ) -> Server:
-    """Binds `address` (port 0 picks a free port), registers the services, health and reflection, and starts."""
+    """Binds `address` (port 0 picks a free port), registers the services, health and reflection, and starts.
+
+    `reuse_port` lets several processes serve one port (SO_REUSEPORT; the kernel spreads connections over them).
+    Off by default, so that port 0 means a port nobody else holds (tests run many servers side by side).
+    """
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        # Port 0 must mean a port nobody else holds (tests run many servers side by side).
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ]

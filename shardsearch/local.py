@@ -1,14 +1,17 @@
-"""A whole cluster on one machine: N shard processes and a coordinator, each its own process, on free ports.
+"""A whole cluster on one machine: N shard processes and one or more coordinators, each its own process, on free ports.
 
-Used by `shardsearch local` and by the integration tests. Children get SIGTERM if the launcher dies (they set
+Used by `shardsearch local`, the integration tests and the benchmarks. Children get SIGTERM if the launcher dies (they set
 PR_SET_PDEATHSIG themselves, see shardsearch.process), so no orphans are left even after `kill -9` of the launcher.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -105,8 +108,11 @@ class LocalCluster:
     shard_args: Sequence[str] = ()
     coordinator_args: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
+    coordinators: int = 1
+    reuse_port: bool = False
+    """With several coordinators: True binds them all to one port (SO_REUSEPORT), False gives each its own."""
     shard_procs: list[Process] = field(default_factory=list, init=False)
-    coordinator: Process | None = field(default=None, init=False)
+    coordinator_procs: list[Process] = field(default_factory=list, init=False)
 
     def start(self, timeout: float = 60.0) -> "LocalCluster":
         if self.run_dir is None:
@@ -126,12 +132,21 @@ class LocalCluster:
             deadline = time.monotonic() + timeout
             for proc in self.shard_procs:
                 proc.wait_ready(deadline)
-            self.coordinator = self._process("coordinator", [
-                "coordinator", "--host", self.host, "--port", str(self.port), "--metrics-port", metrics_port,
-                "--shards", self.shard_list(), *self.coordinator_args,
-            ])
-            self.coordinator.start(env)
-            self.coordinator.wait_ready(deadline)
+            port = self.port
+            for i in range(self.coordinators):
+                name = "coordinator" if i == 0 else f"coordinator-{i}"
+                proc = self._process(name, [
+                    "coordinator", "--host", self.host, "--port", str(port), "--metrics-port", metrics_port,
+                    "--shards", self.shard_list(), *(["--reuse-port"] if self.reuse_port else []),
+                    *self.coordinator_args,
+                ])
+                proc.start(env)
+                self.coordinator_procs.append(proc)
+                if self.reuse_port:  # the first one picks the port, the others join it
+                    proc.wait_ready(deadline)
+                    port = proc.port
+            for proc in self.coordinator_procs:
+                proc.wait_ready(deadline)
         except BaseException:
             self.stop()
             raise
@@ -145,9 +160,17 @@ class LocalCluster:
         return ",".join(f"{p.name}={p.address}" for p in self.shard_procs)
 
     @property
+    def coordinator(self) -> Process | None:
+        return self.coordinator_procs[0] if self.coordinator_procs else None
+
+    @property
     def address(self) -> str:
         assert self.coordinator is not None
         return f"{self.host}:{self.coordinator.port}"
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"{self.host}:{proc.port}" for proc in self.coordinator_procs]
 
     def restart_shard(self, index: int, timeout: float = 30.0) -> None:
         """Starts a stopped shard again on the same port, so the coordinator's address for it stays valid."""
@@ -159,17 +182,72 @@ class LocalCluster:
         proc.wait_ready(time.monotonic() + timeout)
 
     def stop(self) -> None:
-        procs = ([self.coordinator] if self.coordinator else []) + self.shard_procs
+        procs = self.coordinator_procs + self.shard_procs
         for proc in procs:
             proc.signal(signal.SIGTERM)
         for proc in procs:
             proc.stop()
 
     def logs(self) -> str:
-        procs = ([self.coordinator] if self.coordinator else []) + self.shard_procs
+        procs = self.coordinator_procs + self.shard_procs
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in procs)
 
     def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A throwaway `redis-server` on a free 127.0.0.1 port, no persistence (tests, benchmarks, `local --redis`)."""
+
+    port: int = 0
+    log_path: Path | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server not found on PATH (Debian/Ubuntu: apt-get install redis-server)")
+        self.port = self.port or free_port()
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.popen = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return self
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+    def __enter__(self) -> "RedisServer":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

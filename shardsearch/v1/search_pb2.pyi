@@ -186,7 +186,7 @@ class GetResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "vector", "k", "vector_f32", "nprobe", "partial_policy", "include_payload", "request_id")
+    __slots__ = ("collection", "vector", "k", "vector_f32", "nprobe", "partial_policy", "include_payload", "request_id", "skip_cache")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +195,7 @@ class SearchRequest(_message.Message):
     PARTIAL_POLICY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
@@ -203,7 +204,8 @@ class SearchRequest(_message.Message):
     partial_policy: PartialPolicy
     include_payload: bool
     request_id: str
-    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., vector_f32: _Optional[bytes] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    skip_cache: bool
+    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., vector_f32: _Optional[bytes] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., request_id: _Optional[str] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "payload")
@@ -216,19 +218,21 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "partial", "missing_shards", "request_id")
+    __slots__ = ("hits", "partial", "missing_shards", "request_id", "cached")
     HITS_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     partial: bool
     missing_shards: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    cached: bool
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
-    __slots__ = ("collection", "vectors_f32", "vectors", "k", "nprobe", "partial_policy", "include_payload")
+    __slots__ = ("collection", "vectors_f32", "vectors", "k", "nprobe", "partial_policy", "include_payload", "skip_cache")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_F32_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +240,7 @@ class BatchSearchRequest(_message.Message):
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_POLICY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vectors_f32: bytes
     vectors: _containers.RepeatedScalarFieldContainer[float]
@@ -243,7 +248,8 @@ class BatchSearchRequest(_message.Message):
     nprobe: int
     partial_policy: PartialPolicy
     include_payload: bool
-    def __init__(self, collection: _Optional[str] = ..., vectors_f32: _Optional[bytes] = ..., vectors: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ...) -> None: ...
+    skip_cache: bool
+    def __init__(self, collection: _Optional[str] = ..., vectors_f32: _Optional[bytes] = ..., vectors: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
 
 class BatchSearchResponse(_message.Message):
     __slots__ = ("results", "partial", "missing_shards")

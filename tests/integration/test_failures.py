@@ -29,16 +29,22 @@ def three(request):
         yield running, stub, vectors
 
 
-def query(vector: np.ndarray, policy: int, k: int = 10) -> search_pb2.SearchRequest:
-    return search_pb2.SearchRequest(collection=NAME, vector_f32=codec.pack(vector), k=k, partial_policy=policy)
+def query(vector: np.ndarray, policy: int, k: int = 10, skip_cache: bool = True) -> search_pb2.SearchRequest:
+    return search_pb2.SearchRequest(
+        collection=NAME, vector_f32=codec.pack(vector), k=k, partial_policy=policy, skip_cache=skip_cache
+    )
 
 
 def test_dead_shard_fails_or_flags_partial_results(three) -> None:
     cluster, stub, vectors = three
-    complete = stub.Search(query(vectors[0], search_pb2.PARTIAL_POLICY_ALLOW, k=30))
+    complete = stub.Search(query(vectors[0], search_pb2.PARTIAL_POLICY_ALLOW, k=30, skip_cache=False))
     assert not complete.partial and len(complete.hits) == 30
     cluster.shard_procs[1].signal(signal.SIGKILL)
     cluster.shard_procs[1].popen.wait()
+
+    # No write since: the cached complete answer is still the current one, and it is served through the outage.
+    cached = stub.Search(query(vectors[0], search_pb2.PARTIAL_POLICY_FAIL, k=30, skip_cache=False), timeout=5)
+    assert cached.cached and not cached.partial and cached.hits == complete.hits
 
     for policy in (search_pb2.PARTIAL_POLICY_FAIL, search_pb2.PARTIAL_POLICY_UNSPECIFIED):
         with pytest.raises(grpc.RpcError) as err:
@@ -54,7 +60,8 @@ def test_dead_shard_fails_or_flags_partial_results(three) -> None:
     assert [h.id for h in partial.hits][: len(survivors)] == survivors
 
     batch = stub.BatchSearch(search_pb2.BatchSearchRequest(
-        collection=NAME, vectors_f32=codec.pack(vectors[:3]), k=5, partial_policy=search_pb2.PARTIAL_POLICY_ALLOW))
+        collection=NAME, vectors_f32=codec.pack(vectors[:3]), k=5, partial_policy=search_pb2.PARTIAL_POLICY_ALLOW,
+        skip_cache=True))
     assert batch.partial and list(batch.missing_shards) == ["shard-1"] and all(r.partial for r in batch.results)
 
     with pytest.raises(grpc.RpcError) as err:  # writes owned by the dead shard fail clearly, never silently

@@ -1,0 +1,251 @@
+"""Dynamic batching, in the manner of Triton's dynamic batcher, shared by the coordinator and the shard server.
+
+Callers `submit` one request (one or more query rows) under a key; requests with the same key (collection and
+compatible options) are gathered into one batch and handed to a `run` coroutine that answers them all with one
+shard RPC or one FAISS call. The knobs:
+
+- `max_batch_size`: rows per batch (a single larger request forms a batch of its own);
+- `max_queue_delay_us`: how long a request may wait for company while other batches are running. When nothing is in
+  flight the queue is dispatched at once, so a lone query under light load never waits for the delay; under load,
+  batches form naturally while the running ones occupy the `max_in_flight` slots;
+- `max_queue_size`: requests allowed to wait; beyond it `submit` fails fast with RESOURCE_EXHAUSTED instead of
+  queueing without bound;
+- `max_in_flight`: batches running at once.
+
+A request whose deadline passes while it waits is failed with DEADLINE_EXCEEDED before its batch runs, and a
+cancelled caller is skipped, so no compute is spent on answers nobody will read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shardsearch.errors import DeadlineExceeded, ResourceExhausted
+
+logger = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+QUEUE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    enabled: bool = True
+    """False sends every request on its own (still bounded by max_queue_size requests in flight)."""
+    max_batch_size: int = 256
+    """Query rows per batch."""
+    max_queue_delay_us: int = 500
+    """Longest a request waits for company while other batches run; 0 = never wait."""
+    max_queue_size: int = 4096
+    """Requests allowed to wait; beyond it new requests get RESOURCE_EXHAUSTED."""
+    max_in_flight: int = 2
+    """Batches running at once."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_in_flight < 1 or self.max_queue_delay_us < 0:
+            raise ValueError(f"invalid batching config {self}: sizes must be >= 1 and the delay >= 0")
+
+
+class BatchMetrics:
+    """`<prefix>_batch_size`, `_batch_queue_duration_seconds`, `_batch_compute_duration_seconds`,
+    `_batch_queue_depth` and `_batch_rejected_total{reason}` for one tier."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.size = Histogram(
+            f"{prefix}_batch_size", "Query rows per dispatched batch.", buckets=BATCH_SIZE_BUCKETS, registry=registry
+        )
+        self.queue_time = Histogram(
+            f"{prefix}_batch_queue_duration_seconds", "Time a request waited in the batch queue before dispatch.",
+            buckets=QUEUE_BUCKETS, registry=registry,
+        )
+        self.compute_time = Histogram(
+            f"{prefix}_batch_compute_duration_seconds", "Time to run one batch once dispatched.",
+            buckets=QUEUE_BUCKETS, registry=registry,
+        )
+        self.depth = Gauge(f"{prefix}_batch_queue_depth", "Requests waiting in the batch queue.", registry=registry)
+        self.rejected = Counter(
+            f"{prefix}_batch_rejected", "Requests refused (queue_full) or dropped unrun (expired).", ["reason"],
+            registry=registry,
+        )
+        for reason in ("queue_full", "expired"):
+            self.rejected.labels(reason)
+
+
+@dataclass(eq=False)
+class _Pending(Generic[Item, Result]):
+    item: Item
+    rows: int
+    deadline: float
+    enqueued: float
+    future: asyncio.Future[Result]
+
+
+RunBatch = Callable[[Hashable, list[Item], float], Awaitable[Sequence[Result | BaseException]]]
+"""run(key, items, timeout) -> one result (or exception) per item, in order; raising fails the whole batch."""
+
+
+class Batcher(Generic[Item, Result]):
+    def __init__(self, name: str, config: BatchingConfig, run: RunBatch, metrics: BatchMetrics) -> None:
+        self.name = name
+        self.config = config
+        self._run = run
+        self._metrics = metrics
+        self._queues: dict[Hashable, collections.deque[_Pending[Item, Result]]] = {}
+        self._queued_rows: dict[Hashable, int] = {}
+        self._waiting = 0
+        self._in_flight = 0
+        self._arrival = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    async def submit(self, key: Hashable, item: Item, rows: int, timeout: float) -> Result:
+        """Queues one request and waits for its answer; raises what `run` raised or returned for it."""
+        if self._waiting + (0 if self.config.enabled else self._in_flight) >= self.config.max_queue_size:
+            self._metrics.rejected.labels("queue_full").inc()
+            raise ResourceExhausted(
+                f"{self.name} is overloaded: {self.config.max_queue_size} requests already queued; "
+                "retry with backoff or add capacity"
+            )
+        if not self.config.enabled:
+            return await self._run_alone(key, item, rows, timeout)
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        pending: _Pending[Item, Result] = _Pending(item, rows, now + timeout, now, loop.create_future())
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = collections.deque()
+            self._queued_rows[key] = 0
+        queue.append(pending)
+        self._queued_rows[key] += rows
+        self._waiting += 1
+        self._metrics.depth.inc()
+        self._arrival.set()
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch_forever(), name=f"{self.name}-dispatcher")
+        return await pending.future
+
+    async def _run_alone(self, key: Hashable, item: Item, rows: int, timeout: float) -> Result:
+        self._in_flight += 1
+        started = time.monotonic()
+        try:
+            self._metrics.size.observe(rows)
+            self._metrics.queue_time.observe(0.0)
+            (result,) = await self._run(key, [item], timeout)
+        finally:
+            self._in_flight -= 1
+            self._metrics.compute_time.observe(time.monotonic() - started)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def close(self) -> None:
+        """Stops dispatching; requests still queued are cancelled."""
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        for queue in self._queues.values():
+            for pending in queue:
+                pending.future.cancel()
+        self._queues.clear()
+
+    # ---- dispatching ---------------------------------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            while self._in_flight >= self.config.max_in_flight:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+            while not self._queues:
+                self._arrival.clear()
+                await self._arrival.wait()
+            key = min(self._queues, key=lambda k: self._queues[k][0].enqueued)
+            if self._in_flight > 0:
+                await self._wait_for_company(key)
+            batch = self._take(key)
+            if batch:
+                self._in_flight += 1
+                task = asyncio.create_task(self._execute(key, batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _wait_for_company(self, key: Hashable) -> None:
+        """Under load, lets the batch fill for up to the queue delay (measured from its oldest request)."""
+        delay = self.config.max_queue_delay_us / 1e6
+        if delay <= 0:
+            return
+        queue = self._queues[key]
+        while self._queued_rows.get(key, 0) < self.config.max_batch_size:
+            remaining = queue[0].enqueued + delay - time.monotonic()
+            if remaining <= 0 or self._in_flight == 0:
+                return
+            self._arrival.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrival.wait(), remaining)
+
+    def _take(self, key: Hashable) -> list[_Pending[Item, Result]]:
+        """Pops up to max_batch_size rows (always at least one request), dropping expired and cancelled ones."""
+        queue = self._queues[key]
+        now = time.monotonic()
+        batch: list[_Pending[Item, Result]] = []
+        rows = 0
+        while queue and (not batch or rows + queue[0].rows <= self.config.max_batch_size):
+            pending = queue.popleft()
+            self._queued_rows[key] -= pending.rows
+            self._waiting -= 1
+            self._metrics.depth.dec()
+            waited = now - pending.enqueued
+            if pending.future.done():  # the caller went away
+                continue
+            if now >= pending.deadline:
+                self._metrics.rejected.labels("expired").inc()
+                pending.future.set_exception(DeadlineExceeded(
+                    f"deadline passed after {waited * 1e3:.1f} ms in the {self.name} queue; the server is overloaded "
+                    "or the deadline is too short"
+                ))
+                continue
+            self._metrics.queue_time.observe(waited)
+            batch.append(pending)
+            rows += pending.rows
+        if not queue:
+            del self._queues[key], self._queued_rows[key]
+        return batch
+
+    async def _execute(self, key: Hashable, batch: list[_Pending[Item, Result]]) -> None:
+        started = time.monotonic()
+        self._metrics.size.observe(sum(p.rows for p in batch))
+        try:
+            timeout = max(p.deadline for p in batch) - started
+            results = await self._run(key, [p.item for p in batch], timeout)
+            for pending, result in zip(batch, results, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result(result)
+        except Exception as exc:  # one failure answers the whole batch
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+        finally:
+            self._metrics.compute_time.observe(time.monotonic() - started)
+            self._in_flight -= 1
+            self._slot_free.set()
+            self._arrival.set()  # a dispatcher waiting for company should go now if nothing else runs
