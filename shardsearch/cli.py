@@ -1,4 +1,4 @@
-"""The `shardsearch` command: `local` (a whole cluster on this machine), `coordinator`, `shard`."""
+"""The `shardsearch` command: `local` (a whole cluster on this machine), `coordinator`, `shard`, `bench`."""
 
 from __future__ import annotations
 
@@ -11,19 +11,34 @@ from typing import Sequence
 
 
 def _local(args: argparse.Namespace) -> None:
-    from shardsearch.local import LocalCluster
+    from shardsearch.local import LocalCluster, RedisServer
 
-    cluster = LocalCluster(
-        shards=args.shards, port=args.port, host=args.host, run_dir=Path(args.data_dir) if args.data_dir else None,
-        omp_threads=args.omp_threads, metrics=args.metrics,
-    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"starting {args.shards} shards and a coordinator...", flush=True)
-    cluster.start()
+    redis = RedisServer().start() if args.redis else None
+    redis_url = redis.url if redis else args.redis_url
+    coordinator_args = ["--redis-url", redis_url] if redis_url else []
+    if args.coordinators > 1 and not redis_url:
+        print("several coordinators without Redis: result cache off (an in-process cache cannot see the others' writes)")
+        coordinator_args = ["--cache", "off"]
+    cluster = LocalCluster(
+        shards=args.shards, port=args.port, host=args.host, run_dir=Path(args.data_dir) if args.data_dir else None,
+        omp_threads=args.omp_threads, metrics=args.metrics, coordinators=args.coordinators,
+        reuse_port=args.coordinators > 1, coordinator_args=coordinator_args,
+    )
+    print(f"starting {args.shards} shards and {args.coordinators} coordinator(s)...", flush=True)
     try:
-        print(f"coordinator  {cluster.address}" + (f"  (metrics :{cluster.coordinator.metrics_port})" if args.metrics else ""))
+        cluster.start()
+    except BaseException:
+        if redis:
+            redis.stop()
+        raise
+    try:
+        for proc in cluster.coordinator_procs:
+            print(f"{proc.name:<12} {cluster.host}:{proc.port}" + (f"  (metrics :{proc.metrics_port})" if args.metrics else ""))
+        if redis_url:
+            print(f"{'redis':<12} {redis_url}")
         for proc in cluster.shard_procs:
             print(f"{proc.name:<12} {proc.address}" + (f"  (metrics :{proc.metrics_port})" if args.metrics else ""))
         print(f"logs in {cluster.run_dir}", flush=True)
@@ -38,6 +53,8 @@ def _local(args: argparse.Namespace) -> None:
     finally:
         print("stopping...", flush=True)
         cluster.stop()
+        if redis:
+            redis.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -51,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     local.add_argument("--data-dir", help="directory for the processes' logs and port files (default: a temp dir)")
     local.add_argument("--omp-threads", type=int, default=1, help="FAISS threads per shard (default 1: shards share cores)")
     local.add_argument("--metrics", action="store_true", help="serve Prometheus metrics on free ports")
+    local.add_argument("--coordinators", type=int, default=1,
+                       help="coordinator processes sharing the port with SO_REUSEPORT (default 1)")
+    local.add_argument("--redis", action="store_true", help="start a local redis-server for the result cache")
+    local.add_argument("--redis-url", help="use this Redis for the result cache (default: in-process LRU)")
     local.add_argument("--demo", action="store_true", help="load a demo collection and run an example query")
     local.set_defaults(run=_local)
 
@@ -63,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     shard = commands.add_parser("shard", help="run one shard server")
     shard_main.add_arguments(shard)
     shard.set_defaults(run=shard_main.run)
+
+    from shardsearch.bench import cli as bench_main
+
+    bench = commands.add_parser("bench", help="load-test a coordinator: QPS, latency, errors and recall")
+    bench_main.add_arguments(bench)
+    bench.set_defaults(run=bench_main.run)
 
     args = parser.parse_args(argv)
     run = args.run

@@ -1,0 +1,89 @@
+"""`shardsearch bench`: the command over `run_bench`; flags map one-to-one onto BenchConfig fields."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable, Coroutine, NoReturn
+
+import grpc
+
+from shardsearch.bench.runner import CALLS, MODES, POLICIES, BenchConfig, BenchResult, run_bench
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    arg = parser.add_argument
+    arg("--address", help="coordinator host:port (default 127.0.0.1:50051)")
+    arg("--collection", required=True, help="collection to search (and to create with --load)")
+    arg("--mode", choices=MODES, help="closed: fixed concurrency (default); open: fixed arrival rate")
+    arg("--call", choices=CALLS, help="unary: Search (default); batch: BatchSearch; stream: StreamSearch")
+    arg("--concurrency", type=int, help="closed loop: requests (stream: messages) in flight (default 8)")
+    arg("--rate", type=float, help="open loop: queries per second to offer")
+    arg("--max-outstanding", type=int, help="open loop: calls in flight before arrivals are dropped (default 1000)")
+    arg("--batch-size", type=int, help="queries per BatchSearch call (default 32)")
+    arg("--streams", type=int, help="StreamSearch streams (default 1)")
+    arg("--channels", type=int, help="gRPC channels (connections), used round-robin (default 1)")
+    arg("--duration", type=float, help="seconds of measured load (default 10)")
+    arg("--requests", type=int, help="stop after this many measured queries instead of after --duration")
+    arg("--warmup", type=float, help="seconds of load before measuring (default 0)")
+    arg("--k", type=int, help="neighbours per query (default 10)")
+    arg("--nprobe", type=int, help="IVF lists probed per shard (default: the collection's)")
+    arg("--skip-cache", action="store_true", help="bypass the coordinator's result cache")
+    arg("--timeout", type=float, help="per-call deadline in seconds (default 10)")
+    arg("--partial-policy", choices=tuple(POLICIES), help="when a shard fails: fail the call (default) or allow")
+    arg("--queries", help=".npy (n x d) or .fvecs query vectors, cycled (default: random, no recall)")
+    arg("--ground-truth", help=".npy or .ivecs true neighbour ids per query (n x >= 10) for recall@10")
+    arg("--id-format", help="format of a ground-truth integer as a collection id (default '{}')")
+    arg("--dataset", help="folder with base.npy, queries.npy, gt_top100.npy (like shared/data/bigann10k)")
+    arg("--load", action="store_true", help="with --dataset: create the collection (L2) and upsert base.npy first")
+    arg("--train-threshold", type=int, help="with --load: the collection's train_threshold (default: server's)")
+    arg("--wait-trained", action="store_true", help="wait until every shard has trained before the run")
+    arg("--json", type=Path, help="write the result as JSON here")
+    arg("--quiet", action="store_true", help="no progress line")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    names = {f.name for f in fields(BenchConfig)}
+    given = {name: value for name, value in vars(args).items() if name in names and value is not None}
+    return BenchConfig(**given, progress=not args.quiet)
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (less client overhead per call), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _run_async(coro: Coroutine[Any, Any, BenchResult]) -> BenchResult:
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        return runner.run(coro)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"shardsearch bench: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The command: exit 2 when the run could not start, 1 when not one query was answered."""
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        result = _run_async(run_bench(config_from_args(args)))
+    except grpc.aio.AioRpcError as exc:
+        _fail(f"{exc.code().name}: {exc.details()}")
+    except (ValueError, OSError, TimeoutError) as exc:
+        _fail(str(exc))
+    print(result.summary(), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if not result.answered:
+        sys.exit(1)
+
