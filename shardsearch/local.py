@@ -132,25 +132,41 @@ class LocalCluster:
             deadline = time.monotonic() + timeout
             for proc in self.shard_procs:
                 proc.wait_ready(deadline)
-            port = self.port
-            for i in range(self.coordinators):
-                name = "coordinator" if i == 0 else f"coordinator-{i}"
-                proc = self._process(name, [
-                    "coordinator", "--host", self.host, "--port", str(port), "--metrics-port", metrics_port,
-                    "--shards", self.shard_list(), *(["--reuse-port"] if self.reuse_port else []),
-                    *self.coordinator_args,
-                ])
-                proc.start(env)
-                self.coordinator_procs.append(proc)
-                if self.reuse_port:  # the first one picks the port, the others join it
-                    proc.wait_ready(deadline)
-                    port = proc.port
-            for proc in self.coordinator_procs:
-                proc.wait_ready(deadline)
+            self._start_coordinators(env, deadline)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_coordinators(self, env: dict[str, str], deadline: float) -> None:
+        port = self.port
+        metrics_port = "0" if self.metrics else "-1"
+        for i in range(self.coordinators):
+            name = "coordinator" if i == 0 else f"coordinator-{i}"
+            proc = self._process(name, [
+                "coordinator", "--host", self.host, "--port", str(port), "--metrics-port", metrics_port,
+                "--shards", self.shard_list(), *(["--reuse-port"] if self.reuse_port else []),
+                *self.coordinator_args,
+            ])
+            proc.start(env)
+            self.coordinator_procs.append(proc)
+            if self.reuse_port:  # the first one picks the port, the others join it
+                proc.wait_ready(deadline)
+                port = proc.port
+        for proc in self.coordinator_procs:
+            proc.wait_ready(deadline)
+
+    def restart_coordinators(self, coordinator_args: Sequence[str], timeout: float = 60.0) -> None:
+        """Replaces the coordinators with ones started with other flags (the shards and their data stay)."""
+        old = self.coordinator_procs
+        for proc in old:
+            proc.stop()
+        if self.reuse_port and old:
+            self.port = old[0].port
+        self.coordinator_procs = []
+        self.coordinator_args = coordinator_args
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env}
+        self._start_coordinators(env, time.monotonic() + timeout)
 
     def _process(self, name: str, args: list[str]) -> Process:
         assert self.run_dir is not None
@@ -224,8 +240,9 @@ class RedisServer:
         self.port = self.port or free_port()
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.popen = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "shardsearch.process",
+             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, DIE_WITH_PARENT_ENV: str(os.getpid())},
         )
         deadline = time.monotonic() + timeout
         while True:

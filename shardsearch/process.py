@@ -25,3 +25,18 @@ def die_with_parent_if_asked() -> None:
         return
     if os.getppid() != int(parent):  # the launcher died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exec_with_parent_death(argv: list[str]) -> None:
+    """`python -m shardsearch.process PROGRAM ARGS...`: exec PROGRAM so that it dies with the launcher.
+
+    For children that are not ours to edit (redis-server): the death signal set here survives exec.
+    """
+    die_with_parent_if_asked()
+    os.execvp(argv[0], argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    exec_with_parent_death(sys.argv[1:])
