@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batching.add_argument("--batch-max-size", type=int, help="query rows per batch (default 256)")
     batching.add_argument("--batch-max-queue-delay-us", type=int, help="max wait for company under load (default 500)")
     batching.add_argument("--batch-max-queue-size", type=int, help="queued searches before RESOURCE_EXHAUSTED (default 4096)")
-    batching.add_argument("--batch-max-in-flight", type=int, help="batches at the shards at once (default 4)")
+    batching.add_argument("--batch-max-in-flight", type=int, help="batches at the shards at once (default 1)")
     cache = parser.add_argument_group("result cache")
     cache.add_argument("--cache", choices=("auto", "redis", "local", "off"), help="default auto: Redis if --redis-url")
     cache.add_argument("--redis-url", help="e.g. redis://127.0.0.1:6379/0 (shared by every coordinator)")

@@ -46,8 +46,9 @@ class CoordinatorConfig:
     """Longest a search waits for company while other batches are in flight (never when the coordinator is idle)."""
     batch_max_queue_size: int = 4096
     """Searches allowed to queue; beyond it new ones get RESOURCE_EXHAUSTED."""
-    batch_max_in_flight: int = 4
-    """Batches sent to the shards at once."""
+    batch_max_in_flight: int = 1
+    """Batches sent to the shards at once. 1 lets batches grow with load: measured on 2 cores, 64 concurrent unary
+    searches ran at ~2.5x the rate of 4 in flight (fewer, larger batches: fewer shard RPCs per query)."""
 
     cache: str = "auto"
     """Result cache: auto (Redis if redis_url is set, else an in-process LRU), redis, local or off."""

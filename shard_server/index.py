@@ -24,7 +24,7 @@ from shardsearch.v1 import search_pb2
 
 logger = logging.getLogger(__name__)
 
-ABSORB_THRESHOLD = 8_192  # fresh vectors that get encoded into a trained index in one go
+ABSORB_THRESHOLD = 2_048  # fresh vectors that get encoded into a trained index in one go (the buffer is brute force)
 RETRAIN_GROWTH = 4.0  # retrain once the shard holds this many times the vectors it trained on
 COMPACT_DEAD_FRACTION = 0.2  # remove dead codes from the IVF lists past this fraction
 MAX_TRAIN_SAMPLE = 200_000
@@ -147,17 +147,20 @@ class Collection:
             valid = labels >= 0
             safe = np.where(valid, labels, 0)
             valid &= self._alive[safe]
-            stored = self._vecs[safe]
-        return self._rerank(queries, labels, valid, stored, k)
+            vecs = self._vecs  # rows below `next` never change, and a resize makes a new array: safe outside the lock
+        return self._rerank(labels, valid, self._exact_scores(queries, safe, vecs), k)
 
-    def _rerank(self, queries: np.ndarray, labels: np.ndarray, valid: np.ndarray, stored: np.ndarray, k: int) -> SearchResult:
-        if self.inner_product:
-            scores = np.einsum("ncd,nd->nc", stored, queries)
-            order_key = -scores
-        else:
-            diff = stored - queries[:, None, :]
-            scores = np.einsum("ncd,ncd->nc", diff, diff)
-            order_key = scores.copy()
+    def _exact_scores(self, queries: np.ndarray, labels: np.ndarray, vecs: np.ndarray) -> np.ndarray:
+        """Exact scores of each query against its candidate rows, in FAISS (SIMD, no n x c x d gather in numpy)."""
+        n, c = labels.shape
+        scores = np.empty((n, c), dtype=np.float32)
+        ids = np.ascontiguousarray(labels, dtype=np.int64)
+        by_idx = faiss.fvec_inner_products_by_idx if self.inner_product else faiss.fvec_L2sqr_by_idx
+        by_idx(faiss.swig_ptr(scores), faiss.swig_ptr(queries), faiss.swig_ptr(vecs), faiss.swig_ptr(ids), self.dim, n, c)
+        return scores
+
+    def _rerank(self, labels: np.ndarray, valid: np.ndarray, scores: np.ndarray, k: int) -> SearchResult:
+        order_key = -scores if self.inner_product else scores.copy()
         order_key[~valid] = np.inf
         if labels.shape[1] > k:
             top = np.argpartition(order_key, k - 1, axis=1)[:, :k]
