@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
-from coordinator.cache import ResultCache, entry_keys
+from coordinator.cache import Lookup, ResultCache, entry_keys
 from coordinator.catalog import Catalog
 from coordinator.merge import ShardHits, merge
 from coordinator.shards import Outcome, ShardPool
@@ -24,6 +24,7 @@ from shardsearch.errors import NotFound, ShardSearchError
 from shardsearch.v1 import search_pb2, shard_pb2
 
 T = TypeVar("T")
+LOOKUP_BATCH_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class Searcher:
 
     def __init__(
         self, pool: ShardPool, catalog: Catalog, executor: Executor, metrics: SearchMetrics,
-        batching: BatchingConfig, batch_metrics: BatchMetrics, cache: ResultCache | None = None,
+        batching: BatchingConfig, batch_metrics: BatchMetrics, lookup_metrics: BatchMetrics,
+        cache: ResultCache | None = None,
     ) -> None:
         self._pool = pool
         self._catalog = catalog
@@ -69,6 +71,11 @@ class Searcher:
         self._metrics = metrics
         self._cache = cache
         self._batcher: Batcher[_Job, SearchOutcome] = Batcher("coordinator batcher", batching, self._run_batch, batch_metrics)
+        # Concurrent cache lookups share one Redis round trip too (redis-py costs ~100 us of loop time per call).
+        lookup_batching = replace(batching, max_batch_size=LOOKUP_BATCH_ROWS, max_queue_delay_us=0, max_in_flight=2)
+        self._lookups: Batcher[Sequence[str], Lookup] = Batcher(
+            "cache lookup batcher", lookup_batching, self._lookup_batch, lookup_metrics
+        )
 
     @property
     def cache(self) -> ResultCache | None:
@@ -84,7 +91,7 @@ class Searcher:
         n = queries.shape[0]
         args = (spec.dim, spec.metric, opts.k, opts.nprobe, opts.include_payload, queries)
         keys = entry_keys(*args) if n <= 16 else await self._run(entry_keys, *args)
-        lookup = await self._cache.lookup(spec.name, keys)
+        lookup = await self._lookups.submit(spec.name, keys, n, timeout)
         misses = [i for i, value in enumerate(lookup.values) if value is None]
         results: list[search_pb2.SearchResponse | None] = [None] * n
         for i, value in enumerate(lookup.values):
@@ -99,6 +106,16 @@ class Searcher:
         if not fresh.missing and lookup.token is not None:  # partial answers are never cached
             self._cache.store(spec.name, lookup.token, [(keys[i], r.SerializeToString()) for i, r in zip(misses, fresh.results)])
         return SearchOutcome(results, fresh.missing)  # type: ignore[arg-type]
+
+    async def _lookup_batch(self, collection: Hashable, batch: list[Sequence[str]], timeout: float) -> list[Lookup]:
+        assert self._cache is not None
+        keys = batch[0] if len(batch) == 1 else [key for keys in batch for key in keys]
+        lookup = await self._cache.lookup(str(collection), keys)
+        split, offset = [], 0
+        for keys in batch:
+            split.append(Lookup(lookup.token, lookup.values[offset : offset + len(keys)]))
+            offset += len(keys)
+        return split
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -139,6 +156,7 @@ class Searcher:
         return SearchOutcome(results, missing)
 
     async def close(self) -> None:
+        await self._lookups.close()
         await self._batcher.close()
         if self._cache is not None:
             await self._cache.close()

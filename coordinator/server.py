@@ -58,7 +58,8 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     )
     searcher = Searcher(
         pool, catalog, executor, SearchMetrics(registry), config.batching_config(),
-        BatchMetrics(registry, "shardsearch_coordinator"), result_cache,
+        BatchMetrics(registry, "shardsearch_coordinator"), BatchMetrics(registry, "shardsearch_coordinator_cache_lookup"),
+        result_cache,
     )
     servicer = SearchServicer(
         pool, ring, catalog, searcher, executor, RpcMetrics(registry, "shardsearch_coordinator"),

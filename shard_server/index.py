@@ -25,6 +25,7 @@ from shardsearch.v1 import search_pb2
 logger = logging.getLogger(__name__)
 
 ABSORB_THRESHOLD = 2_048  # fresh vectors that get encoded into a trained index in one go (the buffer is brute force)
+IDLE_ABSORB_S = 2.0  # a smaller buffer is absorbed once writes have paused this long
 RETRAIN_GROWTH = 4.0  # retrain once the shard holds this many times the vectors it trained on
 COMPACT_DEAD_FRACTION = 0.2  # remove dead codes from the IVF lists past this fraction
 MAX_TRAIN_SAMPLE = 200_000
@@ -59,6 +60,7 @@ class Collection:
         self._params: index_params.IndexParams | None = None
         self._trained_on = 0
         self._training = False
+        self._last_write = time.monotonic()
 
     # ---- writes -------------------------------------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class Collection:
                         self._payloads[start + offset] = payload
             self._next += n
             self._live += n
+            self._last_write = time.monotonic()
         return n
 
     def delete(self, ids: list[str]) -> int:
@@ -194,7 +197,8 @@ class Collection:
             return "train" if self._live >= self.train_threshold else None
         if self._live >= max(self.train_threshold, RETRAIN_GROWTH * self._trained_on):
             return "train"
-        if self._next - self._ivf_upto >= ABSORB_THRESHOLD:
+        buffered = self._next - self._ivf_upto
+        if buffered >= ABSORB_THRESHOLD or (buffered and time.monotonic() - self._last_write >= IDLE_ABSORB_S):
             return "absorb"
         if self._ivf_dead > COMPACT_DEAD_FRACTION * max(1, self._ivf.ntotal) and self._ivf_dead >= 1000:
             return "train" if not device.can_remove(self._ivf) else "compact"

@@ -5,17 +5,21 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from typing import Callable
 
 from shard_server.index import Collection
 
 logger = logging.getLogger(__name__)
 
+TICK_S = 1.0  # how often collections that went quiet are re-checked (an idle buffer gets absorbed)
+
 
 class Maintenance:
     def __init__(self, thread_init: Callable[[], None] = lambda: None) -> None:
         self._queue: queue.Queue[Collection | None] = queue.Queue()
         self._queued: set[int] = set()
+        self._seen: weakref.WeakSet[Collection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._thread_init = thread_init
         self._thread = threading.Thread(target=self._run, name="maintenance", daemon=True)
@@ -23,6 +27,7 @@ class Maintenance:
 
     def nudge(self, collection: Collection) -> None:
         """Queues the collection if it has pending work (cheap; safe to call after every write)."""
+        self._seen.add(collection)
         if collection.pending_work() is None:
             return
         with self._lock:
@@ -37,7 +42,15 @@ class Maintenance:
 
     def _run(self) -> None:
         self._thread_init()
-        while (collection := self._queue.get()) is not None:
+        while True:
+            try:
+                collection = self._queue.get(timeout=TICK_S)
+            except queue.Empty:
+                for seen in list(self._seen):
+                    self.nudge(seen)
+                continue
+            if collection is None:
+                return
             with self._lock:
                 self._queued.discard(id(collection))
             try:

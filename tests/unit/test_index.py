@@ -103,3 +103,20 @@ def test_searches_keep_answering_while_training(rng: np.random.Generator) -> Non
     trainer.join()
     assert coll.info().trained
     assert top_ids(coll, x[:1], 1)[0][0] == "0"
+
+
+def test_a_small_buffer_is_absorbed_once_writes_pause(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shard_server import index
+
+    coll = make(threshold=1_000)
+    coll.upsert([str(i) for i in range(2_000)], rng.standard_normal((2_000, 16)).astype(np.float32))
+    coll.maintain()
+    fresh = rng.standard_normal((10, 16)).astype(np.float32)
+    coll.upsert([f"new{i}" for i in range(10)], fresh)
+    assert coll.pending_work() is None and coll.info().buffered_vectors == 10  # writes may still be coming
+    monkeypatch.setattr(index, "IDLE_ABSORB_S", 0.0)
+    assert coll.pending_work() == "absorb"
+    coll.maintain()
+    info = coll.info()
+    assert info.buffered_vectors == 0 and info.indexed_vectors == 2_010
+    assert [row[0] for row in top_ids(coll, fresh)] == [f"new{i}" for i in range(10)]
