@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cache.add_argument("--redis-url", help="e.g. redis://127.0.0.1:6379/0 (shared by every coordinator)")
     cache.add_argument("--cache-ttl-s", type=float, help="lifetime of a cached answer (default 300)")
     cache.add_argument("--cache-timeout-s", type=float, help="Redis round-trip limit (default 0.1)")
+    cache.add_argument("--cache-retry-s", type=float, help="how often Redis is retried after an error (default 1)")
+    cache.add_argument("--cache-max-bytes", type=int, help="size of the in-process LRU (default 256 MiB)")
 
 
 def run(args: argparse.Namespace) -> None:
