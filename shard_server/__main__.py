@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-threads", type=int, help="executor threads for FAISS work")
     parser.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="stay on the CPU")
     parser.add_argument("--log-level")
+    parser.add_argument("--data-dir", help="directory for the write-ahead log and snapshots (default: memory only)")
+    parser.add_argument("--snapshot-wal-bytes", type=int, help="snapshot once the log has grown this much (256 MiB)")
     batching = parser.add_argument_group("dynamic batching")
     batching.add_argument("--no-batching", dest="batching", action="store_const", const=False,
                           help="one FAISS call per Search RPC")

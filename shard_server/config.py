@@ -29,6 +29,10 @@ class ShardConfig:
     use_gpu: bool = True
     """Clone trained indexes to the GPU when faiss.get_num_gpus() > 0."""
     log_level: str = "INFO"
+    data_dir: str = ""
+    """Where the write-ahead log and snapshots live; empty keeps everything in memory (lost on restart)."""
+    snapshot_wal_bytes: int = 256 * 1024 * 1024
+    """Snapshot a collection once its log has grown this much since the last snapshot (recovery replays less)."""
 
     batching: bool = True
     """Gather concurrent Search RPCs into one FAISS call."""

@@ -32,6 +32,11 @@ def to_device(index: faiss.Index, use_gpu: bool) -> faiss.Index:
     return faiss.index_cpu_to_gpu(_resources(), 0, index)
 
 
+def to_cpu(index: faiss.Index) -> faiss.Index:
+    """A CPU copy of a GPU index (for snapshots); a CPU index as is."""
+    return index if can_remove(index) else faiss.index_gpu_to_cpu(index)
+
+
 def can_remove(index: faiss.Index) -> bool:
     """GPU IVF indexes cannot remove ids: they rely on tombstones and a rebuild."""
     return not type(index).__name__.startswith("Gpu")

@@ -264,6 +264,54 @@ class Collection:
             self._ivf.remove_ids(faiss.IDSelectorBatch(dead))
             self._ivf_dead = 0
 
+    # ---- snapshots ----------------------------------------------------------------------------------------
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """Everything needed to rebuild this collection, as arrays (for `np.savez`). Consistent with the writes
+        applied so far: the caller must not apply writes concurrently. Dead rows are left out."""
+        with self._lock:
+            upto = self._next
+            labels = np.flatnonzero(self._alive[:upto]).astype(np.int64)
+            payloads = dict(self._payloads)
+            ivf = faiss.serialize_index(device.to_cpu(self._ivf)) if self._ivf is not None else np.zeros(0, np.uint8)
+            chosen = self._params
+            meta = np.array([upto, self._ivf_upto, self._trained_on], dtype=np.int64)
+            vecs = self._vecs
+        ids = [self._id_of[label].encode() for label in labels.tolist()]
+        blobs = [payloads.get(label, b"") for label in labels.tolist()]
+        params = np.array(
+            [chosen.nlist, chosen.pq_m, chosen.pq_nbits, chosen.default_nprobe, chosen.refine_factor]
+            if chosen is not None else [], dtype=np.int64,
+        )
+        return {
+            "meta": meta, "labels": labels, "vectors": vecs[labels], "params": params, "ivf": ivf,
+            **_pack_strings("ids", ids), **_pack_strings("payloads", blobs),
+        }
+
+    def import_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restores what `export_state` saved (into a new, empty collection)."""
+        upto, ivf_upto, trained_on = (int(x) for x in state["meta"])
+        labels = state["labels"]
+        ids = _unpack_strings(state, "ids")
+        payloads = _unpack_strings(state, "payloads")
+        with self._lock:
+            self._reserve(max(upto, 1))
+            self._vecs[labels] = state["vectors"]
+            self._alive[:] = False
+            self._alive[labels] = True
+            id_of: list[str] = [""] * upto
+            for label, raw in zip(labels.tolist(), ids):
+                id_of[label] = raw.decode()
+            self._id_of = id_of
+            self._label_of = {id_of[label]: label for label in labels.tolist()}
+            self._payloads = {label: blob for label, blob in zip(labels.tolist(), payloads) if blob}
+            self._next, self._live = upto, len(labels)
+            if len(state["ivf"]):
+                self._params = index_params.IndexParams(*(int(x) for x in state["params"]))
+                self._ivf = device.to_device(faiss.deserialize_index(state["ivf"]), self.use_gpu)
+                self._ivf_upto, self._trained_on = ivf_upto, trained_on
+                self._ivf_dead = ivf_upto - int(np.count_nonzero(self._alive[:ivf_upto]))
+
     # ---- introspection ------------------------------------------------------------------------------------
 
     def info(self) -> search_pb2.ShardInfo:
@@ -295,3 +343,15 @@ class Collection:
     @property
     def live(self) -> int:
         return self._live
+
+
+def _pack_strings(name: str, items: list[bytes]) -> dict[str, np.ndarray]:
+    """Byte strings as one blob plus end offsets: arrays `np.savez` stores without pickling."""
+    ends = np.cumsum([len(item) for item in items], dtype=np.int64) if items else np.zeros(0, np.int64)
+    return {f"{name}_blob": np.frombuffer(b"".join(items), dtype=np.uint8), f"{name}_ends": ends}
+
+
+def _unpack_strings(state: dict[str, np.ndarray], name: str) -> list[bytes]:
+    blob = state[f"{name}_blob"].tobytes()
+    starts = [0, *state[f"{name}_ends"].tolist()]
+    return [blob[a:b] for a, b in zip(starts, starts[1:])]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -13,6 +15,8 @@ from shard_server import device
 from shard_server.config import ShardConfig
 from shard_server.maintenance import Maintenance
 from shard_server.servicer import ShardMetrics, ShardServicer
+from shard_server.storage import Storage
+from shard_server.writes import Writer
 from shardsearch import grpcserver
 from shardsearch.batching import BatchMetrics
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
@@ -40,6 +44,7 @@ class RunningShard:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.server.stop(grace)
+        await self.servicer.close()
         self.maintenance.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -51,10 +56,16 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
     executor = ThreadPoolExecutor(config.search_threads, thread_name_prefix="faiss", initializer=init)
     maintenance = Maintenance(thread_init=init)
     use_gpu = config.use_gpu and device.gpu_available()
+    storage = Storage(Path(config.data_dir)) if config.data_dir else None
+    writer = Writer(executor, storage, config.snapshot_wal_bytes, registry)
     servicer = ShardServicer(
         executor, maintenance, ShardMetrics(registry), use_gpu=use_gpu, batching=config.batching_config(),
-        batch_metrics=BatchMetrics(registry, "shardsearch_shard"),
+        batch_metrics=BatchMetrics(registry, "shardsearch_shard"), writer=writer,
     )
+    if storage is None:
+        logger.warning("shard %s has no --data-dir: its data lives in memory only and is lost on restart", config.name)
+    else:
+        await asyncio.get_running_loop().run_in_executor(executor, servicer.recover)
     server = await grpcserver.start_server(
         f"{config.host}:{config.port}",
         [lambda s: shard_pb2_grpc.add_ShardServiceServicer_to_server(servicer, s)],

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from shard_server.index import Collection
 from shard_server.maintenance import Maintenance
+from shard_server.writes import Writer
 from shardsearch import codec, validation
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.errors import AlreadyExists, InvalidArgument, NotFound, rpc
@@ -40,9 +41,10 @@ class ShardMetrics(RpcMetrics):
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(
         self, executor: Executor, maintenance: Maintenance, metrics: ShardMetrics, use_gpu: bool,
-        batching: BatchingConfig, batch_metrics: BatchMetrics,
+        batching: BatchingConfig, batch_metrics: BatchMetrics, writer: Writer,
     ) -> None:
         self._executor = executor
+        self._writer = writer
         self._batcher: Batcher[tuple[np.ndarray, int], shard_pb2.ShardSearchResponse] = Batcher(
             "shard batcher", batching, self._run_batch, batch_metrics
         )
@@ -50,6 +52,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self.metrics = metrics
         self._use_gpu = use_gpu
         self._collections: dict[str, Collection] = {}
+        self._creating: set[str] = set()
         self._lock = threading.Lock()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -66,9 +69,15 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         spec = request.collection
         validation.check_collection(spec)
         with self._lock:
-            if spec.name in self._collections:
+            if spec.name in self._collections or spec.name in self._creating:
                 raise AlreadyExists(f"collection {spec.name!r} already exists")
-            self._collections[spec.name] = Collection(spec, use_gpu=self._use_gpu)
+            self._creating.add(spec.name)
+        try:
+            await self._writer.create(spec)  # durable before it is acknowledged
+            with self._lock:
+                self._collections[spec.name] = Collection(spec, use_gpu=self._use_gpu)
+        finally:
+            self._creating.discard(spec.name)
         self.metrics.vectors.labels(spec.name).set(0)
         logger.info("created collection %s (dim %d)", spec.name, spec.dim)
         return shard_pb2.ShardCreateCollectionResponse(collection=spec)
@@ -78,6 +87,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         with self._lock:
             if self._collections.pop(request.name, None) is None:
                 raise NotFound(f"collection {request.name!r} does not exist on this shard")
+        await self._writer.drop(request.name)
         self.metrics.vectors.remove(request.name)
         logger.info("dropped collection %s", request.name)
         return shard_pb2.ShardDropCollectionResponse()
@@ -99,7 +109,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if payloads and len(payloads) != len(ids):
             raise InvalidArgument(f"payloads: {len(payloads)} payloads for {len(ids)} ids")
         codec.check_finite(vectors, "vectors_f32")
-        upserted = await self._run(coll.upsert, ids, vectors, payloads)
+        upserted = await self._writer.upsert(coll, request, ids, vectors, payloads, self._deadline(context))
         self._after_write(coll)
         return shard_pb2.ShardUpsertResponse(upserted=upserted)
 
@@ -108,9 +118,24 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         coll = self._collection(request.collection)
         ids = list(request.ids)
         validation.check_ids(ids, "ids")
-        deleted = await self._run(coll.delete, ids)
+        deleted = await self._writer.delete(coll, request, ids, self._deadline(context))
         self._after_write(coll)
         return shard_pb2.ShardDeleteResponse(deleted=deleted)
+
+    @staticmethod
+    def _deadline(context: Any) -> float:
+        remaining = context.time_remaining()
+        return DEFAULT_TIMEOUT_S if remaining is None else remaining
+
+    def recover(self) -> None:
+        """Loads the collections kept in the data directory (before serving)."""
+        for coll in self._writer.recover(self._use_gpu):
+            self._collections[coll.spec.name] = coll
+            self._after_write(coll)
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        await self._writer.close()
 
     def _after_write(self, coll: Collection) -> None:
         self.metrics.vectors.labels(coll.spec.name).set(coll.live)
@@ -132,10 +157,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument(f"queries_f32: holds {queries.shape[0]} queries, n says {request.n}")
         validation.check_query_count(request.n)
         validation.check_search(request.k, request.nprobe)
-        remaining = context.time_remaining()
-        timeout = DEFAULT_TIMEOUT_S if remaining is None else remaining
         key = (coll, request.nprobe, request.include_payload)
-        return await self._batcher.submit(key, (queries, request.k), queries.shape[0], timeout)
+        return await self._batcher.submit(key, (queries, request.k), queries.shape[0], self._deadline(context))
 
     async def _run_batch(
         self, key: Hashable, items: list[tuple[np.ndarray, int]], timeout: float

@@ -109,6 +109,8 @@ class LocalCluster:
     coordinator_args: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
     coordinators: int = 1
+    durable: bool = True
+    """Shards keep a write-ahead log and snapshots under run_dir/<shard>-data (so a restarted shard has its data)."""
     reuse_port: bool = False
     """With several coordinators: True binds them all to one port (SO_REUSEPORT), False gives each its own."""
     shard_procs: list[Process] = field(default_factory=list, init=False)
@@ -123,9 +125,11 @@ class LocalCluster:
         try:
             for i in range(self.shards):
                 name = f"shard-{i}"
+                durability = ["--data-dir", str(self.run_dir / f"{name}-data")] if self.durable else []
                 proc = self._process(name, [
                     "shard_server", "--host", "127.0.0.1", "--port", "0", "--name", name,
-                    "--metrics-port", metrics_port, "--omp-threads", str(self.omp_threads), *self.shard_args,
+                    "--metrics-port", metrics_port, "--omp-threads", str(self.omp_threads), *durability,
+                    *self.shard_args,
                 ])
                 proc.start(env)
                 self.shard_procs.append(proc)

@@ -1,0 +1,214 @@
+"""The shard's write path: log with group commit, apply, acknowledge; snapshots; recovery at start-up.
+
+With a data directory, every Upsert and Delete goes through one batcher: the writes queued while the previous fsync
+ran are appended together and covered by a single fsync, then applied in log order, then acknowledged. So an
+acknowledged write is on disk, and the in-memory state is always a prefix of the log. Snapshots are captured in the
+same serial path (consistent with a log position), written off it, and let the covered log segments go.
+Without a data directory writes are applied directly (nothing survives a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, TypeVar
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from shard_server.index import Collection
+from shard_server.storage import DELETE, UPSERT, CollectionStore, Storage, fsync_dir
+from shardsearch import codec
+from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
+from shardsearch.metrics import LATENCY_BUCKETS
+from shardsearch.v1 import search_pb2, shard_pb2
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SNAPSHOT = 0
+WRITE_BATCHING = BatchingConfig(max_batch_size=4096, max_queue_delay_us=0, max_queue_size=8192, max_in_flight=1)
+
+
+@dataclass(frozen=True)
+class WriteOp:
+    kind: int  # UPSERT, DELETE or SNAPSHOT
+    payload: bytes = b""
+    ids: list[str] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    payloads: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A snapshot's content, consistent with log position `seq`, and the segments it makes redundant."""
+
+    state: dict[str, np.ndarray]
+    seq: int
+    covered: list[Any]
+
+
+class Writer:
+    def __init__(
+        self, executor: Executor, storage: Storage | None, snapshot_bytes: int, registry: CollectorRegistry,
+    ) -> None:
+        self._executor = executor
+        self.storage = storage
+        self._snapshot_bytes = snapshot_bytes
+        self._stores: dict[str, CollectionStore] = {}
+        self._snapshotting: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._batcher: Batcher[WriteOp, Any] = Batcher(
+            "write batcher", WRITE_BATCHING, self._run_batch, BatchMetrics(registry, "shardsearch_shard_write")
+        )
+        self.snapshots = Counter("shardsearch_shard_snapshots", "Snapshots written.", registry=registry)
+        self.snapshot_time = Histogram(
+            "shardsearch_shard_snapshot_duration_seconds", "Time to write one snapshot.", buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    @property
+    def durable(self) -> bool:
+        return self.storage is not None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # ---- collections ---------------------------------------------------------------------------------------
+
+    async def create(self, spec: search_pb2.Collection) -> None:
+        if self.storage is not None:
+            self._stores[spec.name] = await self._run(self.storage.create, spec)
+
+    async def drop(self, name: str) -> None:
+        store = self._stores.pop(name, None)
+        if store is not None:
+            await self._run(store.destroy)
+
+    def recover(self, use_gpu: bool) -> list[Collection]:
+        """Loads every collection from its snapshot and log (blocking; call before serving)."""
+        if self.storage is None:
+            return []
+        collections = []
+        for store in self.storage.existing():
+            started = time.perf_counter()
+            coll = Collection(store.spec, use_gpu=use_gpu)
+            after = 0
+            if store.snapshot_path.exists():
+                with np.load(store.snapshot_path) as npz:
+                    state = {key: npz[key] for key in npz.files}
+                after = int(state.pop("seq")[0])
+                coll.import_state(state)
+            replayed = 0
+            store.seq = after
+            for record in store.wal.replay(after):
+                _apply(coll, record.kind, record.payload)
+                store.seq = record.seq
+                replayed += 1
+            self._stores[store.spec.name] = store
+            collections.append(coll)
+            logger.info(
+                "recovered collection %s: %d vectors (snapshot at %d, %d log records replayed) in %.2fs",
+                store.spec.name, coll.live, after, replayed, time.perf_counter() - started,
+            )
+        return collections
+
+    # ---- writes --------------------------------------------------------------------------------------------
+
+    async def upsert(
+        self, coll: Collection, request: shard_pb2.ShardUpsertRequest, ids: list[str], vectors: np.ndarray,
+        payloads: list[bytes], timeout: float,
+    ) -> int:
+        if not self.durable:
+            return await self._run(coll.upsert, ids, vectors, payloads)
+        op = WriteOp(UPSERT, request.SerializeToString(), ids, vectors, payloads)
+        return int(await self._batcher.submit(coll, op, 1, timeout))
+
+    async def delete(self, coll: Collection, request: shard_pb2.ShardDeleteRequest, ids: list[str], timeout: float) -> int:
+        if not self.durable:
+            return await self._run(coll.delete, ids)
+        return int(await self._batcher.submit(coll, WriteOp(DELETE, request.SerializeToString(), ids), 1, timeout))
+
+    async def _run_batch(self, key: Hashable, ops: list[WriteOp], timeout: float) -> list[Any]:
+        coll: Collection = key  # type: ignore[assignment]
+        store = self._stores.get(coll.spec.name)
+        if store is None:
+            raise RuntimeError(f"collection {coll.spec.name!r} has no storage (dropped?)")
+        results = await self._run(_commit, coll, store, ops)
+        if store.wal.bytes_since_snapshot >= self._snapshot_bytes and coll.spec.name not in self._snapshotting:
+            task = asyncio.create_task(self.snapshot(coll))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return results
+
+    async def snapshot(self, coll: Collection) -> None:
+        """Captures the collection in the write path, then writes the snapshot and drops the log it covers."""
+        name = coll.spec.name
+        store = self._stores.get(name)
+        if store is None or name in self._snapshotting:
+            return
+        self._snapshotting.add(name)
+        try:
+            started = time.perf_counter()
+            capture: Capture = await self._batcher.submit(coll, WriteOp(SNAPSHOT), 1, 3600)
+            await self._run(_persist, store, capture)
+            self.snapshots.inc()
+            self.snapshot_time.observe(time.perf_counter() - started)
+            logger.info("collection %s: snapshot at log position %d in %.2fs", name, capture.seq,
+                        time.perf_counter() - started)
+        except Exception:
+            logger.exception("snapshot of collection %s failed (the log still holds everything)", name)
+        finally:
+            self._snapshotting.discard(name)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            await asyncio.gather(task, return_exceptions=True)
+        await self._batcher.close()
+        for store in self._stores.values():
+            store.wal.close()
+
+
+def _apply(coll: Collection, kind: int, payload: bytes) -> int:
+    if kind == UPSERT:
+        request = shard_pb2.ShardUpsertRequest.FromString(payload)
+        return coll.upsert(list(request.ids), codec.unpack(request.vectors_f32, coll.dim), list(request.payloads))
+    if kind == DELETE:
+        return coll.delete(list(shard_pb2.ShardDeleteRequest.FromString(payload).ids))
+    raise ValueError(f"unknown log record kind {kind}")
+
+
+def _commit(coll: Collection, store: CollectionStore, ops: list[WriteOp]) -> list[Any]:
+    """Runs in the executor: one append + fsync for every write in the batch, then applies them in log order."""
+    entries = [(op.kind, op.payload) for op in ops if op.kind != SNAPSHOT]
+    if entries:
+        store.log(entries)
+    results: list[Any] = []
+    for op in ops:
+        if op.kind == UPSERT:
+            results.append(coll.upsert(op.ids, op.vectors, op.payloads))  # type: ignore[arg-type]
+        elif op.kind == DELETE:
+            results.append(coll.delete(op.ids))
+        else:
+            results.append(None)
+    if any(op.kind == SNAPSHOT for op in ops):
+        capture = Capture(coll.export_state(), store.seq, store.wal.rotate(store.seq + 1))
+        results = [capture if op.kind == SNAPSHOT else result for op, result in zip(ops, results)]
+    return results
+
+
+def _persist(store: CollectionStore, capture: Capture) -> None:
+    """Writes snapshot.npz atomically (temp file, fsync, rename, fsync dir), then deletes the covered segments."""
+    tmp = store.snapshot_path.with_name("snapshot.npz.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, seq=np.array([capture.seq], dtype=np.int64), **capture.state)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, store.snapshot_path)
+    fsync_dir(store.folder)
+    for segment in capture.covered:
+        segment.unlink(missing_ok=True)
