@@ -114,11 +114,13 @@ class LocalCluster:
     reuse_port: bool = False
     """With several coordinators: True binds them all to one port (SO_REUSEPORT), False gives each its own."""
     shard_procs: list[Process] = field(default_factory=list, init=False)
+    _owns_data: bool = field(default=False, init=False)
     coordinator_procs: list[Process] = field(default_factory=list, init=False)
 
     def start(self, timeout: float = 60.0) -> "LocalCluster":
         if self.run_dir is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="shardsearch-"))
+            self._owns_data = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env}
         metrics_port = "0" if self.metrics else "-1"
@@ -202,11 +204,15 @@ class LocalCluster:
         proc.wait_ready(time.monotonic() + timeout)
 
     def stop(self) -> None:
+        """Stops every process; shard data in a temporary run dir is deleted (the logs stay for post-mortems)."""
         procs = self.coordinator_procs + self.shard_procs
         for proc in procs:
             proc.signal(signal.SIGTERM)
         for proc in procs:
             proc.stop()
+        if self._owns_data and self.run_dir is not None:
+            for data in self.run_dir.glob("*-data"):
+                shutil.rmtree(data, ignore_errors=True)
 
     def logs(self) -> str:
         procs = self.coordinator_procs + self.shard_procs
