@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     local.add_argument("--shards", type=int, default=2, help="number of shard processes (default 2)")
     local.add_argument("--port", type=int, default=50051, help="coordinator gRPC port (default 50051; 0 = free port)")
     local.add_argument("--host", default="127.0.0.1", help="coordinator interface (default 127.0.0.1)")
-    local.add_argument("--data-dir", help="logs, port files and shard data, kept across runs (default: a temp dir whose shard data is deleted on exit)")
+    local.add_argument("--data-dir", help="logs, port files and shard data, kept across runs "
+                       "(default: a temp dir whose shard data is deleted on exit)")
     local.add_argument("--omp-threads", type=int, default=1, help="FAISS threads per shard (default 1: shards share cores)")
     local.add_argument("--metrics", action="store_true", help="serve Prometheus metrics on free ports")
     local.add_argument("--coordinators", type=int, default=1,
