@@ -7,7 +7,7 @@ import asyncio
 from typing import Sequence
 
 from coordinator.config import CoordinatorConfig
-from shardsearch import grpcserver
+from shardsearch import batching, grpcserver
 from shardsearch.process import die_with_parent_if_asked
 
 
@@ -26,13 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port-file", help="write the bound ports here as JSON once serving")
     parser.add_argument("--reuse-port", action="store_const", const=True, help="SO_REUSEPORT: several processes, one port")
     parser.add_argument("--log-level")
-    batching = parser.add_argument_group("dynamic batching")
-    batching.add_argument("--no-batching", dest="batching", action="store_const", const=False,
-                          help="send every search to the shards on its own")
-    batching.add_argument("--batch-max-size", type=int, help="query rows per batch (default 256)")
-    batching.add_argument("--batch-max-queue-delay-us", type=int, help="max wait for company under load (default 500)")
-    batching.add_argument("--batch-max-queue-size", type=int, help="queued searches before RESOURCE_EXHAUSTED (default 4096)")
-    batching.add_argument("--batch-max-in-flight", type=int, help="batches at the shards at once (default 1)")
+    batching.add_arguments(parser, "RPC per shard", CoordinatorConfig().batching_config())
     cache = parser.add_argument_group("result cache")
     cache.add_argument("--cache", choices=("auto", "redis", "local", "off"), help="default auto: Redis if --redis-url")
     cache.add_argument("--redis-url", help="e.g. redis://127.0.0.1:6379/0 (shared by every coordinator)")

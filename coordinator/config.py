@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardsearch.batching import BatchingConfig
+from shardsearch.batching import BatchingConfig, from_settings
 from shardsearch.config import from_env
 
 ENV_PREFIX = "SHARDSEARCH_COORDINATOR_"
@@ -64,11 +64,7 @@ class CoordinatorConfig:
     """Size of the in-process LRU."""
 
     def batching_config(self) -> BatchingConfig:
-        return BatchingConfig(
-            enabled=self.batching, max_batch_size=self.batch_max_size,
-            max_queue_delay_us=self.batch_max_queue_delay_us, max_queue_size=self.batch_max_queue_size,
-            max_in_flight=self.batch_max_in_flight,
-        )
+        return from_settings(self)
 
     def shard_addresses(self) -> list[tuple[str, str]]:
         """(name, address) per shard, in ring order."""

@@ -100,7 +100,11 @@ class Searcher:
                 response.cached = True
         if not misses:
             return SearchOutcome(results, [])  # type: ignore[arg-type]
-        fresh = await self._batched(spec, queries if len(misses) == n else queries[misses], opts, timeout)
+        if len(misses) == n:
+            subset = queries
+        else:
+            subset = queries[misses] if len(misses) <= 16 else await self._run(np.take, queries, misses, 0)
+        fresh = await self._batched(spec, subset, opts, timeout)
         for i, response in zip(misses, fresh.results, strict=True):
             results[i] = response
         if not fresh.missing and lookup.token is not None:  # partial answers are never cached

@@ -8,7 +8,7 @@ import os
 from typing import Sequence
 
 from shard_server.config import ShardConfig
-from shardsearch import grpcserver
+from shardsearch import batching, grpcserver
 from shardsearch.process import die_with_parent_if_asked
 
 
@@ -24,13 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level")
     parser.add_argument("--data-dir", help="directory for the write-ahead log and snapshots (default: memory only)")
     parser.add_argument("--snapshot-wal-bytes", type=int, help="snapshot once the log has grown this much (256 MiB)")
-    batching = parser.add_argument_group("dynamic batching")
-    batching.add_argument("--no-batching", dest="batching", action="store_const", const=False,
-                          help="one FAISS call per Search RPC")
-    batching.add_argument("--batch-max-size", type=int, help="query rows per FAISS call (default 1024)")
-    batching.add_argument("--batch-max-queue-delay-us", type=int, help="max wait for company under load (default 200)")
-    batching.add_argument("--batch-max-queue-size", type=int, help="queued RPCs before RESOURCE_EXHAUSTED (default 8192)")
-    batching.add_argument("--batch-max-in-flight", type=int, help="FAISS search calls at once (default 1)")
+    batching.add_arguments(parser, "FAISS call", ShardConfig().batching_config())
 
 
 def run(args: argparse.Namespace) -> None:

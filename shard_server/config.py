@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardsearch.batching import BatchingConfig
+from shardsearch.batching import BatchingConfig, from_settings
 from shardsearch.config import from_env
 
 ENV_PREFIX = "SHARDSEARCH_SHARD_"
@@ -46,11 +46,7 @@ class ShardConfig:
     """FAISS search calls at once (FAISS itself spreads one call over omp_threads)."""
 
     def batching_config(self) -> BatchingConfig:
-        return BatchingConfig(
-            enabled=self.batching, max_batch_size=self.batch_max_size,
-            max_queue_delay_us=self.batch_max_queue_delay_us, max_queue_size=self.batch_max_queue_size,
-            max_in_flight=self.batch_max_in_flight,
-        )
+        return from_settings(self)
 
     @classmethod
     def from_env(cls, **overrides: object) -> "ShardConfig":

@@ -37,7 +37,7 @@ WRITE_BATCHING = BatchingConfig(max_batch_size=4096, max_queue_delay_us=0, max_q
 @dataclass(frozen=True)
 class WriteOp:
     kind: int  # UPSERT, DELETE or SNAPSHOT
-    payload: bytes = b""
+    request: Any = None  # the shard RPC's request, logged as is (serialised in the executor, off the event loop)
     ids: list[str] = field(default_factory=list)
     vectors: np.ndarray | None = None
     payloads: list[bytes] = field(default_factory=list)
@@ -125,13 +125,13 @@ class Writer:
     ) -> int:
         if not self.durable:
             return await self._run(coll.upsert, ids, vectors, payloads)
-        op = WriteOp(UPSERT, request.SerializeToString(), ids, vectors, payloads)
+        op = WriteOp(UPSERT, request, ids, vectors, payloads)
         return int(await self._batcher.submit(coll, op, 1, timeout))
 
     async def delete(self, coll: Collection, request: shard_pb2.ShardDeleteRequest, ids: list[str], timeout: float) -> int:
         if not self.durable:
             return await self._run(coll.delete, ids)
-        return int(await self._batcher.submit(coll, WriteOp(DELETE, request.SerializeToString(), ids), 1, timeout))
+        return int(await self._batcher.submit(coll, WriteOp(DELETE, request, ids), 1, timeout))
 
     async def _run_batch(self, key: Hashable, ops: list[WriteOp], timeout: float) -> list[Any]:
         coll: Collection = key  # type: ignore[assignment]
@@ -184,7 +184,7 @@ def _apply(coll: Collection, kind: int, payload: bytes) -> int:
 
 def _commit(coll: Collection, store: CollectionStore, ops: list[WriteOp]) -> list[Any]:
     """Runs in the executor: one append + fsync for every write in the batch, then applies them in log order."""
-    entries = [(op.kind, op.payload) for op in ops if op.kind != SNAPSHOT]
+    entries = [(op.kind, op.request.SerializeToString()) for op in ops if op.kind != SNAPSHOT]
     if entries:
         store.log(entries)
     results: list[Any] = []

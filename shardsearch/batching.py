@@ -18,13 +18,14 @@ cancelled caller is skipped, so no compute is spent on answers nobody will read.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -55,6 +56,29 @@ class BatchingConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_in_flight < 1 or self.max_queue_delay_us < 0:
             raise ValueError(f"invalid batching config {self}: sizes must be >= 1 and the delay >= 0")
+
+
+def from_settings(settings: Any) -> BatchingConfig:
+    """Reads the `batching` and `batch_*` fields both server configs share."""
+    return BatchingConfig(
+        enabled=settings.batching, max_batch_size=settings.batch_max_size,
+        max_queue_delay_us=settings.batch_max_queue_delay_us, max_queue_size=settings.batch_max_queue_size,
+        max_in_flight=settings.batch_max_in_flight,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser, unit: str, defaults: BatchingConfig) -> None:
+    """The `--batch-*` flags, for a server whose batch is one `unit` (a shard RPC, a FAISS call)."""
+    group = parser.add_argument_group("dynamic batching")
+    group.add_argument("--no-batching", dest="batching", action="store_const", const=False,
+                       help=f"one {unit} per request")
+    group.add_argument("--batch-max-size", type=int, help=f"query rows per {unit} (default {defaults.max_batch_size})")
+    group.add_argument("--batch-max-queue-delay-us", type=int,
+                       help=f"max wait for company under load (default {defaults.max_queue_delay_us})")
+    group.add_argument("--batch-max-queue-size", type=int,
+                       help=f"queued requests before RESOURCE_EXHAUSTED (default {defaults.max_queue_size})")
+    group.add_argument("--batch-max-in-flight", type=int,
+                       help=f"batches running at once (default {defaults.max_in_flight})")
 
 
 class BatchMetrics:
