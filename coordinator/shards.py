@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -53,10 +53,13 @@ class ShardMetrics:
 
 
 class ShardPool:
-    def __init__(self, addresses: Sequence[tuple[str, str]], metrics: ShardMetrics) -> None:
+    def __init__(
+        self, addresses: Sequence[tuple[str, str]], metrics: ShardMetrics,
+        channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
+    ) -> None:
+        connect = channel_factory or _insecure_channel
         self.shards = [
-            Shard(name, address, channel := grpc.aio.insecure_channel(address, options=grpcserver.channel_options()),
-                  shard_pb2_grpc.ShardServiceStub(channel))
+            Shard(name, address, channel := connect(address), shard_pb2_grpc.ShardServiceStub(channel))
             for name, address in addresses
         ]
         self.by_name = {shard.name: shard for shard in self.shards}
@@ -90,3 +93,7 @@ class ShardPool:
     async def close(self) -> None:
         await asyncio.gather(*(shard.channel.close() for shard in self.shards))
 
+
+
+def _insecure_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=grpcserver.channel_options())
