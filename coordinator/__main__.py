@@ -7,7 +7,7 @@ import asyncio
 from typing import Sequence
 
 from coordinator.config import CoordinatorConfig
-from shardsearch import batching, grpcserver
+from shardsearch import batching, grpcserver, security
 from shardsearch.process import die_with_parent_if_asked
 
 
@@ -17,16 +17,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (default 9100; 0 = free port, -1 = off)")
     parser.add_argument(
         "--shards", type=lambda s: tuple(p.strip() for p in s.split(",") if p.strip()),
-        help="comma-separated shard addresses in ring order: host:port or name=host:port",
+        help="comma-separated shards in ring order: host:port or name=host:port; replicas joined by |",
     )
-    parser.add_argument("--shard-pattern", help="address pattern with {i}, e.g. shard-{i}.shard:50061 (StatefulSet DNS)")
+    parser.add_argument(
+        "--shard-pattern", help="address pattern with {i} shard, {r} replica, {n} ordinal, e.g. shard-{n}.shard:50061",
+    )
     parser.add_argument("--shard-count", type=int, help="number of shards the pattern expands to")
+    parser.add_argument("--replicas", type=int, help="replicas per shard the pattern expands to (default 1)")
+    parser.add_argument("--write-quorum", type=int, help="replicas that must have a write to acknowledge it (1; 0 = all)")
+    parser.add_argument("--hedge-delay-ms", type=float, help="also ask a second replica after this long (0 = off)")
     parser.add_argument("--vnodes", type=int, help="virtual nodes per shard on the ring")
     parser.add_argument("--default-timeout-s", type=float, help="deadline for calls that set none")
     parser.add_argument("--port-file", help="write the bound ports here as JSON once serving")
     parser.add_argument("--reuse-port", action="store_const", const=True, help="SO_REUSEPORT: several processes, one port")
     parser.add_argument("--log-level")
+    parser.add_argument("--max-concurrent-rpcs", type=int, help="RPCs at once before RESOURCE_EXHAUSTED (20000)")
     batching.add_arguments(parser, "RPC per shard", CoordinatorConfig().batching_config())
+    security.add_server_arguments(parser, " (mutual TLS)")
+    security.add_client_arguments(parser, "shard-", "the shards")
     cache = parser.add_argument_group("result cache")
     cache.add_argument("--cache", choices=("auto", "redis", "local", "off"), help="default auto: Redis if --redis-url")
     cache.add_argument("--redis-url", help="e.g. redis://127.0.0.1:6379/0 (shared by every coordinator)")

@@ -19,11 +19,20 @@ class CoordinatorConfig:
     metrics_port: int = 9100
     """Prometheus /metrics port; 0 picks a free one, -1 turns it off."""
     shards: tuple[str, ...] = ()
-    """Shard addresses in ring order, `host:port` or `name=host:port` (names default to shard-0, shard-1, ...)."""
+    """Shards in ring order, `host:port` or `name=host:port` (names default to shard-0, shard-1, ...); a shard with
+    replicas lists them with `|`: `shard-0=10.0.0.1:50061|10.0.0.2:50061`."""
     shard_pattern: str = ""
-    """Alternative to `shards`: an address pattern with {i}, e.g. shard-{i}.shard.default.svc.cluster.local:50061."""
+    """Alternative to `shards`: an address pattern with {i} (shard), {r} (replica) or {n} (i * replicas + r, the
+    StatefulSet ordinal), e.g. shard-{n}.shard.default.svc.cluster.local:50061."""
     shard_count: int = 0
     """How many shards `shard_pattern` expands to."""
+    replicas: int = 1
+    """Replicas per shard that `shard_pattern` expands to."""
+    write_quorum: int = 1
+    """Replicas of a shard that must have a write (fsynced) before it is acknowledged; 0 = every replica. Replicas
+    that miss a write are fenced off from reads and catch up from their peers."""
+    hedge_delay_ms: float = 0.0
+    """Send a search to a second replica when the first has not answered after this long; 0 = off."""
     vnodes: int = 1024
     """Virtual nodes per shard on the consistent-hash ring."""
     default_timeout_s: float = 10.0
@@ -37,6 +46,27 @@ class CoordinatorConfig:
     reuse_port: bool = False
     """Bind with SO_REUSEPORT so several coordinator processes share one port (one event loop per core)."""
     log_level: str = "INFO"
+    max_concurrent_rpcs: int = 20_000
+    """RPCs a server process handles at once (a StreamSearch counts once); past it gRPC answers
+    RESOURCE_EXHAUSTED. A backstop that bounds memory; the batch queues shed earlier."""
+    tls_cert_file: str = ""
+    """PEM certificate chain for the gRPC port; with tls_key_file the port speaks TLS only ("" = plaintext)."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file."""
+    tls_client_ca_file: str = ""
+    """If set, clients must present a certificate signed by this CA (mutual TLS)."""
+    auth_token_file: str = ""
+    """If set, every call but health and reflection needs `authorization: Bearer <t>` with t a line of this file."""
+    shard_tls_ca_file: str = ""
+    """CA that signed the shards' certificates; set (or shard_tls_cert_file) to dial the shards over TLS."""
+    shard_tls_cert_file: str = ""
+    """Client certificate presented to the shards (mutual TLS), with shard_tls_key_file."""
+    shard_tls_key_file: str = ""
+    """Private key of shard_tls_cert_file."""
+    shard_tls_server_name: str = ""
+    """Name the shards' certificates are checked against instead of the dialled host (e.g. when dialling IPs)."""
+    shard_token_file: str = ""
+    """Bearer token sent to the shards with every call (the file's first token)."""
 
     batching: bool = True
     """Gather concurrent searches with the same collection and options into one RPC per shard."""
@@ -46,6 +76,9 @@ class CoordinatorConfig:
     """Longest a search waits for company while other batches are in flight (never when the coordinator is idle)."""
     batch_max_queue_size: int = 4096
     """Searches allowed to queue; beyond it new ones get RESOURCE_EXHAUSTED."""
+    batch_max_queue_time_ms: float = 250.0
+    """Shed new searches (RESOURCE_EXHAUSTED) while the oldest queued one has waited longer than this: past
+    capacity, fail some fast rather than make all of them late. 0 = off (only batch_max_queue_size bounds it)."""
     batch_max_in_flight: int = 1
     """Batches sent to the shards at once. 1 lets batches grow with load: measured on 2 cores, 64 concurrent unary
     searches ran at ~2.5x the rate of 4 in flight (fewer, larger batches: fewer shard RPCs per query)."""
@@ -66,20 +99,34 @@ class CoordinatorConfig:
     def batching_config(self) -> BatchingConfig:
         return from_settings(self)
 
-    def shard_addresses(self) -> list[tuple[str, str]]:
-        """(name, address) per shard, in ring order."""
+    def shard_addresses(self) -> list[tuple[str, list[str]]]:
+        """(name, replica addresses) per shard, in ring order."""
         if self.shards and self.shard_pattern:
             raise ValueError("set either shards or shard_pattern, not both")
+        if self.replicas < 1:
+            raise ValueError("replicas must be at least 1")
         if self.shard_pattern:
             if self.shard_count <= 0:
                 raise ValueError("shard_pattern needs shard_count > 0")
-            return [(f"shard-{i}", self.shard_pattern.format(i=i)) for i in range(self.shard_count)]
+            if self.replicas > 1 and "{r}" not in self.shard_pattern and "{n}" not in self.shard_pattern:
+                raise ValueError("with replicas > 1, shard_pattern needs {r} or {n}")
+            return [
+                (f"shard-{i}", [self.shard_pattern.format(i=i, r=r, n=i * self.replicas + r)
+                                for r in range(self.replicas)])
+                for i in range(self.shard_count)
+            ]
         if not self.shards:
             raise ValueError("no shards configured: set shards or shard_pattern + shard_count")
         pairs = []
         for i, entry in enumerate(self.shards):
-            name, _, address = entry.rpartition("=")
-            pairs.append((name or f"shard-{i}", address))
+            name, _, addresses = entry.rpartition("=")
+            replicas = [a.strip() for a in addresses.split("|") if a.strip()]
+            if not replicas:
+                raise ValueError(f"shard entry {entry!r} has no address")
+            pairs.append((name or f"shard-{i}", replicas))
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate shard names in {list(self.shards)}")
         return pairs
 
     @classmethod

@@ -20,7 +20,7 @@ from coordinator.merge import ShardHits, merge
 from coordinator.shards import Outcome, ShardPool
 from shardsearch import codec
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
-from shardsearch.errors import NotFound, ShardSearchError
+from shardsearch.errors import AnswerTooLarge, NotFound, ShardSearchError
 from shardsearch.v1 import search_pb2, shard_pb2
 
 T = TypeVar("T")
@@ -33,6 +33,8 @@ class SearchOptions:
     nprobe: int = 0
     allow_partial: bool = False
     include_payload: bool = False
+    min_shards: int = 0
+    """Answer once this many shards answered (0: every shard, or one with allow_partial)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class Searcher:
             nprobe=opts.nprobe, include_payload=opts.include_payload,
         )
         outcomes = await self._pool.broadcast("Search", request, timeout)
-        missing = self._check_failures(spec.name, outcomes, opts.allow_partial)
+        missing = self._check_failures(spec.name, outcomes, opts)
         answered = [o.response for o in outcomes if o.ok]
         higher_is_better = spec.metric == search_pb2.METRIC_INNER_PRODUCT
         results = await self._run(assemble, answered, opts.k, higher_is_better, opts.include_payload, missing)
@@ -165,7 +167,7 @@ class Searcher:
         if self._cache is not None:
             await self._cache.close()
 
-    def _check_failures(self, collection: str, outcomes: Sequence[Outcome], allow_partial: bool) -> list[str]:
+    def _check_failures(self, collection: str, outcomes: Sequence[Outcome], opts: SearchOptions) -> list[str]:
         failed = [o for o in outcomes if not o.ok]
         if not failed:
             return []
@@ -174,17 +176,29 @@ class Searcher:
             raise NotFound(f"collection {collection!r} does not exist")
         for outcome in failed:  # a shard lacking the collection (e.g. restarted empty) counts as a failed shard
             assert outcome.error is not None
-            if outcome.error.code == grpc.StatusCode.INVALID_ARGUMENT:
+            if outcome.error.code == grpc.StatusCode.INVALID_ARGUMENT or isinstance(outcome.error, AnswerTooLarge):
                 raise outcome.error
         names = [o.shard.name for o in failed]
-        if allow_partial and len(failed) < len(outcomes):
+        needed = min(required_shards(opts, len(outcomes)), len(outcomes))
+        answered = len(outcomes) - len(failed)
+        if answered >= needed:
             return names
         codes = {o.error.code for o in failed if o.error is not None}
         code = grpc.StatusCode.DEADLINE_EXCEEDED if codes == {grpc.StatusCode.DEADLINE_EXCEEDED} else grpc.StatusCode.UNAVAILABLE
-        hint = "" if allow_partial else "; set partial_policy=PARTIAL_POLICY_ALLOW to accept results from the others"
-        raise ShardSearchError(
-            f"{len(failed)} of {len(outcomes)} shards did not answer ({', '.join(names)}): {failed[0].error}{hint}", code
+        hint = "" if needed < len(outcomes) else (
+            "; set partial_policy=PARTIAL_POLICY_ALLOW or min_shards to accept results from the others"
         )
+        raise ShardSearchError(
+            f"{len(failed)} of {len(outcomes)} shards did not answer ({', '.join(names)}), {needed} needed: "
+            f"{failed[0].error}{hint}", code,
+        )
+
+
+def required_shards(opts: SearchOptions, total: int) -> int:
+    """Shards that must answer: min_shards if set, else all (PARTIAL_POLICY_FAIL) or one (ALLOW)."""
+    if opts.min_shards:
+        return max(1, opts.min_shards)
+    return 1 if opts.allow_partial else total
 
 
 def to_hits(response: shard_pb2.ShardSearchResponse) -> ShardHits:

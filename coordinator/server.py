@@ -17,9 +17,10 @@ from coordinator.config import CoordinatorConfig
 from coordinator.ring import Ring
 from coordinator.search import Searcher, SearchMetrics
 from coordinator.servicer import SearchServicer
-from coordinator.shards import ShardMetrics, ShardPool
-from shardsearch import grpcserver
+from coordinator.shards import Replication, ShardMetrics, ShardPool
+from shardsearch import grpcserver, security
 from shardsearch.batching import BatchMetrics
+from shardsearch.clock import HybridClock
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import search_pb2, search_pb2_grpc, shard_pb2
 
@@ -48,7 +49,17 @@ class RunningCoordinator:
 async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = None) -> RunningCoordinator:
     registry = registry or CollectorRegistry()
     addresses = config.shard_addresses()
-    pool = ShardPool(addresses, ShardMetrics(registry))
+    port_security = security.ServerSecurity.from_config(config, registry)  # read every file before starting
+    shard_channels = security.client_channel_factory(
+        config.shard_tls_ca_file, config.shard_tls_cert_file, config.shard_tls_key_file, config.shard_tls_server_name,
+        config.shard_token_file,
+    )
+    logger.info("calls to the shards: %s", shard_channels.description)
+    clock = HybridClock()
+    replication = Replication(write_quorum=config.write_quorum, hedge_delay_s=config.hedge_delay_ms / 1000)
+    pool = ShardPool(
+        addresses, ShardMetrics(registry), channel_factory=shard_channels, replication=replication, clock=clock.now
+    )
     ring = Ring(pool.names, config.vnodes)
     catalog = Catalog(pool)
     executor = ThreadPoolExecutor(2, thread_name_prefix="coordinator")
@@ -63,13 +74,16 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     )
     servicer = SearchServicer(
         pool, ring, catalog, searcher, executor, RpcMetrics(registry, "shardsearch_coordinator"),
-        default_timeout=config.default_timeout_s, deadline_margin=config.deadline_margin_s,
+        default_timeout=config.default_timeout_s, deadline_margin=config.deadline_margin_s, clock=clock.now,
     )
     server = await grpcserver.start_server(
         f"{config.host}:{config.port}",
         [lambda s: search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
         reuse_port=config.reuse_port,
+        credentials=port_security.credentials,
+        interceptors=port_security.interceptors,
+        max_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     metrics_port = grpcserver.serve_metrics_safely(registry, config.host, config.metrics_port)
     vectors = Gauge(
@@ -79,9 +93,13 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     background = asyncio.create_task(_refresh_counts(pool, catalog, vectors, config.stats_interval_s))
     logger.info(
         "coordinator serving gRPC on %s:%d (metrics %d) over %d shards: %s; result cache: %s; batching: %s",
-        config.host, server.port, metrics_port, len(addresses), ", ".join(f"{n}={a}" for n, a in addresses),
+        config.host, server.port, metrics_port, len(addresses),
+        ", ".join(f"{n}={'|'.join(a)}" for n, a in addresses),
         cache.describe(result_cache), config.batching_config() if config.batching else "off",
     )
+    if any(len(a) > 1 for _, a in addresses):
+        logger.info("replicas: write quorum %s, hedge delay %s", config.write_quorum or "all",
+                    f"{config.hedge_delay_ms} ms" if config.hedge_delay_ms > 0 else "off")
     if config.port_file:
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
     return RunningCoordinator(server, pool, searcher, executor, metrics_port, background)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Executor
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
@@ -31,8 +32,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(
         self, pool: ShardPool, ring: Ring, catalog: Catalog, searcher: Searcher, executor: Executor,
         metrics: RpcMetrics, default_timeout: float, deadline_margin: float,
-        limits: validation.Limits = validation.DEFAULT_LIMITS,
+        limits: validation.Limits = validation.DEFAULT_LIMITS, clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        self._clock = clock
         self._pool = pool
         self._ring = ring
         self._catalog = catalog
@@ -83,8 +85,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def CreateCollection(self, request: search_pb2.CreateCollectionRequest, context: Any) -> Any:
         spec = search_pb2.Collection(name=request.name, dim=request.dim, metric=request.metric, index=request.index)
         validation.check_collection(spec, self._limits)
-        outcomes = await self._pool.broadcast(
-            "CreateCollection", shard_pb2.ShardCreateCollectionRequest(collection=spec), self._timeout(context)
+        outcomes = await self._pool.write_broadcast(
+            "CreateCollection", shard_pb2.ShardCreateCollectionRequest(collection=spec), self._timeout(context),
+            every_replica=True, benign=grpc.StatusCode.ALREADY_EXISTS,
         )
         await self._invalidate(spec.name, outcomes)
         exists = [o for o in outcomes if o.error is not None and o.error.code == grpc.StatusCode.ALREADY_EXISTS]
@@ -101,8 +104,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @rpc("DropCollection")
     async def DropCollection(self, request: search_pb2.DropCollectionRequest, context: Any) -> Any:
-        outcomes = await self._pool.broadcast(
-            "DropCollection", shard_pb2.ShardDropCollectionRequest(name=request.name), self._timeout(context)
+        outcomes = await self._pool.write_broadcast(
+            "DropCollection", shard_pb2.ShardDropCollectionRequest(name=request.name), self._timeout(context),
+            every_replica=True, benign=grpc.StatusCode.NOT_FOUND,
         )
         self._catalog.forget(request.name)
         await self._invalidate(request.name, outcomes)
@@ -133,7 +137,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 info.CopyFrom(outcome.response.info)
             else:
                 info.error = str(outcome.error)
-            info.shard, info.address = outcome.shard.name, outcome.shard.address
+            info.shard = outcome.shard.name
+            info.address = outcome.replica.address if outcome.replica is not None else outcome.shard.address
             shards.append(info)
         if all(o.error is not None and o.error.code == grpc.StatusCode.NOT_FOUND for o in outcomes):
             self._catalog.forget(spec.name)
@@ -148,8 +153,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def Upsert(self, request: search_pb2.UpsertRequest, context: Any) -> Any:
         timeout = self._timeout(context)
         spec = await self._catalog.get(request.collection, timeout)
-        routed = await self._run(route_items, request, spec, self._ring, self._pool, self._limits)
-        outcomes = await self._pool.fan_out("Upsert", routed, timeout)
+        version = self._clock()
+        routed = await self._run(route_items, request, spec, self._ring, self._pool, self._limits, version)
+        outcomes = await self._pool.write_fan_out("Upsert", routed, timeout, version=version)
         await self._invalidate(spec.name, outcomes)
         self._raise_write_failure(spec.name, outcomes, "upsert")
         return search_pb2.UpsertResponse(upserted=sum(o.response.upserted for o in outcomes))
@@ -160,9 +166,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         spec = await self._catalog.get(request.collection, timeout)
         ids = list(request.ids)
         validation.check_ids(ids, "ids", self._limits)
-        routed = [(shard, shard_pb2.ShardDeleteRequest(collection=spec.name, ids=group))
+        version = self._clock()
+        routed = [(shard, shard_pb2.ShardDeleteRequest(collection=spec.name, ids=group, version=version))
                   for shard, group in self._group_ids(ids)]
-        outcomes = await self._pool.fan_out("Delete", routed, timeout)
+        outcomes = await self._pool.write_fan_out("Delete", routed, timeout, version=version)
         await self._invalidate(spec.name, outcomes)
         self._raise_write_failure(spec.name, outcomes, "delete")
         return search_pb2.DeleteResponse(deleted=sum(o.response.deleted for o in outcomes))
@@ -208,7 +215,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return SearchOptions(
             k=request.k, nprobe=request.nprobe,
             allow_partial=request.partial_policy == search_pb2.PARTIAL_POLICY_ALLOW,
-            include_payload=request.include_payload,
+            include_payload=request.include_payload, min_shards=request.min_shards,
         )
 
     @rpc("Search")
@@ -221,7 +228,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         spec = await self._catalog.get(request.collection, timeout)
         opts = self._options(request)
         queries = await self._run(codec.many_vectors, request.vectors, request.vectors_f32, spec.dim, "vectors")
-        validation.check_query_count(queries.shape[0], self._limits)
+        validation.check_query_count(queries.shape[0], self._limits, k=opts.k)
         outcome = await self._searcher.search(spec, queries, opts, timeout, use_cache=not request.skip_cache)
         return search_pb2.BatchSearchResponse(
             results=outcome.results, partial=bool(outcome.missing), missing_shards=outcome.missing
@@ -291,7 +298,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
 def route_items(
     request: search_pb2.UpsertRequest, spec: search_pb2.Collection, ring: Ring, pool: ShardPool,
-    limits: validation.Limits,
+    limits: validation.Limits, version: int = 0,
 ) -> list[tuple[Any, shard_pb2.ShardUpsertRequest]]:
     """Validates the items and splits them by owning shard (runs in the executor: numpy and per-item work)."""
     items = request.items
@@ -312,6 +319,6 @@ def route_items(
         rows = np.flatnonzero(owners == shard_index)
         routed.append((pool.shards[shard_index], shard_pb2.ShardUpsertRequest(
             collection=spec.name, ids=[ids[i] for i in rows], vectors_f32=codec.pack(matrix[rows]),
-            payloads=[payloads[i] for i in rows] if has_payload else (),
+            payloads=[payloads[i] for i in rows] if has_payload else (), version=version,
         )))
     return routed

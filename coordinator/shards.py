@@ -1,4 +1,17 @@
-"""The shard pool: one long-lived channel per shard, and concurrent fan-out with a deadline that never hangs."""
+"""The shard pool: every shard's replicas on long-lived channels; reads with fail-over and hedging, replicated writes.
+
+Reads (Search, Get, Stats, ListCollections) go to one replica per shard: the one with the fewest requests
+outstanding from this coordinator, skipping replicas that just failed. A replica answering UNAVAILABLE or
+RESOURCE_EXHAUSTED is replaced by the next one within the same call, while the deadline lasts. With a hedge delay,
+a read still unanswered after it is also sent to a second replica, and the first answer wins.
+
+Writes go to every replica of the owning shard, stamped with one version (so replicas apply them idempotently and in
+any order). The rule: a write is acknowledged once `write_quorum` replicas (0 = all) have it on disk (their
+write-ahead logs are fsynced before they answer). A replica that misses a write another one applied is fenced: this
+coordinator stops reading from it and asks it to catch up from its peers (Resync), retrying until it accepts; once
+it has accepted, it refuses reads itself until it has caught up. Collection definitions (Create/Drop) need every
+replica.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +22,66 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shardsearch import grpcserver
 from shardsearch.errors import ShardSearchError, from_rpc_error
 from shardsearch.metrics import LATENCY_BUCKETS
-from shardsearch.v1 import shard_pb2_grpc
+from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+AVOID_S = 1.0  # a replica that failed a read is tried last for this long
+RESYNC_TIMEOUT_S = 5.0
+RESYNC_MAX_BACKOFF_S = 5.0
 
-@dataclass
-class Shard:
-    name: str
+
+@dataclass(eq=False)
+class Replica:
+    shard: str
+    index: int
     address: str
     channel: grpc.aio.Channel
     stub: shard_pb2_grpc.ShardServiceStub
+    outstanding: int = 0
+    avoid_until: float = 0.0
+    fenced: bool = False
+    """Missed a write that another replica applied: no reads from it until it has accepted a Resync."""
+    missed_version: int = 0
+
+
+@dataclass(eq=False)
+class Shard:
+    name: str
+    replicas: list[Replica]
+    turn: int = 0  # rotates the choice among equally loaded replicas
+
+    @property
+    def address(self) -> str:
+        return "|".join(replica.address for replica in self.replicas)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One shard's answer to a fan-out: a response or an error."""
+    """One shard's answer: a response or an error, and the replica that gave it (None for a replicated write)."""
 
     shard: Shard
     response: Any = None
     error: ShardSearchError | None = None
+    replica: Replica | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class Replication:
+    write_quorum: int = 1
+    """Replicas that must have a write before it is acknowledged; 0 = all of them."""
+    hedge_delay_s: float = 0.0
+    """Send a read to a second replica when the first has not answered after this long; 0 = never."""
 
 
 class ShardMetrics:
@@ -50,49 +94,240 @@ class ShardMetrics:
             "shardsearch_coordinator_shard_errors", "Failed shard RPCs, by shard and gRPC status code.",
             ["shard", "code"], registry=registry,
         )
+        self.failovers = Counter(
+            "shardsearch_coordinator_shard_failovers", "Reads retried on another replica after a failure.",
+            ["shard"], registry=registry,
+        )
+        self.hedges = Counter(
+            "shardsearch_coordinator_shard_hedged_requests", "Reads also sent to a second replica (hedge delay).",
+            ["shard"], registry=registry,
+        )
+        self.fenced = Gauge(
+            "shardsearch_coordinator_shard_fenced_replicas", "Replicas not read from: they missed a write and have "
+            "not yet accepted a resync.", ["shard"], registry=registry,
+        )
+        self.resyncs = Counter(
+            "shardsearch_coordinator_shard_resyncs", "Resync requests accepted by replicas that missed a write.",
+            ["shard"], registry=registry,
+        )
 
 
 class ShardPool:
     def __init__(
-        self, addresses: Sequence[tuple[str, str]], metrics: ShardMetrics,
+        self, shards: Sequence[tuple[str, Sequence[str]]], metrics: ShardMetrics,
         channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
+        replication: Replication = Replication(),
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         connect = channel_factory or _insecure_channel
-        self.shards = [
-            Shard(name, address, channel := connect(address), shard_pb2_grpc.ShardServiceStub(channel))
-            for name, address in addresses
-        ]
+        self.shards: list[Shard] = []
+        for name, addresses in shards:
+            replicas = [
+                Replica(name, i, address, channel := connect(address), shard_pb2_grpc.ShardServiceStub(channel))
+                for i, address in enumerate(addresses)
+            ]
+            self.shards.append(Shard(name, replicas))
         self.by_name = {shard.name: shard for shard in self.shards}
         self._metrics = metrics
+        self._replication = replication
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def names(self) -> list[str]:
         return [shard.name for shard in self.shards]
 
-    async def call(self, shard: Shard, method: str, request: Any, timeout: float) -> Outcome:
-        """Calls one shard; every failure (including the deadline) comes back as an Outcome, never raised."""
-        start = time.perf_counter()
-        try:
-            response = await getattr(shard.stub, method)(request, timeout=max(timeout, 0.001))
-            return Outcome(shard, response=response)
-        except grpc.aio.AioRpcError as exc:
-            self._metrics.errors.labels(shard.name, exc.code().name).inc()
-            return Outcome(shard, error=from_rpc_error(exc, f"shard {shard.name} ({shard.address})"))
-        finally:
-            self._metrics.latency.labels(shard.name, method).observe(time.perf_counter() - start)
+    # ---- reads ----------------------------------------------------------------------------------------------
 
-    async def fan_out(
-        self, method: str, requests: Sequence[tuple[Shard, Any]], timeout: float
-    ) -> list[Outcome]:
-        """Sends each (shard, request) concurrently; returns outcomes in the same order."""
+    async def call(self, shard: Shard, method: str, request: Any, timeout: float) -> Outcome:
+        """Reads from one replica, failing over (and hedging) within `timeout`; never raises."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        candidates = self._read_order(shard)
+        if not candidates:
+            return Outcome(shard, error=ShardSearchError(
+                f"shard {shard.name}: every replica missed a write and is catching up; retry shortly",
+                grpc.StatusCode.UNAVAILABLE,
+            ))
+        if self._replication.hedge_delay_s > 0 and len(candidates) > 1:
+            return await self._hedged(shard, candidates, method, request, deadline)
+        outcome = await self._attempt(candidates[0], method, request, timeout)
+        for replica in candidates[1:]:
+            if outcome.ok or outcome.error.code not in RETRYABLE:  # type: ignore[union-attr]
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._metrics.failovers.labels(shard.name).inc()
+            outcome = await self._attempt(replica, method, request, remaining)
+        return outcome
+
+    async def _hedged(
+        self, shard: Shard, candidates: list[Replica], method: str, request: Any, deadline: float
+    ) -> Outcome:
+        loop = asyncio.get_running_loop()
+        pending: dict[asyncio.Future[Outcome], Replica] = {}
+        next_index, hedged, last = 0, False, None
+
+        def launch() -> None:
+            nonlocal next_index
+            replica = candidates[next_index]
+            next_index += 1
+            pending[asyncio.ensure_future(self._attempt(replica, method, request, deadline - loop.time()))] = replica
+
+        launch()
+        try:
+            while pending:
+                hedge = not hedged and next_index < len(candidates)
+                done, _ = await asyncio.wait(
+                    pending, timeout=self._replication.hedge_delay_s if hedge else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    hedged = True
+                    self._metrics.hedges.labels(shard.name).inc()
+                    launch()
+                    continue
+                for task in done:
+                    pending.pop(task)
+                    outcome = task.result()
+                    if outcome.ok or outcome.error.code not in RETRYABLE:  # type: ignore[union-attr]
+                        return outcome
+                    last = outcome
+                if not pending and next_index < len(candidates) and loop.time() < deadline:
+                    self._metrics.failovers.labels(shard.name).inc()
+                    launch()
+            assert last is not None
+            return last
+        finally:
+            for task in pending:
+                task.cancel()
+
+    def _read_order(self, shard: Shard) -> list[Replica]:
+        """Readable replicas, best first: not recently failed, fewest outstanding, then round robin."""
+        now = time.monotonic()
+        n = len(shard.replicas)
+        shard.turn = (shard.turn + 1) % n
+        readable = [r for r in shard.replicas if not r.fenced]
+        return sorted(readable, key=lambda r: (r.avoid_until > now, r.outstanding, (r.index - shard.turn) % n))
+
+    async def _attempt(self, replica: Replica, method: str, request: Any, timeout: float) -> Outcome:
+        shard = self.by_name[replica.shard]
+        start = time.perf_counter()
+        replica.outstanding += 1
+        try:
+            response = await getattr(replica.stub, method)(request, timeout=max(timeout, 0.001))
+            replica.avoid_until = 0.0
+            return Outcome(shard, response=response, replica=replica)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            self._metrics.errors.labels(replica.shard, code.name).inc()
+            if code in RETRYABLE or code == grpc.StatusCode.CANCELLED:
+                replica.avoid_until = time.monotonic() + AVOID_S
+            where = f"shard {replica.shard} ({replica.address})"
+            return Outcome(shard, error=from_rpc_error(exc, where), replica=replica)
+        finally:
+            replica.outstanding -= 1
+            self._metrics.latency.labels(replica.shard, method).observe(time.perf_counter() - start)
+
+    async def fan_out(self, method: str, requests: Sequence[tuple[Shard, Any]], timeout: float) -> list[Outcome]:
+        """Reads: each (shard, request) concurrently; outcomes in the same order."""
         return list(await asyncio.gather(*(self.call(s, method, r, timeout) for s, r in requests)))
 
     async def broadcast(self, method: str, request: Any, timeout: float) -> list[Outcome]:
+        """Reads from every shard."""
         return await self.fan_out(method, [(shard, request) for shard in self.shards], timeout)
 
-    async def close(self) -> None:
-        await asyncio.gather(*(shard.channel.close() for shard in self.shards))
+    # ---- writes ---------------------------------------------------------------------------------------------
 
+    async def write(
+        self, shard: Shard, method: str, request: Any, timeout: float, *, version: int = 0,
+        every_replica: bool = False, benign: grpc.StatusCode | None = None,
+    ) -> Outcome:
+        """Sends a write to every replica of `shard`; ok once the quorum has it (see the module docstring).
+
+        `benign` is an error that counts as applied (ALREADY_EXISTS for a create); if every replica answers it,
+        the outcome is that error.
+        """
+        outcomes = await asyncio.gather(*(self._attempt(r, method, request, timeout) for r in shard.replicas))
+        took = [o.ok or (benign is not None and o.error.code == benign) for o in outcomes]  # type: ignore[union-attr]
+        applied = [o for o, t in zip(outcomes, took) if t]
+        missed = [o for o, t in zip(outcomes, took) if not t]
+        if applied and missed:
+            for outcome in missed:
+                assert outcome.replica is not None and outcome.error is not None
+                self._fence(outcome.replica, version or self._clock(),
+                            f"missed {method} (replica {outcome.replica.index}: {outcome.error.code.name})")
+        n = len(shard.replicas)
+        needed = n if every_replica or self._replication.write_quorum <= 0 else min(self._replication.write_quorum, n)
+        if len(applied) >= needed:
+            ok = [o for o in applied if o.ok]
+            return Outcome(shard, response=ok[0].response) if ok else Outcome(shard, error=applied[0].error)
+        error = _most_telling([o.error for o in missed if o.error is not None])
+        if applied:
+            error = ShardSearchError(
+                f"{method} reached {len(applied)} of {n} replicas of {shard.name}, {needed} needed: {error}", error.code
+            )
+        return Outcome(shard, error=error)
+
+    async def write_fan_out(
+        self, method: str, requests: Sequence[tuple[Shard, Any]], timeout: float, **kwargs: Any
+    ) -> list[Outcome]:
+        return list(await asyncio.gather(*(self.write(s, method, r, timeout, **kwargs) for s, r in requests)))
+
+    async def write_broadcast(self, method: str, request: Any, timeout: float, **kwargs: Any) -> list[Outcome]:
+        return await self.write_fan_out(method, [(shard, request) for shard in self.shards], timeout, **kwargs)
+
+    def _fence(self, replica: Replica, version: int, reason: str) -> None:
+        replica.missed_version = max(replica.missed_version, version)
+        if replica.fenced:
+            return
+        replica.fenced = True
+        self._update_fenced(replica.shard)
+        logger.warning("replica %s of %s (%s) %s; not read from until it catches up",
+                       replica.index, replica.shard, replica.address, reason)
+        task = asyncio.create_task(self._resync(replica, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self, replica: Replica, reason: str) -> None:
+        """Asks the replica to catch up until it accepts; it then refuses reads itself until it has."""
+        backoff = 0.1
+        while True:
+            version = replica.missed_version
+            request = shard_pb2.ShardResyncRequest(reason=reason, missed_version=version)
+            try:
+                await replica.stub.Resync(request, timeout=RESYNC_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    logger.error("replica %s of %s cannot catch up: %s; it stays fenced (restart it with --peers)",
+                                 replica.index, replica.shard, exc.details())
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RESYNC_MAX_BACKOFF_S)
+                continue
+            if replica.missed_version == version:  # nothing newer was missed while asking
+                replica.fenced = False
+                self._metrics.resyncs.labels(replica.shard).inc()
+                self._update_fenced(replica.shard)
+                logger.info("replica %s of %s accepted a resync; reads resume once it has caught up",
+                            replica.index, replica.shard)
+                return
+
+    def _update_fenced(self, shard: str) -> None:
+        self._metrics.fenced.labels(shard).set(sum(r.fenced for r in self.by_name[shard].replicas))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(r.channel.close() for shard in self.shards for r in shard.replicas))
+
+
+def _most_telling(errors: list[ShardSearchError]) -> ShardSearchError:
+    """The error to report for a failed write: one about the request (not found, invalid...) over transport ones."""
+    transport = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    return next((e for e in errors if e.code not in transport), errors[0])
 
 
 def _insecure_channel(address: str) -> grpc.aio.Channel:

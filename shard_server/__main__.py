@@ -8,7 +8,7 @@ import os
 from typing import Sequence
 
 from shard_server.config import ShardConfig
-from shardsearch import batching, grpcserver
+from shardsearch import batching, grpcserver, security
 from shardsearch.process import die_with_parent_if_asked
 
 
@@ -22,9 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-threads", type=int, help="executor threads for FAISS work")
     parser.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="stay on the CPU")
     parser.add_argument("--log-level")
+    parser.add_argument("--max-concurrent-rpcs", type=int, help="RPCs at once before RESOURCE_EXHAUSTED (20000)")
     parser.add_argument("--data-dir", help="directory for the write-ahead log and snapshots (default: memory only)")
     parser.add_argument("--snapshot-wal-bytes", type=int, help="snapshot once the log has grown this much (256 MiB)")
+    parser.add_argument(
+        "--peers", type=lambda s: tuple(p.strip() for p in s.split(",") if p.strip()),
+        help="comma-separated addresses of this shard's other replicas (catch up from them before serving reads)",
+    )
+    parser.add_argument("--catch-up-wait-s", type=float, help="give up on unreachable peers after this long (30)")
     batching.add_arguments(parser, "FAISS call", ShardConfig().batching_config())
+    security.add_server_arguments(parser, " (mutual TLS: the coordinator's)")
+    security.add_client_arguments(parser, "peer-", "the peers (other replicas of this shard)")
 
 
 def run(args: argparse.Namespace) -> None:

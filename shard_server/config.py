@@ -29,10 +29,35 @@ class ShardConfig:
     use_gpu: bool = True
     """Clone trained indexes to the GPU when faiss.get_num_gpus() > 0."""
     log_level: str = "INFO"
+    max_concurrent_rpcs: int = 20_000
+    """RPCs a server process handles at once (a StreamSearch counts once); past it gRPC answers
+    RESOURCE_EXHAUSTED. A backstop that bounds memory; the batch queues shed earlier."""
+    tls_cert_file: str = ""
+    """PEM certificate chain for the gRPC port; with tls_key_file the port speaks TLS only ("" = plaintext)."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file."""
+    tls_client_ca_file: str = ""
+    """If set, callers must present a client certificate signed by this CA (mutual TLS: only the coordinator's)."""
+    auth_token_file: str = ""
+    """If set, every call but health and reflection needs `authorization: Bearer <t>` with t a line of this file."""
+    peer_tls_ca_file: str = ""
+    """Dial the peers (other replicas, when catching up) over TLS, trusting this CA."""
+    peer_tls_cert_file: str = ""
+    """Client certificate for the peers (their tls_client_ca_file must have signed it)."""
+    peer_tls_key_file: str = ""
+    peer_tls_server_name: str = ""
+    """Check the peers' certificates for this name instead of the dialled host."""
+    peer_token_file: str = ""
+    """Bearer token for the peers (it must be in their auth_token_file)."""
     data_dir: str = ""
     """Where the write-ahead log and snapshots live; empty keeps everything in memory (lost on restart)."""
     snapshot_wal_bytes: int = 256 * 1024 * 1024
     """Snapshot a collection once its log has grown this much since the last snapshot (recovery replays less)."""
+    peers: tuple[str, ...] = ()
+    """Addresses of the other replicas of this shard. With peers, the shard catches up from them at start-up (and
+    when a coordinator asks) before it serves reads."""
+    catch_up_wait_s: float = 30.0
+    """How long a catch-up keeps trying unreachable peers before serving reads from the local data alone."""
 
     batching: bool = True
     """Gather concurrent Search RPCs into one FAISS call."""
@@ -42,6 +67,9 @@ class ShardConfig:
     """Longest a search waits for company while another batch runs (only with batch_max_in_flight > 1)."""
     batch_max_queue_size: int = 8192
     """Search RPCs allowed to queue; beyond it new ones get RESOURCE_EXHAUSTED."""
+    batch_max_queue_time_ms: float = 250.0
+    """Shed new searches (RESOURCE_EXHAUSTED) while the oldest queued one has waited longer than this: past
+    capacity, fail some fast rather than make all of them late. 0 = off (only batch_max_queue_size bounds it)."""
     batch_max_in_flight: int = 1
     """FAISS search calls at once (FAISS itself spreads one call over omp_threads)."""
 

@@ -5,6 +5,10 @@ one, so a label's vector never changes. Labels below `ivf_upto` are in the train
 from `ivf_upto` to `next` form the fresh buffer, searched exactly. Every search re-ranks its candidates exactly with
 the stored float vectors and drops dead labels, so deletes and overwrites are exact whatever the index holds.
 
+Every item carries a write version (the coordinator's hybrid clock). A write replaces an id's item only with a higher
+version, and a delete leaves a marker with its version, so replicas that receive the same writes in any order, twice,
+or from a peer while catching up, end in the same state (last writer wins per id).
+
 All index access happens under one lock; training runs outside it on a snapshot and swaps the result in.
 Callers run these methods off the event loop (an executor or a batcher thread).
 """
@@ -29,6 +33,7 @@ IDLE_ABSORB_S = 2.0  # a smaller buffer is absorbed once writes have paused this
 RETRAIN_GROWTH = 4.0  # retrain once the shard holds this many times the vectors it trained on
 COMPACT_DEAD_FRACTION = 0.2  # remove dead codes from the IVF lists past this fraction
 MAX_TRAIN_SAMPLE = 200_000
+DELETE_MARKER_RETENTION_NS = 7 * 24 * 3600 * 10**9  # a replica down longer than this must be re-seeded
 ADD_CHUNK = 65_536
 
 
@@ -49,6 +54,8 @@ class Collection:
         self._lock = threading.Lock()
         self._vecs = np.empty((1024, self.dim), dtype=np.float32)
         self._alive = np.zeros(1024, dtype=bool)
+        self._ver = np.zeros(1024, dtype=np.uint64)
+        self._deleted: dict[str, int] = {}  # delete markers: id -> version of the delete
         self._id_of: list[str] = []
         self._label_of: dict[str, int] = {}
         self._payloads: dict[int, bytes] = {}
@@ -64,17 +71,32 @@ class Collection:
 
     # ---- writes -------------------------------------------------------------------------------------------
 
-    def upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[bytes] | None = None) -> int:
+    def upsert(
+        self, ids: list[str], vectors: np.ndarray, payloads: list[bytes] | None = None,
+        versions: np.ndarray | None = None,
+    ) -> int:
+        """Stores each item unless the id already holds a newer (or the same) version; returns len(ids)."""
         n = len(ids)
+        if versions is None:
+            versions = np.zeros(n, dtype=np.uint64)
         with self._lock:
-            self._reserve(self._next + n)
+            keep = [i for i, item_id in enumerate(ids) if self._newer(item_id, int(versions[i]))]
+            if len(keep) < n:
+                ids = [ids[i] for i in keep]
+                vectors, versions = vectors[keep], versions[keep]
+                payloads = [payloads[i] for i in keep] if payloads else payloads
+            count = len(ids)
+            self._reserve(self._next + count)
             for item_id in ids:
                 old = self._label_of.get(item_id)
                 if old is not None:
                     self._kill(old)
+                elif self._deleted:
+                    self._deleted.pop(item_id, None)
             start = self._next
-            self._vecs[start : start + n] = vectors
-            self._alive[start : start + n] = True
+            self._vecs[start : start + count] = vectors
+            self._alive[start : start + count] = True
+            self._ver[start : start + count] = versions
             self._id_of.extend(ids)
             for offset, item_id in enumerate(ids):
                 self._label_of[item_id] = start + offset
@@ -82,20 +104,33 @@ class Collection:
                 for offset, payload in enumerate(payloads):
                     if payload:
                         self._payloads[start + offset] = payload
-            self._next += n
-            self._live += n
+            self._next += count
+            self._live += count
             self._last_write = time.monotonic()
         return n
 
-    def delete(self, ids: list[str]) -> int:
+    def delete(self, ids: list[str], versions: np.ndarray | None = None) -> int:
+        """Deletes each id unless it holds a newer version; versioned deletes leave a marker. Returns the number
+        of live items removed."""
         deleted = 0
         with self._lock:
-            for item_id in ids:
+            for i, item_id in enumerate(ids):
+                version = 0 if versions is None else int(versions[i])
+                if not self._newer(item_id, version):
+                    continue
                 label = self._label_of.pop(item_id, None)
                 if label is not None:
                     self._kill(label)
                     deleted += 1
+                if version:
+                    self._deleted[item_id] = version
         return deleted
+
+    def _newer(self, item_id: str, version: int) -> bool:
+        """Whether a write with `version` beats what the id holds (unversioned writes only beat unversioned)."""
+        label = self._label_of.get(item_id)
+        current = int(self._ver[label]) if label is not None else self._deleted.get(item_id, 0)
+        return version > current or version == current == 0
 
     def _kill(self, label: int) -> None:
         self._alive[label] = False
@@ -114,7 +149,9 @@ class Collection:
         vecs[: self._next] = self._vecs[: self._next]
         alive = np.zeros(capacity, dtype=bool)
         alive[: self._next] = self._alive[: self._next]
-        self._vecs, self._alive = vecs, alive
+        ver = np.zeros(capacity, dtype=np.uint64)
+        ver[: self._next] = self._ver[: self._next]
+        self._vecs, self._alive, self._ver = vecs, alive, ver
 
     # ---- reads --------------------------------------------------------------------------------------------
 
@@ -277,6 +314,10 @@ class Collection:
             chosen = self._params
             meta = np.array([upto, self._ivf_upto, self._trained_on], dtype=np.int64)
             vecs = self._vecs
+            versions = self._ver[labels]
+            horizon = time.time_ns() - DELETE_MARKER_RETENTION_NS
+            self._deleted = {i: v for i, v in self._deleted.items() if v > horizon}
+            deleted = list(self._deleted.items())
         ids = [self._id_of[label].encode() for label in labels.tolist()]
         blobs = [payloads.get(label, b"") for label in labels.tolist()]
         params = np.array(
@@ -285,7 +326,9 @@ class Collection:
         )
         return {
             "meta": meta, "labels": labels, "vectors": vecs[labels], "params": params, "ivf": ivf,
+            "versions": versions, "deleted_versions": np.array([v for _, v in deleted], dtype=np.uint64),
             **_pack_strings("ids", ids), **_pack_strings("payloads", blobs),
+            **_pack_strings("deleted_ids", [i.encode() for i, _ in deleted]),
         }
 
     def import_state(self, state: dict[str, np.ndarray]) -> None:
@@ -299,6 +342,10 @@ class Collection:
             self._vecs[labels] = state["vectors"]
             self._alive[:] = False
             self._alive[labels] = True
+            if "versions" in state:  # snapshots written before versions existed hold unversioned items
+                self._ver[labels] = state["versions"]
+                marked = _unpack_strings(state, "deleted_ids")
+                self._deleted = {raw.decode(): int(v) for raw, v in zip(marked, state["deleted_versions"].tolist())}
             id_of: list[str] = [""] * upto
             for label, raw in zip(labels.tolist(), ids):
                 id_of[label] = raw.decode()
@@ -311,6 +358,23 @@ class Collection:
                 self._ivf = device.to_device(faiss.deserialize_index(state["ivf"]), self.use_gpu)
                 self._ivf_upto, self._trained_on = ivf_upto, trained_on
                 self._ivf_dead = ivf_upto - int(np.count_nonzero(self._alive[:ivf_upto]))
+
+    def export_chunk(self, after: int, limit: int) -> tuple[list[str], np.ndarray, list[bytes], np.ndarray, int]:
+        """Up to `limit` live items with labels above `after`, with versions, and the last label looked at (for
+        the next call; -1 when done). Items written meanwhile get higher labels, so a scan sees them too."""
+        with self._lock:
+            start = after + 1
+            stop = self._next
+            alive = start + np.flatnonzero(self._alive[start:stop])
+            labels = alive[:limit]
+            last = int(labels[-1]) if len(alive) > limit else -1
+            ids = [self._id_of[label] for label in labels.tolist()]
+            payloads = [self._payloads.get(label, b"") for label in labels.tolist()]
+            return ids, self._vecs[labels], payloads, self._ver[labels], last
+
+    def delete_markers(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._deleted.items())
 
     # ---- introspection ------------------------------------------------------------------------------------
 

@@ -69,3 +69,13 @@ def check_options(dim: int, opts: search_pb2.IndexOptions) -> None:
         raise ValueError(f"index.nlist: {opts.nlist} exceeds {MAX_NLIST}")
     if opts.refine_factor > 100:
         raise ValueError(f"index.refine_factor: {opts.refine_factor} exceeds 100")
+    # A shard trains on train_threshold vectors: k-means needs at least one per centroid, or FAISS throws and the
+    # collection never leaves the flat buffer (the background training would fail again on every tick).
+    threshold = opts.train_threshold or DEFAULT_TRAIN_THRESHOLD
+    if opts.nlist > threshold:
+        raise ValueError(f"index.nlist: {opts.nlist} lists need at least as many training vectors, "
+                         f"but train_threshold is {threshold}")
+    nbits = opts.pq_nbits or 8  # auto: 4 on CPU, 8 on GPU; be safe for both
+    if threshold < 2**nbits:
+        raise ValueError(f"index.train_threshold: {threshold} is below {2**nbits}, the fewest vectors "
+                         f"{nbits}-bit PQ can train on" + ("" if opts.pq_nbits else " (pq_nbits 0 means 8 on GPU)"))

@@ -14,10 +14,11 @@ from prometheus_client import CollectorRegistry
 from shard_server import device
 from shard_server.config import ShardConfig
 from shard_server.maintenance import Maintenance
+from shard_server.replication import Replication, ReplicationMetrics
 from shard_server.servicer import ShardMetrics, ShardServicer
 from shard_server.storage import Storage
 from shard_server.writes import Writer
-from shardsearch import grpcserver
+from shardsearch import grpcserver, security
 from shardsearch.batching import BatchMetrics
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
@@ -41,8 +42,11 @@ class RunningShard:
     executor: ThreadPoolExecutor
     maintenance: Maintenance
     metrics_port: int
+    replication: Replication | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.replication is not None:
+            await self.replication.close()
         await self.server.stop(grace)
         await self.servicer.close()
         self.maintenance.stop()
@@ -60,25 +64,44 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
     writer = Writer(executor, storage, config.snapshot_wal_bytes, registry)
     servicer = ShardServicer(
         executor, maintenance, ShardMetrics(registry), use_gpu=use_gpu, batching=config.batching_config(),
-        batch_metrics=BatchMetrics(registry, "shardsearch_shard"), writer=writer,
+        batch_metrics=BatchMetrics(registry, "shardsearch_shard"), writer=writer, name=config.name,
     )
     if storage is None:
         logger.warning("shard %s has no --data-dir: its data lives in memory only and is lost on restart", config.name)
     else:
         await asyncio.get_running_loop().run_in_executor(executor, servicer.recover)
+    servicer.catching_up = bool(config.peers)  # no read is served before the first catch-up
+    port_security = security.ServerSecurity.from_config(config, registry)
     server = await grpcserver.start_server(
         f"{config.host}:{config.port}",
         [lambda s: shard_pb2_grpc.add_ShardServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
+        credentials=port_security.credentials,
+        interceptors=port_security.interceptors,
+        max_concurrent_rpcs=config.max_concurrent_rpcs,
+        serving=not config.peers,  # a replica is ready once it has caught up
     )
     metrics_port = grpcserver.serve_metrics_safely(registry, config.host, config.metrics_port)
     logger.info(
         "shard %s serving gRPC on %s:%d (metrics %d, %s, omp_threads=%s)",
         config.name, config.host, server.port, metrics_port, device.name(use_gpu), config.omp_threads or "default",
     )
+    replication = None
+    if config.peers:
+        peer_channels = security.client_channel_factory(
+            config.peer_tls_ca_file, config.peer_tls_cert_file, config.peer_tls_key_file, config.peer_tls_server_name,
+            config.peer_token_file,
+        )
+        logger.info("calls to the peers (%s): %s", ", ".join(config.peers), peer_channels.description)
+        replication = Replication(
+            servicer, config.peers, peer_channels, config.catch_up_wait_s, ReplicationMetrics(registry),
+            server.set_serving,
+        )
+        replication.request("start-up")
     if config.port_file:
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
-    return RunningShard(server, servicer, executor, maintenance, metrics_port)
+    return RunningShard(server, servicer, executor, maintenance, metrics_port, replication)
+
 
 
 async def serve(config: ShardConfig) -> None:

@@ -9,8 +9,9 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import Executor
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, AsyncIterator, Callable, Hashable, TypeVar
 
+import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -19,7 +20,8 @@ from shard_server.maintenance import Maintenance
 from shard_server.writes import Writer
 from shardsearch import codec, validation
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
-from shardsearch.errors import AlreadyExists, InvalidArgument, NotFound, rpc
+from shardsearch.clock import HybridClock
+from shardsearch.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 30.0  # for a search whose caller set no deadline
+EXPORT_CHUNK_ITEMS = 4096
 
 
 class ShardMetrics(RpcMetrics):
@@ -41,8 +44,13 @@ class ShardMetrics(RpcMetrics):
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(
         self, executor: Executor, maintenance: Maintenance, metrics: ShardMetrics, use_gpu: bool,
-        batching: BatchingConfig, batch_metrics: BatchMetrics, writer: Writer,
+        batching: BatchingConfig, batch_metrics: BatchMetrics, writer: Writer, name: str = "shard",
     ) -> None:
+        self.name = name
+        self.catching_up = False
+        """While set, reads are refused (UNAVAILABLE) so callers use another replica; writes are still applied."""
+        self.on_resync: Callable[[str, int], None] | None = None
+        self.clock = HybridClock()
         self._executor = executor
         self._writer = writer
         self._batcher: Batcher[tuple[np.ndarray, int], shard_pb2.ShardSearchResponse] = Batcher(
@@ -58,7 +66,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def _collection(self, name: str) -> Collection:
+    def _collection(self, name: str, read: bool = False) -> Collection:
+        if read and self.catching_up:
+            raise Unavailable(f"replica {self.name} is catching up from its peers; read from another replica")
         coll = self._collections.get(name)
         if coll is None:
             raise NotFound(f"collection {name!r} does not exist on this shard")
@@ -68,6 +78,10 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def CreateCollection(self, request: shard_pb2.ShardCreateCollectionRequest, context: Any) -> Any:
         spec = request.collection
         validation.check_collection(spec)
+        await self.create(spec)
+        return shard_pb2.ShardCreateCollectionResponse(collection=spec)
+
+    async def create(self, spec: Any) -> Collection:
         with self._lock:
             if spec.name in self._collections or spec.name in self._creating:
                 raise AlreadyExists(f"collection {spec.name!r} already exists")
@@ -75,12 +89,15 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         try:
             await self._writer.create(spec)  # durable before it is acknowledged
             with self._lock:
-                self._collections[spec.name] = Collection(spec, use_gpu=self._use_gpu)
+                self._collections[spec.name] = coll = Collection(spec, use_gpu=self._use_gpu)
         finally:
             self._creating.discard(spec.name)
         self.metrics.vectors.labels(spec.name).set(0)
         logger.info("created collection %s (dim %d)", spec.name, spec.dim)
-        return shard_pb2.ShardCreateCollectionResponse(collection=spec)
+        return coll
+
+    def get_collection(self, name: str) -> Collection | None:
+        return self._collections.get(name)
 
     @rpc("DropCollection")
     async def DropCollection(self, request: shard_pb2.ShardDropCollectionRequest, context: Any) -> Any:
@@ -94,6 +111,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     @rpc("ListCollections")
     async def ListCollections(self, request: shard_pb2.ShardListCollectionsRequest, context: Any) -> Any:
+        if self.catching_up:
+            raise Unavailable(f"replica {self.name} is catching up from its peers; read from another replica")
         specs = [coll.spec for coll in list(self._collections.values())]
         return shard_pb2.ShardListCollectionsResponse(collections=sorted(specs, key=lambda s: s.name))
 
@@ -109,18 +128,35 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if payloads and len(payloads) != len(ids):
             raise InvalidArgument(f"payloads: {len(payloads)} payloads for {len(ids)} ids")
         codec.check_finite(vectors, "vectors_f32")
-        upserted = await self._writer.upsert(coll, request, ids, vectors, payloads, self._deadline(context))
+        self._stamp(request)
+        return shard_pb2.ShardUpsertResponse(upserted=await self.upsert(coll, request, self._deadline(context)))
+
+    async def upsert(self, coll: Collection, request: shard_pb2.ShardUpsertRequest, timeout: float) -> int:
+        """Applies a checked, versioned upsert (from a client write or from a peer while catching up)."""
+        vectors = codec.unpack(request.vectors_f32, coll.dim)
+        upserted = await self._writer.upsert(coll, request, list(request.ids), vectors, list(request.payloads), timeout)
         self._after_write(coll)
-        return shard_pb2.ShardUpsertResponse(upserted=upserted)
+        return upserted
+
+    async def delete(self, coll: Collection, request: shard_pb2.ShardDeleteRequest, timeout: float) -> int:
+        deleted = await self._writer.delete(coll, request, list(request.ids), timeout)
+        self._after_write(coll)
+        return deleted
+
+    def _stamp(self, request: shard_pb2.ShardUpsertRequest | shard_pb2.ShardDeleteRequest) -> None:
+        """Unversioned writes get this shard's clock; per-id versions must match the ids."""
+        if len(request.versions):
+            if len(request.versions) != len(request.ids):
+                raise InvalidArgument(f"versions: {len(request.versions)} versions for {len(request.ids)} ids")
+        elif request.version == 0:
+            request.version = self.clock.now()
 
     @rpc("Delete")
     async def Delete(self, request: shard_pb2.ShardDeleteRequest, context: Any) -> Any:
         coll = self._collection(request.collection)
-        ids = list(request.ids)
-        validation.check_ids(ids, "ids")
-        deleted = await self._writer.delete(coll, request, ids, self._deadline(context))
-        self._after_write(coll)
-        return shard_pb2.ShardDeleteResponse(deleted=deleted)
+        validation.check_ids(list(request.ids), "ids")
+        self._stamp(request)
+        return shard_pb2.ShardDeleteResponse(deleted=await self.delete(coll, request, self._deadline(context)))
 
     @staticmethod
     def _deadline(context: Any) -> float:
@@ -143,7 +179,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     @rpc("Get")
     async def Get(self, request: shard_pb2.ShardGetRequest, context: Any) -> Any:
-        coll = self._collection(request.collection)
+        coll = self._collection(request.collection, read=True)
         ids = list(request.ids)
         validation.check_ids(ids, "ids")
         found, vectors, payloads = await self._run(coll.get, ids)
@@ -151,7 +187,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     @rpc("Search")
     async def Search(self, request: shard_pb2.ShardSearchRequest, context: Any) -> Any:
-        coll = self._collection(request.collection)
+        coll = self._collection(request.collection, read=True)
         queries = codec.unpack(request.queries_f32, coll.dim, "queries_f32")
         if queries.shape[0] != request.n:
             raise InvalidArgument(f"queries_f32: holds {queries.shape[0]} queries, n says {request.n}")
@@ -168,8 +204,56 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     @rpc("Stats")
     async def Stats(self, request: shard_pb2.ShardStatsRequest, context: Any) -> Any:
-        coll = self._collection(request.collection)
+        coll = self._collection(request.collection, read=True)
         return shard_pb2.ShardStatsResponse(info=await self._run(coll.info))
+
+    # ---- replication ----------------------------------------------------------------------------------------
+
+    async def ExportCollection(
+        self, request: shard_pb2.ShardExportRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb2.ShardExportChunk]:
+        """Streams one collection ("" = all) as versioned items and delete markers. Allowed while catching up:
+        a peer applying what this replica holds never loses anything (versions decide)."""
+        if request.collection:
+            coll = self._collections.get(request.collection)
+            if coll is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"collection {request.collection!r} does not exist")
+            colls = [coll]
+        else:
+            colls = sorted(self._collections.values(), key=lambda c: c.spec.name)
+        limit = request.chunk_items or EXPORT_CHUNK_ITEMS
+        for coll in colls:
+            assert coll is not None
+            yield shard_pb2.ShardExportChunk(collection=coll.spec)
+            async for chunk in self._export(coll, limit):
+                yield chunk
+
+    async def _export(self, coll: Collection, limit: int) -> AsyncIterator[shard_pb2.ShardExportChunk]:
+        name, after = coll.spec.name, -1
+        while True:
+            ids, vectors, payloads, versions, after = await self._run(coll.export_chunk, after, limit)
+            if ids:
+                yield shard_pb2.ShardExportChunk(items=shard_pb2.ShardUpsertRequest(
+                    collection=name, ids=ids, vectors_f32=codec.pack(vectors),
+                    payloads=payloads if any(payloads) else (), versions=versions.tolist(),
+                ))
+            if after < 0:
+                break
+        markers = await self._run(coll.delete_markers)
+        for lo in range(0, len(markers), limit):
+            part = markers[lo : lo + limit]
+            yield shard_pb2.ShardExportChunk(deletes=shard_pb2.ShardDeleteRequest(
+                collection=name, ids=[i for i, _ in part], versions=[v for _, v in part],
+            ))
+
+    @rpc("Resync")
+    async def Resync(self, request: shard_pb2.ShardResyncRequest, context: Any) -> Any:
+        if self.on_resync is None:
+            raise FailedPrecondition(f"replica {self.name} has no peers configured (--peers) to catch up from")
+        # Before answering, reads stop (unless a later catch-up already covers the write): from then on no reader
+        # can see the missed write's absence here.
+        self.on_resync(request.reason or "asked by a coordinator", request.missed_version)
+        return shard_pb2.ShardResyncResponse()
 
 
 def _search_batch(

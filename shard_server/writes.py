@@ -124,13 +124,13 @@ class Writer:
         payloads: list[bytes], timeout: float,
     ) -> int:
         if not self.durable:
-            return await self._run(coll.upsert, ids, vectors, payloads)
+            return await self._run(coll.upsert, ids, vectors, payloads, versions_of(request))
         op = WriteOp(UPSERT, request, ids, vectors, payloads)
         return int(await self._batcher.submit(coll, op, 1, timeout))
 
     async def delete(self, coll: Collection, request: shard_pb2.ShardDeleteRequest, ids: list[str], timeout: float) -> int:
         if not self.durable:
-            return await self._run(coll.delete, ids)
+            return await self._run(coll.delete, ids, versions_of(request))
         return int(await self._batcher.submit(coll, WriteOp(DELETE, request, ids), 1, timeout))
 
     async def _run_batch(self, key: Hashable, ops: list[WriteOp], timeout: float) -> list[Any]:
@@ -173,12 +173,22 @@ class Writer:
             store.wal.close()
 
 
+def versions_of(request: shard_pb2.ShardUpsertRequest | shard_pb2.ShardDeleteRequest) -> np.ndarray:
+    """Per-id write versions: `versions` if given, else `version` for every id."""
+    if len(request.versions):
+        return np.array(request.versions, dtype=np.uint64)
+    return np.full(len(request.ids), request.version, dtype=np.uint64)
+
+
 def _apply(coll: Collection, kind: int, payload: bytes) -> int:
     if kind == UPSERT:
-        request = shard_pb2.ShardUpsertRequest.FromString(payload)
-        return coll.upsert(list(request.ids), codec.unpack(request.vectors_f32, coll.dim), list(request.payloads))
+        upsert = shard_pb2.ShardUpsertRequest.FromString(payload)
+        return coll.upsert(
+            list(upsert.ids), codec.unpack(upsert.vectors_f32, coll.dim), list(upsert.payloads), versions_of(upsert)
+        )
     if kind == DELETE:
-        return coll.delete(list(shard_pb2.ShardDeleteRequest.FromString(payload).ids))
+        delete = shard_pb2.ShardDeleteRequest.FromString(payload)
+        return coll.delete(list(delete.ids), versions_of(delete))
     raise ValueError(f"unknown log record kind {kind}")
 
 
@@ -190,9 +200,9 @@ def _commit(coll: Collection, store: CollectionStore, ops: list[WriteOp]) -> lis
     results: list[Any] = []
     for op in ops:
         if op.kind == UPSERT:
-            results.append(coll.upsert(op.ids, op.vectors, op.payloads))  # type: ignore[arg-type]
+            results.append(coll.upsert(op.ids, op.vectors, op.payloads, versions_of(op.request)))  # type: ignore[arg-type]
         elif op.kind == DELETE:
-            results.append(coll.delete(op.ids))
+            results.append(coll.delete(op.ids, versions_of(op.request)))
         else:
             results.append(None)
     if any(op.kind == SNAPSHOT for op in ops):

@@ -10,6 +10,10 @@ shard RPC or one FAISS call. The knobs:
   batches form naturally while the running ones occupy the `max_in_flight` slots;
 - `max_queue_size`: requests allowed to wait; beyond it `submit` fails fast with RESOURCE_EXHAUSTED instead of
   queueing without bound;
+- `max_queue_time_ms`: while the oldest waiting request has waited longer than this (plus twice the recent batch
+  run time, so one long batch does not count as overload), new ones fail fast with RESOURCE_EXHAUSTED: the queue is
+  not draining, the server is past its capacity. This sheds load early, so that
+  the requests it does take keep a bounded latency, instead of all of them waiting out their deadlines;
 - `max_in_flight`: batches running at once.
 
 A request whose deadline passes while it waits is failed with DEADLINE_EXCEEDED before its batch runs, and a
@@ -52,10 +56,14 @@ class BatchingConfig:
     """Requests allowed to wait; beyond it new requests get RESOURCE_EXHAUSTED."""
     max_in_flight: int = 2
     """Batches running at once."""
+    max_queue_time_ms: float = 0.0
+    """Shed new requests while the oldest queued one has waited longer than this; 0 = off."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_in_flight < 1 or self.max_queue_delay_us < 0:
             raise ValueError(f"invalid batching config {self}: sizes must be >= 1 and the delay >= 0")
+        if self.max_queue_time_ms < 0:
+            raise ValueError(f"invalid batching config {self}: max_queue_time_ms must be >= 0")
 
 
 def from_settings(settings: Any) -> BatchingConfig:
@@ -63,7 +71,7 @@ def from_settings(settings: Any) -> BatchingConfig:
     return BatchingConfig(
         enabled=settings.batching, max_batch_size=settings.batch_max_size,
         max_queue_delay_us=settings.batch_max_queue_delay_us, max_queue_size=settings.batch_max_queue_size,
-        max_in_flight=settings.batch_max_in_flight,
+        max_in_flight=settings.batch_max_in_flight, max_queue_time_ms=settings.batch_max_queue_time_ms,
     )
 
 
@@ -79,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser, unit: str, defaults: Batching
                        help=f"queued requests before RESOURCE_EXHAUSTED (default {defaults.max_queue_size})")
     group.add_argument("--batch-max-in-flight", type=int,
                        help=f"batches running at once (default {defaults.max_in_flight})")
+    group.add_argument("--batch-max-queue-time-ms", type=float,
+                       help="shed new requests while the oldest queued one has waited this long "
+                            f"(default {defaults.max_queue_time_ms:g}; 0 = off)")
 
 
 class BatchMetrics:
@@ -99,10 +110,11 @@ class BatchMetrics:
         )
         self.depth = Gauge(f"{prefix}_batch_queue_depth", "Requests waiting in the batch queue.", registry=registry)
         self.rejected = Counter(
-            f"{prefix}_batch_rejected", "Requests refused (queue_full) or dropped unrun (expired).", ["reason"],
-            registry=registry,
+            f"{prefix}_batch_rejected",
+            "Requests refused (queue_full, queue_time: the queue is not draining) or dropped unrun (expired).",
+            ["reason"], registry=registry,
         )
-        for reason in ("queue_full", "expired"):
+        for reason in ("queue_full", "queue_time", "expired"):
             self.rejected.labels(reason)
 
 
@@ -129,6 +141,7 @@ class Batcher(Generic[Item, Result]):
         self._queued_rows: dict[Hashable, int] = {}
         self._waiting = 0
         self._in_flight = 0
+        self._compute_s = 0.0  # moving average of batch run time
         self._arrival = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -150,6 +163,14 @@ class Batcher(Generic[Item, Result]):
             return await self._run_alone(key, item, rows, timeout)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        if self.config.max_queue_time_ms and self._waiting:
+            waited = now - min((queue[0].enqueued for queue in self._queues.values() if queue), default=now)
+            if waited > self.config.max_queue_time_ms / 1000 + 2 * self._compute_s:
+                self._metrics.rejected.labels("queue_time").inc()
+                raise ResourceExhausted(
+                    f"{self.name} is overloaded: its queue is {waited * 1000:.0f} ms behind (limit "
+                    f"{self.config.max_queue_time_ms:g} ms); retry with backoff or add capacity"
+                )
         pending: _Pending[Item, Result] = _Pending(item, rows, now + timeout, now, loop.create_future())
         queue = self._queues.get(key)
         if queue is None:
@@ -269,7 +290,9 @@ class Batcher(Generic[Item, Result]):
                 if not pending.future.done():
                     pending.future.set_exception(exc)
         finally:
-            self._metrics.compute_time.observe(time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            self._metrics.compute_time.observe(elapsed)
+            self._compute_s += 0.2 * (elapsed - self._compute_s)
             self._in_flight -= 1
             self._slot_free.set()
             self._arrival.set()  # a dispatcher waiting for company should go now if nothing else runs

@@ -9,6 +9,8 @@ import numpy as np
 from shardsearch.errors import InvalidArgument
 
 F32 = np.dtype("<f4")
+MAX_ABS_VALUE = 1e15
+"""Largest magnitude of a vector value: scores of 4096-d vectors within it cannot overflow float32."""
 
 
 def pack(matrix: np.ndarray) -> bytes:
@@ -27,10 +29,21 @@ def unpack(data: bytes, dim: int, field: str = "vectors_f32") -> np.ndarray:
 
 
 def check_finite(matrix: np.ndarray, field: str) -> None:
-    if not np.isfinite(matrix).all():
-        bad = int(np.argwhere(~np.isfinite(matrix))[0][0])
-        where = f"{field}[{bad}]" if matrix.ndim == 2 and matrix.shape[0] > 1 else field
+    """Values must be finite and at most MAX_ABS_VALUE in magnitude.
+
+    The bound keeps every L2 distance and inner product finite in float32 (up to dim 4096 and far beyond: 4096 *
+    (2e15)^2 = 1.6e34 < 3.4e38). Without it a finite query such as [1.9e19, 0, ...] overflows every score to inf
+    and a search silently finds nothing, and a stored vector with such values could never be found.
+    """
+    if (np.abs(matrix) <= MAX_ABS_VALUE).all():  # False for NaN too: one pass for the common case
+        return
+    finite = np.isfinite(matrix)
+    bad = ~finite if not finite.all() else np.abs(matrix) > MAX_ABS_VALUE
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f"{field}[{first[0]}]" if matrix.ndim == 2 and matrix.shape[0] > 1 else field
+    if not finite.all():
         raise InvalidArgument(f"{where} contains NaN or Inf")
+    raise InvalidArgument(f"{where}: value {float(matrix[first]):g} exceeds the maximum magnitude {MAX_ABS_VALUE:g}")
 
 
 def one_vector(floats: Sequence[float], packed: bytes, dim: int, field: str) -> np.ndarray:

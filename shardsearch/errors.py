@@ -51,11 +51,23 @@ class FailedPrecondition(ShardSearchError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class AnswerTooLarge(ResourceExhausted):
+    """A shard's answer was over the gRPC message size limit: the request asked for too much at once, and asking
+    again (or another shard) will not help."""
+
+
 def from_rpc_error(exc: grpc.aio.AioRpcError, where: str) -> ShardSearchError:
     """Maps an outbound call's failure to a domain error, keeping its status and naming where it happened."""
     code = exc.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
+        return AnswerTooLarge(  # gRPC's "Sent message larger than max (N vs. LIMIT)"
+            f"{where}: the answer is over the message size limit ({exc.details()}); ask for less at once: "
+            "fewer ids or queries, a smaller k, or no payloads"
+        )
     if code == grpc.StatusCode.CANCELLED:
         code = grpc.StatusCode.UNAVAILABLE
+    elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        code = grpc.StatusCode.INTERNAL  # the server's own credentials were refused: not the caller's to fix
     return ShardSearchError(f"{where}: {exc.details() or code.name}", code)
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -57,11 +57,16 @@ async def start_server(
     services: Iterable[str],
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     reuse_port: bool = False,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    serving: bool = True,
+    max_concurrent_rpcs: int | None = None,
 ) -> Server:
     """Binds `address` (port 0 picks a free port), registers the services, health and reflection, and starts.
 
     `reuse_port` lets several processes serve one port (SO_REUSEPORT; the kernel spreads connections over them).
     Off by default, so that port 0 means a port nobody else holds (tests run many servers side by side).
+    With `credentials` the port speaks TLS only (see shardsearch.security); `interceptors` see every call.
     """
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
@@ -70,19 +75,22 @@ async def start_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ]
-    server = grpc.aio.server(options=options)
+    # Past max_concurrent_rpcs gRPC itself answers RESOURCE_EXHAUSTED: a backstop behind the batch queues' limits.
+    server = grpc.aio.server(
+        options=options, interceptors=list(interceptors) or None, maximum_concurrent_rpcs=max_concurrent_rpcs or None
+    )
     for add in register:
         add(server)
     names = tuple(services)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()
     bound = Server(server, port, health_servicer, names)
-    await bound.set_serving(True)
+    await bound.set_serving(serving)  # False: the caller says when (e.g. once a replica has caught up)
     return bound
 
 

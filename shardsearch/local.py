@@ -35,6 +35,8 @@ class Process:
     popen: subprocess.Popen[bytes] | None = None
     port: int = 0
     metrics_port: int = -1
+    probe_credentials: grpc.ChannelCredentials | None = None
+    """For servers on TLS: how the health check dials them (with a client certificate under mutual TLS)."""
 
     @property
     def address(self) -> str:
@@ -57,7 +59,9 @@ class Process:
             time.sleep(0.05)
         ports = json.loads(self.port_file.read_text())
         self.port, self.metrics_port = ports["grpc"], ports["metrics"]
-        with grpc.insecure_channel(self.address) as channel:
+        credentials = self.probe_credentials
+        dial = grpc.secure_channel(self.address, credentials) if credentials else grpc.insecure_channel(self.address)
+        with dial as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 self._check_alive(deadline)
@@ -113,6 +117,10 @@ class LocalCluster:
     """Shards keep a write-ahead log and snapshots under run_dir/<shard>-data (so a restarted shard has its data)."""
     reuse_port: bool = False
     """With several coordinators: True binds them all to one port (SO_REUSEPORT), False gives each its own."""
+    replicas: int = 1
+    """Replica processes per shard (named shard-<i>-<r>), each told about its peers."""
+    probe_credentials: grpc.ChannelCredentials | None = None
+    """TLS credentials the readiness checks dial with, when the servers are started with TLS flags."""
     shard_procs: list[Process] = field(default_factory=list, init=False)
     _owns_data: bool = field(default=False, init=False)
     coordinator_procs: list[Process] = field(default_factory=list, init=False)
@@ -126,15 +134,19 @@ class LocalCluster:
         metrics_port = "0" if self.metrics else "-1"
         try:
             for i in range(self.shards):
-                name = f"shard-{i}"
-                durability = ["--data-dir", str(self.run_dir / f"{name}-data")] if self.durable else []
-                proc = self._process(name, [
-                    "shard_server", "--host", "127.0.0.1", "--port", "0", "--name", name,
-                    "--metrics-port", metrics_port, "--omp-threads", str(self.omp_threads), *durability,
-                    *self.shard_args,
-                ])
-                proc.start(env)
-                self.shard_procs.append(proc)
+                # Replicas must know each other's addresses up front, so they get fixed free ports.
+                ports = [free_port() for _ in range(self.replicas)] if self.replicas > 1 else [0]
+                for r, port in enumerate(ports):
+                    name = f"shard-{i}" if self.replicas == 1 else f"shard-{i}-{r}"
+                    durability = ["--data-dir", str(self.run_dir / f"{name}-data")] if self.durable else []
+                    peers = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(ports) if j != r)
+                    proc = self._process(name, [
+                        "shard_server", "--host", "127.0.0.1", "--port", str(port), "--name", name,
+                        "--metrics-port", metrics_port, "--omp-threads", str(self.omp_threads), *durability,
+                        *(["--peers", peers] if peers else []), *self.shard_args,
+                    ])
+                    proc.start(env)
+                    self.shard_procs.append(proc)
             deadline = time.monotonic() + timeout
             for proc in self.shard_procs:
                 proc.wait_ready(deadline)
@@ -176,10 +188,17 @@ class LocalCluster:
 
     def _process(self, name: str, args: list[str]) -> Process:
         assert self.run_dir is not None
-        return Process(name, args, self.run_dir / f"{name}.log", self.run_dir / f"{name}.ports.json")
+        return Process(
+            name, args, self.run_dir / f"{name}.log", self.run_dir / f"{name}.ports.json",
+            probe_credentials=self.probe_credentials,
+        )
 
     def shard_list(self) -> str:
-        return ",".join(f"{p.name}={p.address}" for p in self.shard_procs)
+        groups = [self.shard_procs[i : i + self.replicas] for i in range(0, len(self.shard_procs), self.replicas)]
+        return ",".join(f"shard-{i}=" + "|".join(p.address for p in group) for i, group in enumerate(groups))
+
+    def replica(self, shard: int, replica: int) -> Process:
+        return self.shard_procs[shard * self.replicas + replica]
 
     @property
     def coordinator(self) -> Process | None:
@@ -195,7 +214,8 @@ class LocalCluster:
         return [f"{self.host}:{proc.port}" for proc in self.coordinator_procs]
 
     def restart_shard(self, index: int, timeout: float = 30.0) -> None:
-        """Starts a stopped shard again on the same port, so the coordinator's address for it stays valid."""
+        """Starts a stopped shard process (index into shard_procs) again on the same port, so the coordinator's
+        address for it stays valid; returns once it serves (with peers: once it has caught up)."""
         proc = self.shard_procs[index]
         proc.stop()
         proc.args[proc.args.index("--port") + 1] = str(proc.port)

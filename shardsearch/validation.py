@@ -24,6 +24,9 @@ class Limits:
     max_payload_bytes: int = 65_536
     max_items: int = 10_000
     max_queries: int = 10_000
+    max_hits: int = 1_000_000
+    """Queries x k per BatchSearch: keeps the answers (~13 bytes a hit) far below the 64 MiB message limit.
+    10000 queries at k 1000 would be 10M hits: every shard would build ~80 MB it could not send."""
     max_nprobe: int = 65_536
 
 
@@ -74,8 +77,14 @@ def check_search(k: int, nprobe: int, limits: Limits = DEFAULT_LIMITS) -> None:
         raise InvalidArgument(f"nprobe: {nprobe} exceeds {limits.max_nprobe}")
 
 
-def check_query_count(n: int, limits: Limits = DEFAULT_LIMITS) -> None:
+def check_query_count(n: int, limits: Limits = DEFAULT_LIMITS, k: int = 0) -> None:
+    """`k` (the coordinator passes it) also bounds queries x k; shards skip that: they get merged batches."""
     if n == 0:
         raise InvalidArgument("vectors: at least one query vector is required")
     if n > limits.max_queries:
         raise InvalidArgument(f"vectors: {n} queries exceeds the maximum of {limits.max_queries} per request")
+    if n * k > limits.max_hits:
+        raise InvalidArgument(
+            f"vectors, k: {n} queries x k {k} = {n * k} results exceeds the maximum of {limits.max_hits} per request "
+            f"(send at most {limits.max_hits // k} queries per call at this k)"
+        )

@@ -13,6 +13,7 @@ from typing import Any, Callable, Coroutine, NoReturn
 
 import grpc
 
+from shardsearch import security
 from shardsearch.bench.runner import CALLS, MODES, POLICIES, BenchConfig, BenchResult, run_bench
 
 
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--wait-trained", action="store_true", help="wait until every shard has trained before the run")
     arg("--json", type=Path, help="write the result as JSON here")
     arg("--quiet", action="store_true", help="no progress line")
+    security.add_client_arguments(parser, "", "the coordinator")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:

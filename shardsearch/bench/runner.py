@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import grpc
 import numpy as np
 
-from shardsearch import demo
+from shardsearch import demo, security
 from shardsearch.bench import workload
 from shardsearch.bench.callers import Caller, StreamCaller, UnaryCaller
 from shardsearch.bench.recorder import Recorder, report_progress
@@ -80,6 +80,14 @@ class BenchConfig:
     """Wait until DescribeCollection shows every shard trained before the run."""
     progress: bool = False
     """Write a progress line to stderr about once a second."""
+    tls_ca_file: str = ""
+    """Dial the coordinator over TLS, trusting this CA (see shardsearch.security.client_channel_factory)."""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    """Client certificate and key, for a coordinator that requires mutual TLS."""
+    tls_server_name: str = ""
+    token_file: str = ""
+    """Its first token is sent as `authorization: Bearer <token>` with every call."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -206,7 +214,11 @@ async def _drive(config: BenchConfig, caller: Caller, plan: Plan, recorder: Reco
 
 async def run_bench(config: BenchConfig, data: Workload | None = None) -> BenchResult:
     """Runs one benchmark against `config.address`; `data`, if given, replaces the config's query files."""
-    channels = [grpc.aio.insecure_channel(config.address, options=_CHANNEL_OPTIONS) for _ in range(config.channels)]
+    connect = security.client_channel_factory(
+        config.tls_ca_file, config.tls_cert_file, config.tls_key_file, config.tls_server_name, config.token_file,
+        options=_CHANNEL_OPTIONS,
+    )
+    channels = [connect(config.address) for _ in range(config.channels)]
     try:
         try:
             await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), CONNECT_TIMEOUT_S)

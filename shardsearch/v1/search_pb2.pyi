@@ -186,7 +186,7 @@ class GetResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "vector", "k", "vector_f32", "nprobe", "partial_policy", "include_payload", "request_id", "skip_cache")
+    __slots__ = ("collection", "vector", "k", "vector_f32", "nprobe", "partial_policy", "include_payload", "request_id", "skip_cache", "min_shards")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class SearchRequest(_message.Message):
     INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
@@ -205,7 +206,8 @@ class SearchRequest(_message.Message):
     include_payload: bool
     request_id: str
     skip_cache: bool
-    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., vector_f32: _Optional[bytes] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., request_id: _Optional[str] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
+    min_shards: int
+    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., vector_f32: _Optional[bytes] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., request_id: _Optional[str] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "payload")
@@ -232,7 +234,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
-    __slots__ = ("collection", "vectors_f32", "vectors", "k", "nprobe", "partial_policy", "include_payload", "skip_cache")
+    __slots__ = ("collection", "vectors_f32", "vectors", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_F32_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +243,7 @@ class BatchSearchRequest(_message.Message):
     PARTIAL_POLICY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vectors_f32: bytes
     vectors: _containers.RepeatedScalarFieldContainer[float]
@@ -249,7 +252,8 @@ class BatchSearchRequest(_message.Message):
     partial_policy: PartialPolicy
     include_payload: bool
     skip_cache: bool
-    def __init__(self, collection: _Optional[str] = ..., vectors_f32: _Optional[bytes] = ..., vectors: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
+    min_shards: int
+    def __init__(self, collection: _Optional[str] = ..., vectors_f32: _Optional[bytes] = ..., vectors: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ...) -> None: ...
 
 class BatchSearchResponse(_message.Message):
     __slots__ = ("results", "partial", "missing_shards")

@@ -40,16 +40,20 @@ class ShardListCollectionsResponse(_message.Message):
     def __init__(self, collections: _Optional[_Iterable[_Union[_search_pb2.Collection, _Mapping]]] = ...) -> None: ...
 
 class ShardUpsertRequest(_message.Message):
-    __slots__ = ("collection", "ids", "vectors_f32", "payloads")
+    __slots__ = ("collection", "ids", "vectors_f32", "payloads", "version", "versions")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_F32_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors_f32: bytes
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    version: int
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShardUpsertResponse(_message.Message):
     __slots__ = ("upserted",)
@@ -58,12 +62,16 @@ class ShardUpsertResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ...) -> None: ...
 
 class ShardDeleteRequest(_message.Message):
-    __slots__ = ("collection", "ids")
+    __slots__ = ("collection", "ids", "version", "versions")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    version: int
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShardDeleteResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -130,3 +138,33 @@ class ShardStatsResponse(_message.Message):
     INFO_FIELD_NUMBER: _ClassVar[int]
     info: _search_pb2.ShardInfo
     def __init__(self, info: _Optional[_Union[_search_pb2.ShardInfo, _Mapping]] = ...) -> None: ...
+
+class ShardExportRequest(_message.Message):
+    __slots__ = ("collection", "chunk_items")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    chunk_items: int
+    def __init__(self, collection: _Optional[str] = ..., chunk_items: _Optional[int] = ...) -> None: ...
+
+class ShardExportChunk(_message.Message):
+    __slots__ = ("collection", "items", "deletes")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DELETES_FIELD_NUMBER: _ClassVar[int]
+    collection: _search_pb2.Collection
+    items: ShardUpsertRequest
+    deletes: ShardDeleteRequest
+    def __init__(self, collection: _Optional[_Union[_search_pb2.Collection, _Mapping]] = ..., items: _Optional[_Union[ShardUpsertRequest, _Mapping]] = ..., deletes: _Optional[_Union[ShardDeleteRequest, _Mapping]] = ...) -> None: ...
+
+class ShardResyncRequest(_message.Message):
+    __slots__ = ("reason", "missed_version")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MISSED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    missed_version: int
+    def __init__(self, reason: _Optional[str] = ..., missed_version: _Optional[int] = ...) -> None: ...
+
+class ShardResyncResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

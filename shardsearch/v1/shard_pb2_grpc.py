@@ -74,6 +74,16 @@ class ShardServiceStub:
                 request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardStatsRequest.SerializeToString,
                 response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardStatsResponse.FromString,
                 _registered_method=True)
+        self.ExportCollection = channel.unary_stream(
+                '/shardsearch.v1.ShardService/ExportCollection',
+                request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardExportRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardExportChunk.FromString,
+                _registered_method=True)
+        self.Resync = channel.unary_unary(
+                '/shardsearch.v1.ShardService/Resync',
+                request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardResyncRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardResyncResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -127,6 +137,22 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportCollection(self, request, context):
+        """Replication. A replica catching up streams a peer's items (live ones and delete markers, with their versions)
+        and applies them like writes: a version only ever replaces an older one, so replicas converge in any order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resync(self, request, context):
+        """Asks this replica to catch up from its peers now (it missed a write another replica applied). Returns once the
+        replica has stopped serving reads; it serves them again when caught up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +195,16 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardStatsRequest.FromString,
                     response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardStatsResponse.SerializeToString,
+            ),
+            'ExportCollection': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportCollection,
+                    request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardExportRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardExportChunk.SerializeToString,
+            ),
+            'Resync': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resync,
+                    request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardResyncRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardResyncResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +423,60 @@ class ShardService:
             '/shardsearch.v1.ShardService/Stats',
             shardsearch_dot_v1_dot_shard__pb2.ShardStatsRequest.SerializeToString,
             shardsearch_dot_v1_dot_shard__pb2.ShardStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shardsearch.v1.ShardService/ExportCollection',
+            shardsearch_dot_v1_dot_shard__pb2.ShardExportRequest.SerializeToString,
+            shardsearch_dot_v1_dot_shard__pb2.ShardExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.ShardService/Resync',
+            shardsearch_dot_v1_dot_shard__pb2.ShardResyncRequest.SerializeToString,
+            shardsearch_dot_v1_dot_shard__pb2.ShardResyncResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,15 @@ def test_dead_shard_fails_or_flags_partial_results(three) -> None:
         skip_cache=True))
     assert batch.partial and list(batch.missing_shards) == ["shard-1"] and all(r.partial for r in batch.results)
 
+    # Coverage per request: min_shards=2 of 3 accepts the outage whatever the policy; 3 does not.
+    request = query(vectors[0], search_pb2.PARTIAL_POLICY_FAIL)
+    request.min_shards = 2
+    assert list(stub.Search(request, timeout=5).missing_shards) == ["shard-1"]
+    request.min_shards = 3
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Search(request, timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "3 needed" in err.value.details()
+
     with pytest.raises(grpc.RpcError) as err:  # writes owned by the dead shard fail clearly, never silently
         stub.Upsert(search_pb2.UpsertRequest(collection=NAME, items=[
             search_pb2.Item(id=f"w{i}", vector_f32=codec.pack(vectors[i])) for i in range(30)]), timeout=5)

@@ -161,3 +161,17 @@ async def test_batching_off_runs_each_request_alone() -> None:
 def test_invalid_config_is_refused() -> None:
     with pytest.raises(ValueError):
         BatchingConfig(max_batch_size=0)
+
+
+async def test_a_queue_that_stopped_draining_sheds_new_requests_fast() -> None:
+    recorder = Recorder()
+    batcher, registry = make(recorder, max_in_flight=1, max_queue_time_ms=20)
+    first = await block_first(batcher, recorder)
+    queued = asyncio.create_task(batcher.submit("k", 2, 1, 60))
+    await asyncio.sleep(0.05)  # the queued request is now older than the limit
+    with pytest.raises(ResourceExhausted, match="ms behind"):
+        await batcher.submit("other", 4, 1, 60)
+    assert sample(registry, "t_batch_rejected_total", reason="queue_time") == 1
+    recorder.gate.set()  # the queue drains: what was admitted is answered, and new requests are taken again
+    assert await first == 0 and await queued == 20
+    assert await batcher.submit("k", 6, 1, 60) == 60

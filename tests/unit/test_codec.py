@@ -34,3 +34,13 @@ def test_wrong_dimension_names_the_field() -> None:
 def test_many_vectors_from_floats_and_bytes_agree() -> None:
     m = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
     assert np.array_equal(codec.many_vectors(m.ravel().tolist(), b"", 3, "v"), codec.many_vectors([], codec.pack(m), 3, "v"))
+
+
+@pytest.mark.parametrize("big", [1.9e19, -1e16, 3.0e38])
+def test_values_whose_scores_would_overflow_are_rejected(big: float) -> None:
+    matrix = np.zeros((3, 4), dtype=np.float32)
+    matrix[2, 1] = big
+    with pytest.raises(InvalidArgument, match=r"^v\[2\]: value .* exceeds the maximum magnitude 1e\+15$"):
+        codec.many_vectors([], codec.pack(matrix), 4, "v")
+    matrix[2, 1] = codec.MAX_ABS_VALUE
+    assert codec.many_vectors([], codec.pack(matrix), 4, "v")[2, 1] == np.float32(codec.MAX_ABS_VALUE)
