@@ -25,7 +25,7 @@ def _local(args: argparse.Namespace) -> None:
     cluster = LocalCluster(
         shards=args.shards, port=args.port, host=args.host, run_dir=Path(args.data_dir) if args.data_dir else None,
         omp_threads=args.omp_threads, metrics=args.metrics, coordinators=args.coordinators,
-        reuse_port=args.coordinators > 1, coordinator_args=coordinator_args,
+        reuse_port=args.coordinators > 1, coordinator_args=coordinator_args, replicas=args.replicas,
     )
     print(f"starting {args.shards} shards and {args.coordinators} coordinator(s)...", flush=True)
     try:
@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     local = commands.add_parser("local", help="run a coordinator and N shards on this machine")
     local.add_argument("--shards", type=int, default=2, help="number of shard processes (default 2)")
     local.add_argument("--port", type=int, default=50051, help="coordinator gRPC port (default 50051; 0 = free port)")
+    local.add_argument("--replicas", type=int, default=1, help="replica processes per shard (default 1)")
     local.add_argument("--host", default="127.0.0.1", help="coordinator interface (default 127.0.0.1)")
     local.add_argument("--data-dir", help="logs, port files and shard data, kept across runs "
                        "(default: a temp dir whose shard data is deleted on exit)")
