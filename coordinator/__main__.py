@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse-port", action="store_const", const=True, help="SO_REUSEPORT: several processes, one port")
     parser.add_argument("--log-level")
     parser.add_argument("--max-concurrent-rpcs", type=int, help="RPCs at once before RESOURCE_EXHAUSTED (20000)")
+    parser.add_argument("--search-latency-target-ms", type=float,
+                        help="adaptive cap on searches in flight keeps them near this latency (250; 0 = off)")
     batching.add_arguments(parser, "RPC per shard", CoordinatorConfig().batching_config())
     security.add_server_arguments(parser, " (mutual TLS)")
     security.add_client_arguments(parser, "shard-", "the shards")

@@ -76,6 +76,9 @@ class CoordinatorConfig:
     """Longest a search waits for company while other batches are in flight (never when the coordinator is idle)."""
     batch_max_queue_size: int = 4096
     """Searches allowed to queue; beyond it new ones get RESOURCE_EXHAUSTED."""
+    search_latency_target_ms: float = 250.0
+    """Adaptive admission: the cap on searches in flight grows while they finish within this and shrinks when they
+    do not; searches past the cap get RESOURCE_EXHAUSTED at once. 0 = no cap (only the queue limits)."""
     batch_max_queue_time_ms: float = 250.0
     """Shed new searches (RESOURCE_EXHAUSTED) while the oldest queued one has waited longer than this: past
     capacity, fail some fast rather than make all of them late. 0 = off (only batch_max_queue_size bounds it)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Gauge
 
 from coordinator import cache
+from coordinator.admission import AdaptiveLimit, AdmissionMetrics
 from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.ring import Ring
@@ -75,6 +76,9 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     servicer = SearchServicer(
         pool, ring, catalog, searcher, executor, RpcMetrics(registry, "shardsearch_coordinator"),
         default_timeout=config.default_timeout_s, deadline_margin=config.deadline_margin_s, clock=clock.now,
+        admission=AdaptiveLimit(
+            config.search_latency_target_ms / 1000, config.max_concurrent_rpcs, AdmissionMetrics(registry)
+        ),
     )
     server = await grpcserver.start_server(
         f"{config.host}:{config.port}",

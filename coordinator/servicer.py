@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 import grpc
 import numpy as np
 
+from coordinator.admission import AdaptiveLimit
 from coordinator.catalog import Catalog
 from coordinator.ring import Ring
 from coordinator.search import Searcher, SearchOptions
@@ -33,8 +34,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, pool: ShardPool, ring: Ring, catalog: Catalog, searcher: Searcher, executor: Executor,
         metrics: RpcMetrics, default_timeout: float, deadline_margin: float,
         limits: validation.Limits = validation.DEFAULT_LIMITS, clock: Callable[[], int] = time.time_ns,
+        admission: AdaptiveLimit | None = None,
     ) -> None:
         self._clock = clock
+        self._admission = admission or AdaptiveLimit(0, 1)
         self._pool = pool
         self._ring = ring
         self._catalog = catalog
@@ -220,10 +223,21 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @rpc("Search")
     async def Search(self, request: search_pb2.SearchRequest, context: Any) -> Any:
-        return await self._search_one(request, self._timeout(context))
+        started = self._admission.acquire()
+        try:
+            return await self._search_one(request, self._timeout(context))
+        finally:
+            self._admission.release(started)
 
     @rpc("BatchSearch")
     async def BatchSearch(self, request: search_pb2.BatchSearchRequest, context: Any) -> Any:
+        started = self._admission.acquire()
+        try:
+            return await self._batch_search(request, context)
+        finally:
+            self._admission.release(started, signal=False)  # its latency grows with its size: not a load signal
+
+    async def _batch_search(self, request: search_pb2.BatchSearchRequest, context: Any) -> Any:
         timeout = self._timeout(context)
         spec = await self._catalog.get(request.collection, timeout)
         opts = self._options(request)
@@ -277,7 +291,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         code = grpc.StatusCode.OK
         self.metrics.inflight.inc()
         try:
-            response = await self._search_one(request, self._timeout(context))
+            admitted = self._admission.acquire()
+            try:
+                response = await self._search_one(request, self._timeout(context))
+            finally:
+                self._admission.release(admitted)
             return search_pb2.StreamSearchResponse(request_id=request.request_id, response=response)
         except ShardSearchError as exc:
             code = exc.code

@@ -25,7 +25,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shardsearch import grpcserver
-from shardsearch.errors import ShardSearchError, from_rpc_error
+from shardsearch.errors import AnswerTooLarge, ShardSearchError, from_rpc_error
 from shardsearch.metrics import LATENCY_BUCKETS
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
@@ -153,7 +153,7 @@ class ShardPool:
             return await self._hedged(shard, candidates, method, request, deadline)
         outcome = await self._attempt(candidates[0], method, request, timeout)
         for replica in candidates[1:]:
-            if outcome.ok or outcome.error.code not in RETRYABLE:  # type: ignore[union-attr]
+            if not _retryable(outcome):
                 break
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -191,7 +191,7 @@ class ShardPool:
                 for task in done:
                     pending.pop(task)
                     outcome = task.result()
-                    if outcome.ok or outcome.error.code not in RETRYABLE:  # type: ignore[union-attr]
+                    if not _retryable(outcome):
                         return outcome
                     last = outcome
                 if not pending and next_index < len(candidates) and loop.time() < deadline:
@@ -322,6 +322,12 @@ class ShardPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(r.channel.close() for shard in self.shards for r in shard.replicas))
+
+
+def _retryable(outcome: Outcome) -> bool:
+    """A failure another replica may not have: unreachable or overloaded (an answer too large is the same there)."""
+    error = outcome.error
+    return error is not None and error.code in RETRYABLE and not isinstance(error, AnswerTooLarge)
 
 
 def _most_telling(errors: list[ShardSearchError]) -> ShardSearchError:
