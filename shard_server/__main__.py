@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated addresses of this shard's other replicas (catch up from them before serving reads)",
     )
     parser.add_argument("--catch-up-wait-s", type=float, help="give up on unreachable peers after this long (30)")
+    parser.add_argument(
+        "--peer-pattern", help="in a StatefulSet, instead of --peers and --name: the coordinator's --shard-pattern, "
+        "e.g. shard-{n}.shard:50061; name and peers follow from it, --replicas and the pod ordinal",
+    )
+    parser.add_argument("--replicas", type=int, help="replicas per shard, with --peer-pattern (default 1)")
+    parser.add_argument("--shard-count", type=int, help="shards in the cluster, with --peer-pattern (checks ordinals)")
+    parser.add_argument("--ordinal", type=int, help="StatefulSet ordinal, with --peer-pattern (default: host name's)")
     batching.add_arguments(parser, "FAISS call", ShardConfig().batching_config())
     security.add_server_arguments(parser, " (mutual TLS: the coordinator's)")
     security.add_client_arguments(parser, "peer-", "the peers (other replicas of this shard)")
@@ -38,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     die_with_parent_if_asked()
     overrides = {k: v for k, v in vars(args).items() if k in ShardConfig.__dataclass_fields__}
-    config = ShardConfig.from_env(**overrides)
+    config = ShardConfig.from_env(**overrides).with_topology()  # fail fast on a bad peer pattern or ordinal
     grpcserver.setup_logging(config.log_level)
     if config.omp_threads > 0:  # must precede the first FAISS import: OpenMP reads it once
         os.environ["OMP_NUM_THREADS"] = str(config.omp_threads)

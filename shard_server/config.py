@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import socket
+from dataclasses import dataclass, replace
 
 from shardsearch.batching import BatchingConfig, from_settings
 from shardsearch.config import from_env
@@ -58,6 +60,18 @@ class ShardConfig:
     when a coordinator asks) before it serves reads."""
     catch_up_wait_s: float = 30.0
     """How long a catch-up keeps trying unreachable peers before serving reads from the local data alone."""
+    peer_pattern: str = ""
+    """In a StatefulSet, instead of `peers` and `name`: the replicas' address pattern, the coordinator's
+    --shard-pattern ({i} shard, {r} replica, {n} = i * replicas + r, the pod ordinal). From it, `replicas` and this
+    pod's ordinal the shard derives its name (shard-<i>) and its peers (the other replicas of shard i)."""
+    replicas: int = 1
+    """Replicas per shard, with peer_pattern (the coordinator's --replicas)."""
+    shard_count: int = 0
+    """Shards in the cluster, with peer_pattern (the coordinator's --shard-count): a pod whose ordinal is past
+    shard_count * replicas refuses to start, since no coordinator would route to it. 0 = not checked."""
+    ordinal: int = -1
+    """This pod's StatefulSet ordinal, with peer_pattern; -1 = the number after the last '-' of the host name
+    (a StatefulSet pod's host name is its pod name: shard-7 -> 7)."""
 
     batching: bool = True
     """Gather concurrent Search RPCs into one FAISS call."""
@@ -76,6 +90,41 @@ class ShardConfig:
     def batching_config(self) -> BatchingConfig:
         return from_settings(self)
 
+    def with_topology(self, hostname: str | None = None) -> "ShardConfig":
+        """This config with `name` and `peers` derived from `peer_pattern` (returned unchanged without one).
+
+        Ordinal n is replica n % replicas of shard n // replicas, exactly as the coordinator expands its pattern, so
+        both sides agree on which pods are one shard's replicas. `hostname` defaults to this machine's.
+        """
+        if not self.peer_pattern:
+            return self
+        if self.peers:
+            raise ValueError("set either peers or peer_pattern, not both")
+        if self.replicas < 1:
+            raise ValueError("replicas must be at least 1")
+        if self.replicas > 1 and "{r}" not in self.peer_pattern and "{n}" not in self.peer_pattern:
+            raise ValueError("with replicas > 1, peer_pattern needs {r} or {n}")
+        n = self.ordinal if self.ordinal >= 0 else ordinal_of(socket.gethostname() if hostname is None else hostname)
+        pods = self.shard_count * self.replicas
+        if self.shard_count > 0 and n >= pods:
+            raise ValueError(
+                f"pod ordinal {n} is past shard_count * replicas = {self.shard_count} * {self.replicas}: the "
+                "StatefulSet has more pods than the topology the coordinator uses (no reads would reach this one)"
+            )
+        i, r = divmod(n, self.replicas)
+        peers = tuple(
+            self.peer_pattern.format(i=i, r=p, n=i * self.replicas + p) for p in range(self.replicas) if p != r
+        )
+        return replace(self, name=f"shard-{i}", peers=peers, peer_pattern="", ordinal=n)
+
     @classmethod
     def from_env(cls, **overrides: object) -> "ShardConfig":
         return from_env(cls, ENV_PREFIX, **overrides)
+
+
+def ordinal_of(hostname: str) -> int:
+    """The StatefulSet ordinal at the end of a pod's host name: `shard-7` -> 7."""
+    match = re.fullmatch(r".*-(\d+)", hostname.split(".", 1)[0])
+    if match is None:
+        raise ValueError(f"cannot read a StatefulSet ordinal from host name {hostname!r}; set ordinal explicitly")
+    return int(match.group(1))

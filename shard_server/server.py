@@ -54,6 +54,7 @@ class RunningShard:
 
 
 async def start(config: ShardConfig, registry: CollectorRegistry | None = None) -> RunningShard:
+    config = config.with_topology()  # in a StatefulSet: name and peers from --peer-pattern and the pod ordinal
     registry = registry or CollectorRegistry()
     init = lambda: set_faiss_threads(config.omp_threads)  # noqa: E731
     init()
