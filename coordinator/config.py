@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shardsearch.batching import BatchingConfig, from_settings
-from shardsearch.config import from_env
+from shardsearch.config import ServerSettings, from_env
 
 ENV_PREFIX = "SHARDSEARCH_COORDINATOR_"
 
 
 @dataclass(frozen=True)
-class CoordinatorConfig:
+class CoordinatorConfig(ServerSettings):
     host: str = "127.0.0.1"
     """Interface to bind gRPC on (0.0.0.0 in containers)."""
     port: int = 50051
@@ -46,17 +46,6 @@ class CoordinatorConfig:
     reuse_port: bool = False
     """Bind with SO_REUSEPORT so several coordinator processes share one port (one event loop per core)."""
     log_level: str = "INFO"
-    max_concurrent_rpcs: int = 20_000
-    """RPCs a server process handles at once (a StreamSearch counts once); past it gRPC answers
-    RESOURCE_EXHAUSTED. A backstop that bounds memory; the batch queues shed earlier."""
-    tls_cert_file: str = ""
-    """PEM certificate chain for the gRPC port; with tls_key_file the port speaks TLS only ("" = plaintext)."""
-    tls_key_file: str = ""
-    """PEM private key of tls_cert_file."""
-    tls_client_ca_file: str = ""
-    """If set, clients must present a certificate signed by this CA (mutual TLS)."""
-    auth_token_file: str = ""
-    """If set, every call but health and reflection needs `authorization: Bearer <t>` with t a line of this file."""
     shard_tls_ca_file: str = ""
     """CA that signed the shards' certificates; set (or shard_tls_cert_file) to dial the shards over TLS."""
     shard_tls_cert_file: str = ""

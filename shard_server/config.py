@@ -7,13 +7,13 @@ import socket
 from dataclasses import dataclass, replace
 
 from shardsearch.batching import BatchingConfig, from_settings
-from shardsearch.config import from_env
+from shardsearch.config import ServerSettings, from_env
 
 ENV_PREFIX = "SHARDSEARCH_SHARD_"
 
 
 @dataclass(frozen=True)
-class ShardConfig:
+class ShardConfig(ServerSettings):
     host: str = "127.0.0.1"
     """Interface to bind gRPC on (0.0.0.0 in containers)."""
     port: int = 50061
@@ -31,17 +31,6 @@ class ShardConfig:
     use_gpu: bool = True
     """Clone trained indexes to the GPU when faiss.get_num_gpus() > 0."""
     log_level: str = "INFO"
-    max_concurrent_rpcs: int = 20_000
-    """RPCs a server process handles at once (a StreamSearch counts once); past it gRPC answers
-    RESOURCE_EXHAUSTED. A backstop that bounds memory; the batch queues shed earlier."""
-    tls_cert_file: str = ""
-    """PEM certificate chain for the gRPC port; with tls_key_file the port speaks TLS only ("" = plaintext)."""
-    tls_key_file: str = ""
-    """PEM private key of tls_cert_file."""
-    tls_client_ca_file: str = ""
-    """If set, callers must present a client certificate signed by this CA (mutual TLS: only the coordinator's)."""
-    auth_token_file: str = ""
-    """If set, every call but health and reflection needs `authorization: Bearer <t>` with t a line of this file."""
     peer_tls_ca_file: str = ""
     """Dial the peers (other replicas, when catching up) over TLS, trusting this CA."""
     peer_tls_cert_file: str = ""

@@ -10,6 +10,24 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """What every gRPC server process takes alike: its RPC cap and the security of its port."""
+
+    max_concurrent_rpcs: int = 20_000
+    """RPCs a server process handles at once (a StreamSearch counts once); past it gRPC answers
+    RESOURCE_EXHAUSTED. A backstop that bounds memory; the batch queues shed earlier."""
+    tls_cert_file: str = ""
+    """PEM certificate chain for the gRPC port; with tls_key_file the port speaks TLS only ("" = plaintext)."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file."""
+    tls_client_ca_file: str = ""
+    """If set, callers must present a client certificate signed by this CA (mutual TLS; for a shard: the
+    coordinator's and its peers')."""
+    auth_token_file: str = ""
+    """If set, every call but health and reflection needs `authorization: Bearer <t>` with t a line of this file."""
+
+
 def _convert(raw: str, kind: Any) -> Any:
     if kind is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
