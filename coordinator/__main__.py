@@ -7,7 +7,7 @@ import asyncio
 from typing import Sequence
 
 from coordinator.config import CoordinatorConfig
-from shardsearch import batching, grpcserver, security
+from shardsearch import batching, config as settings, security
 from shardsearch.process import die_with_parent_if_asked
 
 
@@ -30,10 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-timeout-s", type=float, help="deadline for calls that set none")
     parser.add_argument("--port-file", help="write the bound ports here as JSON once serving")
     parser.add_argument("--reuse-port", action="store_const", const=True, help="SO_REUSEPORT: several processes, one port")
-    parser.add_argument("--log-level")
-    parser.add_argument("--max-concurrent-rpcs", type=int, help="RPCs at once before RESOURCE_EXHAUSTED (20000)")
     parser.add_argument("--search-latency-target-ms", type=float,
                         help="adaptive cap on searches in flight keeps them near this latency (250; 0 = off)")
+    settings.add_server_arguments(parser)
     batching.add_arguments(parser, "RPC per shard", CoordinatorConfig().batching_config())
     security.add_server_arguments(parser, " (mutual TLS)")
     security.add_client_arguments(parser, "shard-", "the shards")
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in vars(args).items() if k in CoordinatorConfig.__dataclass_fields__}
     config = CoordinatorConfig.from_env(**overrides)
     config.shard_addresses()  # fail fast on a bad shard list
-    grpcserver.setup_logging(config.log_level)
+    config.setup_logging()
     from coordinator.server import serve
 
     asyncio.run(serve(config))

@@ -45,7 +45,6 @@ class CoordinatorConfig(ServerSettings):
     """If set, the bound ports are written here as JSON once serving (for launchers)."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT so several coordinator processes share one port (one event loop per core)."""
-    log_level: str = "INFO"
     shard_tls_ca_file: str = ""
     """CA that signed the shards' certificates; set (or shard_tls_cert_file) to dial the shards over TLS."""
     shard_tls_cert_file: str = ""

@@ -16,7 +16,7 @@ from coordinator.catalog import Catalog
 from coordinator.ring import Ring
 from coordinator.search import Searcher, SearchOptions
 from coordinator.shards import Outcome, ShardPool
-from shardsearch import codec, validation
+from shardsearch import codec, logs, validation
 from shardsearch.errors import (
     AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ShardSearchError, rpc,
 )
@@ -251,13 +251,18 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def StreamSearch(
         self, request_iterator: AsyncIterator[search_pb2.SearchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[search_pb2.StreamSearchResponse]:
-        """Each request is searched concurrently (bounded window); answers go out as they complete."""
+        """Each request is searched concurrently (bounded window); answers go out as they complete.
+
+        The stream's request id (x-request-id) is bound for its whole life; each request's log lines and access line
+        carry `<stream id>/<request_id field>`."""
+        logs.bind_request_id(logs.request_id_from(context.invocation_metadata()))
+        peer = context.peer()  # the answering tasks may outlive the call: they must not touch its context
         answers: asyncio.Queue[search_pb2.StreamSearchResponse | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def answer(request: search_pb2.SearchRequest) -> None:
             try:
-                response = await self._stream_item(request, context)
+                response = await self._stream_item(request, context, peer)
                 await answers.put(response)
             finally:
                 window.release()
@@ -272,6 +277,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     task.add_done_callback(pending.discard)
                 if pending:
                     await asyncio.gather(*pending)
+            except BaseException:  # the stream broke (a message that does not parse, a cancelled call)
+                for task in pending:
+                    task.cancel()  # nobody will read their answers
+                raise
             finally:
                 await answers.put(None)
 
@@ -284,12 +293,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             feeder.cancel()
 
     async def _stream_item(
-        self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext
+        self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext, peer: str
     ) -> search_pb2.StreamSearchResponse:
         """One StreamSearch request: errors are reported in the message, the stream goes on."""
         start = asyncio.get_running_loop().time()
         code = grpc.StatusCode.OK
         self.metrics.inflight.inc()
+        if request.request_id:  # this runs in a task of its own: the binding ends with it
+            logs.bind_request_id(logs.child_request_id(logs.current_request_id(), request.request_id))
         try:
             admitted = self._admission.acquire()
             try:
@@ -311,7 +322,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             )
         finally:
             self.metrics.inflight.dec()
-            self.metrics.observe_request("StreamSearch", code, asyncio.get_running_loop().time() - start)
+            elapsed = asyncio.get_running_loop().time() - start
+            self.metrics.observe_request("StreamSearch", code, elapsed)
+            logs.log_access("StreamSearch", code, elapsed, peer)
 
 
 def route_items(

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shardsearch import grpcserver
+from shardsearch import grpcserver, logs
 from shardsearch.errors import AnswerTooLarge, ShardSearchError, from_rpc_error
 from shardsearch.metrics import LATENCY_BUCKETS
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
@@ -216,7 +216,9 @@ class ShardPool:
         start = time.perf_counter()
         replica.outstanding += 1
         try:
-            response = await getattr(replica.stub, method)(request, timeout=max(timeout, 0.001))
+            response = await getattr(replica.stub, method)(
+                request, timeout=max(timeout, 0.001), metadata=logs.outgoing_metadata()
+            )
             replica.avoid_until = 0.0
             return Outcome(shard, response=response, replica=replica)
         except grpc.aio.AioRpcError as exc:
@@ -297,7 +299,7 @@ class ShardPool:
             version = replica.missed_version
             request = shard_pb2.ShardResyncRequest(reason=reason, missed_version=version)
             try:
-                await replica.stub.Resync(request, timeout=RESYNC_TIMEOUT_S)
+                await replica.stub.Resync(request, timeout=RESYNC_TIMEOUT_S, metadata=logs.outgoing_metadata())
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     logger.error("replica %s of %s cannot catch up: %s; it stays fenced (restart it with --peers)",

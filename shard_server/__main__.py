@@ -8,7 +8,7 @@ import os
 from typing import Sequence
 
 from shard_server.config import ShardConfig
-from shardsearch import batching, grpcserver, security
+from shardsearch import batching, config as settings, security
 from shardsearch.process import die_with_parent_if_asked
 
 
@@ -21,8 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--omp-threads", type=int, help="FAISS OpenMP threads (0 = FAISS default)")
     parser.add_argument("--search-threads", type=int, help="executor threads for FAISS work")
     parser.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="stay on the CPU")
-    parser.add_argument("--log-level")
-    parser.add_argument("--max-concurrent-rpcs", type=int, help="RPCs at once before RESOURCE_EXHAUSTED (20000)")
     parser.add_argument("--data-dir", help="directory for the write-ahead log and snapshots (default: memory only)")
     parser.add_argument("--snapshot-wal-bytes", type=int, help="snapshot once the log has grown this much (256 MiB)")
     parser.add_argument(
@@ -37,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int, help="replicas per shard, with --peer-pattern (default 1)")
     parser.add_argument("--shard-count", type=int, help="shards in the cluster, with --peer-pattern (checks ordinals)")
     parser.add_argument("--ordinal", type=int, help="StatefulSet ordinal, with --peer-pattern (default: host name's)")
+    settings.add_server_arguments(parser)
     batching.add_arguments(parser, "FAISS call", ShardConfig().batching_config())
     security.add_server_arguments(parser, " (mutual TLS: the coordinator's)")
     security.add_client_arguments(parser, "peer-", "the peers (other replicas of this shard)")
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
     die_with_parent_if_asked()
     overrides = {k: v for k, v in vars(args).items() if k in ShardConfig.__dataclass_fields__}
     config = ShardConfig.from_env(**overrides).with_topology()  # fail fast on a bad peer pattern or ordinal
-    grpcserver.setup_logging(config.log_level)
+    config.setup_logging()
     if config.omp_threads > 0:  # must precede the first FAISS import: OpenMP reads it once
         os.environ["OMP_NUM_THREADS"] = str(config.omp_threads)
     asyncio.run(serve_config(config))

@@ -30,7 +30,6 @@ class ShardConfig(ServerSettings):
     """Worker threads running FAISS searches and writes off the event loop."""
     use_gpu: bool = True
     """Clone trained indexes to the GPU when faiss.get_num_gpus() > 0."""
-    log_level: str = "INFO"
     peer_tls_ca_file: str = ""
     """Dial the peers (other replicas, when catching up) over TLS, trusting this CA."""
     peer_tls_cert_file: str = ""

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shard_server.index import Collection
 from shard_server.servicer import ShardServicer
-from shardsearch import codec
+from shardsearch import codec, logs
 from shardsearch.errors import AlreadyExists
 from shardsearch.metrics import LATENCY_BUCKETS
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
@@ -106,6 +106,8 @@ class Replication:
             await asyncio.shield(self._task)
 
     async def _run(self) -> None:
+        if not logs.current_request_id():  # at start-up; a Resync's catch-up keeps the id of the write it missed
+            logs.bind_request_id("catch-up-" + logs.new_request_id())
         self._background = False
         await self._on_state(False)
         while True:
@@ -157,7 +159,8 @@ class Replication:
         async with self._connect(peer) as channel:
             stub = shard_pb2_grpc.ShardServiceStub(channel)
             coll = None
-            async for chunk in stub.ExportCollection(shard_pb2.ShardExportRequest()):
+            export = stub.ExportCollection(shard_pb2.ShardExportRequest(), metadata=logs.outgoing_metadata())
+            async for chunk in export:
                 if chunk.HasField("collection"):
                     coll = await self._local(chunk.collection)
                 elif coll is None:

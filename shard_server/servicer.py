@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from shard_server.index import Collection
 from shard_server.maintenance import Maintenance
 from shard_server.writes import Writer
-from shardsearch import codec, validation
+from shardsearch import codec, logs, validation
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.clock import HybridClock
 from shardsearch.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
@@ -214,6 +214,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     ) -> AsyncIterator[shard_pb2.ShardExportChunk]:
         """Streams one collection ("" = all) as versioned items and delete markers. Allowed while catching up:
         a peer applying what this replica holds never loses anything (versions decide)."""
+        logs.bind_request_id(logs.request_id_from(context.invocation_metadata()))
         if request.collection:
             coll = self._collections.get(request.collection)
             if coll is None:

@@ -33,6 +33,7 @@ from typing import Any, Awaitable, Callable, Generic, Hashable, Sequence, TypeVa
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shardsearch import logs
 from shardsearch.errors import DeadlineExceeded, ResourceExhausted
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class _Pending(Generic[Item, Result]):
     deadline: float
     enqueued: float
     future: asyncio.Future[Result]
+    request_id: str
 
 
 RunBatch = Callable[[Hashable, list[Item], float], Awaitable[Sequence[Result | BaseException]]]
@@ -171,7 +173,9 @@ class Batcher(Generic[Item, Result]):
                     f"{self.name} is overloaded: its queue is {waited * 1000:.0f} ms behind (limit "
                     f"{self.config.max_queue_time_ms:g} ms); retry with backoff or add capacity"
                 )
-        pending: _Pending[Item, Result] = _Pending(item, rows, now + timeout, now, loop.create_future())
+        pending: _Pending[Item, Result] = _Pending(
+            item, rows, now + timeout, now, loop.create_future(), logs.current_request_id()
+        )
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = collections.deque()
@@ -213,6 +217,7 @@ class Batcher(Generic[Item, Result]):
     # ---- dispatching ---------------------------------------------------------------------------------------
 
     async def _dispatch_forever(self) -> None:
+        logs.bind_request_id("")  # this task was started inside some request's context: it works for none
         while True:
             while self._in_flight >= self.config.max_in_flight:
                 self._slot_free.clear()
@@ -273,6 +278,7 @@ class Batcher(Generic[Item, Result]):
         return batch
 
     async def _execute(self, key: Hashable, batch: list[_Pending[Item, Result]]) -> None:
+        logs.bind_request_id(logs.join_request_ids(p.request_id for p in batch))  # its calls and logs carry them all
         started = time.monotonic()
         self._metrics.size.observe(sum(p.rows for p in batch))
         try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import typing
 from typing import Any, TypeVar
+
+from shardsearch import logs
 
 T = TypeVar("T")
 
@@ -26,6 +29,23 @@ class ServerSettings:
     coordinator's and its peers')."""
     auth_token_file: str = ""
     """If set, every call but health and reflection needs `authorization: Bearer <t>` with t a line of this file."""
+    log_level: str = "INFO"
+    log_format: str = "text"
+    """text (one readable line a record) or json (one object a line, for a log pipeline); both carry request ids."""
+    access_log: str = "errors"
+    """One log line per RPC: all, errors (every status but OK) or off."""
+
+    def setup_logging(self) -> None:
+        logs.setup_logging(self.log_level, self.log_format, self.access_log)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ServerSettings' logging and RPC cap fields (security has its own, in shardsearch.security)."""
+    parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    parser.add_argument("--log-format", choices=logs.LOG_FORMATS, help="text (default) or json lines")
+    parser.add_argument("--access-log", choices=logs.ACCESS_LOG_POLICIES,
+                        help="a log line per RPC: all, errors (default: any status but OK) or off")
+    parser.add_argument("--max-concurrent-rpcs", type=int, help="RPCs at once before RESOURCE_EXHAUSTED (20000)")
 
 
 def _convert(raw: str, kind: Any) -> Any:

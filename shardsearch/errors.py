@@ -9,6 +9,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
+from shardsearch import logs
+
 logger = logging.getLogger(__name__)
 
 
@@ -77,7 +79,8 @@ T = TypeVar("T")
 def rpc(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Decorates a unary servicer method: domain errors become `context.abort`, anything else INTERNAL.
 
-    The servicer may have a `metrics` attribute (a `shardsearch.metrics.RpcMetrics`).
+    The servicer may have a `metrics` attribute (a `shardsearch.metrics.RpcMetrics`). The call's request id (see
+    shardsearch.logs) is bound while it runs and sent back in the trailing metadata; its access line is logged.
     """
 
     def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -88,22 +91,29 @@ def rpc(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Aw
             metrics = getattr(self, "metrics", None)
             if metrics is not None:
                 metrics.inflight.inc()
+            request_id = logs.request_id_from(context.invocation_metadata())
+            bound = logs.bind_request_id(request_id)
+            echo = ((logs.REQUEST_ID_HEADER, request_id),)
+            context.set_trailing_metadata(echo)  # the caller can quote it
             try:
                 return await fn(self, request, context)
             except ShardSearchError as exc:
                 code = exc.code
-                await context.abort(exc.code, str(exc))
+                await context.abort(exc.code, str(exc), echo)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 logger.exception("%s failed", method)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server logs")
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server logs", echo)
             finally:
+                elapsed = time.perf_counter() - start
                 if metrics is not None:
                     metrics.inflight.dec()
-                    metrics.observe_request(method, code, time.perf_counter() - start)
+                    metrics.observe_request(method, code, elapsed)
+                logs.log_access(method, code, elapsed, context.peer)
+                logs.unbind_request_id(bound)
             raise AssertionError("unreachable")  # abort() always raises
 
         return handler

@@ -119,9 +119,3 @@ async def wait_for_signal() -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-    )
