@@ -87,7 +87,7 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
         reuse_port=config.reuse_port,
         credentials=port_security.credentials,
         interceptors=port_security.interceptors,
-        max_concurrent_rpcs=config.max_concurrent_rpcs,
+        max_concurrent_rpcs=config.max_concurrent_rpcs, max_pending_rpcs=config.max_pending_rpcs,
     )
     metrics_port = grpcserver.serve_metrics_safely(registry, config.host, config.metrics_port)
     vectors = Gauge(

@@ -79,7 +79,7 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
         [SERVICE_NAME],
         credentials=port_security.credentials,
         interceptors=port_security.interceptors,
-        max_concurrent_rpcs=config.max_concurrent_rpcs,
+        max_concurrent_rpcs=config.max_concurrent_rpcs, max_pending_rpcs=config.max_pending_rpcs,
         serving=not config.peers,  # a replica is ready once it has caught up
     )
     metrics_port = grpcserver.serve_metrics_safely(registry, config.host, config.metrics_port)

@@ -20,6 +20,11 @@ class ServerSettings:
     max_concurrent_rpcs: int = 20_000
     """RPCs a server process handles at once (a StreamSearch counts once); past it gRPC answers
     RESOURCE_EXHAUSTED. A backstop that bounds memory; the batch queues shed earlier."""
+    max_pending_rpcs: int = 256
+    """Calls that have arrived but wait for the event loop to pick them up (a flood faster than the process can
+    even start handlers). Past this many gRPC core refuses new calls with a growing probability, every one at 3x
+    this, with CANCELLED and before any Python runs: the wait before a handler stays bounded (about this many calls
+    at the process's rate). 0 = gRPC's own limits (far larger: seconds of queue at a coordinator's rate)."""
     tls_cert_file: str = ""
     """PEM certificate chain for the gRPC port; with tls_key_file the port speaks TLS only ("" = plaintext)."""
     tls_key_file: str = ""
@@ -46,6 +51,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log", choices=logs.ACCESS_LOG_POLICIES,
                         help="a log line per RPC: all, errors (default: any status but OK) or off")
     parser.add_argument("--max-concurrent-rpcs", type=int, help="RPCs at once before RESOURCE_EXHAUSTED (20000)")
+    parser.add_argument("--max-pending-rpcs", type=int,
+                        help="calls waiting for the event loop before gRPC refuses new ones (256; 0 = gRPC's own)")
 
 
 def _convert(raw: str, kind: Any) -> Any:

@@ -19,6 +19,7 @@ from shardsearch.metrics import serve_metrics
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+PENDING_HARD_LIMIT_FACTOR = 3
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -61,12 +62,14 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     serving: bool = True,
     max_concurrent_rpcs: int | None = None,
+    max_pending_rpcs: int = 0,
 ) -> Server:
     """Binds `address` (port 0 picks a free port), registers the services, health and reflection, and starts.
 
     `reuse_port` lets several processes serve one port (SO_REUSEPORT; the kernel spreads connections over them).
     Off by default, so that port 0 means a port nobody else holds (tests run many servers side by side).
     With `credentials` the port speaks TLS only (see shardsearch.security); `interceptors` see every call.
+    `max_pending_rpcs` bounds the calls waiting for the event loop (0: gRPC's own limits).
     """
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
@@ -75,6 +78,14 @@ async def start_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ]
+    if max_pending_rpcs > 0:
+        # Calls gRPC core holds until the event loop picks them up: past the soft limit it refuses new ones with a
+        # growing probability (all of them at the hard limit), cheaply, before any Python runs. This bounds the
+        # wait a call can have before its handler starts, which no handler-level limit can see.
+        options += [
+            ("grpc.server.max_pending_requests", max_pending_rpcs),
+            ("grpc.server.max_pending_requests_hard_limit", PENDING_HARD_LIMIT_FACTOR * max_pending_rpcs),
+        ]
     # Past max_concurrent_rpcs gRPC itself answers RESOURCE_EXHAUSTED: a backstop behind the batch queues' limits.
     server = grpc.aio.server(
         options=options, interceptors=list(interceptors) or None, maximum_concurrent_rpcs=max_concurrent_rpcs or None
