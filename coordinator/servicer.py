@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 import grpc
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 STREAM_WINDOW = 64  # requests of one StreamSearch processed concurrently
+DEFAULT_PAGE_SIZE = 1000
+PAGE_TOKEN_VERSION = 1
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -211,6 +217,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         )
         response = outcome.results[0]
         response.request_id = request.request_id
+        if request.HasField("score_threshold"):
+            apply_threshold(response, request.score_threshold, spec.metric)
         return response
 
     def _options(self, request: Any) -> SearchOptions:
@@ -244,9 +252,74 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         queries = await self._run(codec.many_vectors, request.vectors, request.vectors_f32, spec.dim, "vectors")
         validation.check_query_count(queries.shape[0], self._limits, k=opts.k)
         outcome = await self._searcher.search(spec, queries, opts, timeout, use_cache=not request.skip_cache)
+        if request.HasField("score_threshold"):
+            for response in outcome.results:
+                apply_threshold(response, request.score_threshold, spec.metric)
         return search_pb2.BatchSearchResponse(
             results=outcome.results, partial=bool(outcome.missing), missing_shards=outcome.missing
         )
+
+    @rpc("SearchById")
+    async def SearchById(self, request: search_pb2.SearchByIdRequest, context: Any) -> Any:
+        started = self._admission.acquire()
+        try:
+            return await self._search_by_id(request, self._timeout(context))
+        finally:
+            self._admission.release(started)
+
+    async def _search_by_id(self, request: search_pb2.SearchByIdRequest, timeout: float) -> search_pb2.SearchResponse:
+        spec = await self._catalog.get(request.collection, timeout)
+        validation.check_ids([request.id], "id", self._limits)
+        opts = self._options(request)
+        if opts.k >= self._limits.max_k:  # one more is searched for, the item itself
+            raise InvalidArgument(f"k: {opts.k} must be below {self._limits.max_k} for SearchById")
+        query = await self._stored_vector(spec, request.id, timeout)
+        outcome = await self._searcher.search(
+            spec, query.reshape(1, -1), replace(opts, k=opts.k + 1), timeout, use_cache=not request.skip_cache
+        )
+        response = outcome.results[0]
+        others = [hit for hit in response.hits if hit.id != request.id][: opts.k]
+        del response.hits[:]
+        response.hits.extend(others)
+        response.request_id = request.request_id
+        if request.HasField("score_threshold"):
+            apply_threshold(response, request.score_threshold, spec.metric)
+        return response
+
+    async def _stored_vector(self, spec: search_pb2.Collection, item_id: str, timeout: float) -> np.ndarray:
+        """The vector stored for `item_id`, from the shard that owns it (any of its replicas)."""
+        shard = self._pool.shards[self._ring.owner_index(item_id)]
+        request = shard_pb2.ShardGetRequest(collection=spec.name, ids=[item_id])
+        outcome = await self._pool.call(shard, "Get", request, timeout)
+        if outcome.error is not None:
+            raise outcome.error
+        if not outcome.response.ids:
+            raise NotFound(f"collection {spec.name!r} has no item {item_id!r}")
+        return codec.unpack(outcome.response.vectors_f32, spec.dim)[0]
+
+    # ---- listing --------------------------------------------------------------------------------------------
+
+    @rpc("ListIds")
+    async def ListIds(self, request: search_pb2.ListIdsRequest, context: Any) -> Any:
+        timeout = self._timeout(context)
+        spec = await self._catalog.get(request.collection, timeout)
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if size > self._limits.max_items:
+            raise InvalidArgument(f"page_size: {size} exceeds {self._limits.max_items}")
+        shards = self._pool.shards
+        cursor = PageCursor.decode(request.page_token, spec.name, len(shards))
+        ids: list[str] = []
+        while cursor.shard < len(shards) and len(ids) < size:
+            outcome = await self._pool.call(shards[cursor.shard], "ListIds", shard_pb2.ShardListIdsRequest(
+                collection=spec.name, after=cursor.after, resume=cursor.resume, limit=size - len(ids),
+            ), timeout)
+            if outcome.error is not None:
+                raise outcome.error
+            page = outcome.response
+            ids.extend(page.ids)
+            cursor = cursor.next(page.next_after, page.more)
+        token = cursor.encode(spec.name, len(shards)) if cursor.shard < len(shards) else ""
+        return search_pb2.ListIdsResponse(ids=ids, next_page_token=token)
 
     async def StreamSearch(
         self, request_iterator: AsyncIterator[search_pb2.SearchRequest], context: grpc.aio.ServicerContext
@@ -325,6 +398,56 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             elapsed = asyncio.get_running_loop().time() - start
             self.metrics.observe_request("StreamSearch", code, elapsed)
             logs.log_access("StreamSearch", code, elapsed, peer)
+
+
+def apply_threshold(response: search_pb2.SearchResponse, threshold: float, metric: int) -> None:
+    """Drops the hits worse than `threshold` (scores below it for inner product, distances above it for L2); hits
+    are best first, so that is a tail."""
+    higher_is_better = metric == search_pb2.METRIC_INNER_PRODUCT
+    hits = response.hits
+    for i, hit in enumerate(hits):
+        if hit.score < threshold if higher_is_better else hit.score > threshold:
+            del hits[i:]
+            return
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """Where a ListIds listing stands: shard index, and within it the hash order position (see ShardListIdsRequest).
+    Its token names the collection and the shard count, so a token is refused once either no longer matches."""
+
+    shard: int = 0
+    after: int = 0
+    resume: bool = False
+
+    def next(self, last: int, more: bool) -> "PageCursor":
+        return PageCursor(self.shard, last, True) if more else PageCursor(self.shard + 1)
+
+    def encode(self, collection: str, shards: int) -> str:
+        raw = json.dumps([PAGE_TOKEN_VERSION, collection, shards, self.shard, self.after, self.resume])
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str, collection: str, shards: int) -> "PageCursor":
+        if not token:
+            return cls()
+        try:
+            raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            version, name, count, shard, after, resume = raw
+            cursor = cls(int(shard), int(after), bool(resume))
+            valid = version == PAGE_TOKEN_VERSION and 0 <= cursor.shard and 0 <= cursor.after < 2**64
+        except (ValueError, TypeError, binascii.Error):
+            valid = False
+        if not valid:
+            raise InvalidArgument("page_token: not a token from ListIds; pass next_page_token as it was returned")
+        if name != collection:
+            raise InvalidArgument(f"page_token: it lists collection {name!r}, not {collection!r}")
+        if count != shards:
+            raise InvalidArgument(
+                f"page_token: the cluster had {count} shards when the listing began and has {shards} now; "
+                "start the listing again"
+            )
+        return cursor
 
 
 def route_items(

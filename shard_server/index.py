@@ -15,6 +15,7 @@ Callers run these methods off the event loop (an executor or a batcher thread).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -55,6 +56,7 @@ class Collection:
         self._vecs = np.empty((1024, self.dim), dtype=np.float32)
         self._alive = np.zeros(1024, dtype=bool)
         self._ver = np.zeros(1024, dtype=np.uint64)
+        self._hash = np.zeros(1024, dtype=np.uint64)  # id_hash of each label's id: the order of ListIds
         self._deleted: dict[str, int] = {}  # delete markers: id -> version of the delete
         self._id_of: list[str] = []
         self._label_of: dict[str, int] = {}
@@ -97,6 +99,7 @@ class Collection:
             self._vecs[start : start + count] = vectors
             self._alive[start : start + count] = True
             self._ver[start : start + count] = versions
+            self._hash[start : start + count] = id_hashes(ids)
             self._id_of.extend(ids)
             for offset, item_id in enumerate(ids):
                 self._label_of[item_id] = start + offset
@@ -151,7 +154,9 @@ class Collection:
         alive[: self._next] = self._alive[: self._next]
         ver = np.zeros(capacity, dtype=np.uint64)
         ver[: self._next] = self._ver[: self._next]
-        self._vecs, self._alive, self._ver = vecs, alive, ver
+        hashes = np.zeros(capacity, dtype=np.uint64)
+        hashes[: self._next] = self._hash[: self._next]
+        self._vecs, self._alive, self._ver, self._hash = vecs, alive, ver, hashes
 
     # ---- reads --------------------------------------------------------------------------------------------
 
@@ -351,6 +356,7 @@ class Collection:
                 id_of[label] = raw.decode()
             self._id_of = id_of
             self._label_of = {id_of[label]: label for label in labels.tolist()}
+            self._hash[labels] = id_hashes([id_of[label] for label in labels.tolist()])
             self._payloads = {label: blob for label, blob in zip(labels.tolist(), payloads) if blob}
             self._next, self._live = upto, len(labels)
             if len(state["ivf"]):
@@ -371,6 +377,26 @@ class Collection:
             ids = [self._id_of[label] for label in labels.tolist()]
             payloads = [self._payloads.get(label, b"") for label in labels.tolist()]
             return ids, self._vecs[labels], payloads, self._ver[labels], last
+
+    def list_ids(self, after: int | None, limit: int) -> tuple[list[str], int, bool]:
+        """Up to `limit` live ids in id_hash order, past `after` (a hash; None = from the start): (ids, the last
+        one's hash, whether more follow). Replicas agree on the order, so a listing may hop between them. (Two
+        ids with one 64-bit hash that straddle a page boundary would lose the second: odds ~n^2 / 2^65.)"""
+        with self._lock:
+            labels = np.flatnonzero(self._alive[: self._next])
+            hashes = self._hash[labels]
+        if after is not None:
+            keep = hashes > np.uint64(after)
+            labels, hashes = labels[keep], hashes[keep]
+        more = len(labels) > limit
+        if more:
+            first = np.argpartition(hashes, limit - 1)[:limit]
+            labels, hashes = labels[first], hashes[first]
+        order = np.argsort(hashes, kind="stable")
+        labels, hashes = labels[order], hashes[order]
+        with self._lock:
+            ids = [self._id_of[label] for label in labels.tolist()]
+        return ids, int(hashes[-1]) if len(hashes) else 0, more
 
     def delete_markers(self) -> list[tuple[str, int]]:
         with self._lock:
@@ -407,6 +433,14 @@ class Collection:
     @property
     def live(self) -> int:
         return self._live
+
+
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """64-bit BLAKE2b of each id (stable across processes; the ring's hash too): the order of ListIds."""
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "big") for i in ids),
+        dtype=np.uint64, count=len(ids),
+    )
 
 
 def _pack_strings(name: str, items: list[bytes]) -> dict[str, np.ndarray]:

@@ -207,6 +207,15 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         coll = self._collection(request.collection, read=True)
         return shard_pb2.ShardStatsResponse(info=await self._run(coll.info))
 
+    @rpc("ListIds")
+    async def ListIds(self, request: shard_pb2.ShardListIdsRequest, context: Any) -> Any:
+        coll = self._collection(request.collection, read=True)
+        if not 1 <= request.limit <= validation.DEFAULT_LIMITS.max_items:
+            raise InvalidArgument(f"limit: {request.limit} must be between 1 and {validation.DEFAULT_LIMITS.max_items}")
+        after = request.after if request.resume else None
+        ids, last, more = await self._run(coll.list_ids, after, request.limit)
+        return shard_pb2.ShardListIdsResponse(ids=ids, next_after=last, more=more)
+
     # ---- replication ----------------------------------------------------------------------------------------
 
     async def ExportCollection(

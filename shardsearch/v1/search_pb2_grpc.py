@@ -84,6 +84,16 @@ class SearchServiceStub:
                 request_serializer=shardsearch_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
                 response_deserializer=shardsearch_dot_v1_dot_search__pb2.StreamSearchResponse.FromString,
                 _registered_method=True)
+        self.SearchById = channel.unary_unary(
+                '/shardsearch.v1.SearchService/SearchById',
+                request_serializer=shardsearch_dot_v1_dot_search__pb2.SearchByIdRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.ListIds = channel.unary_unary(
+                '/shardsearch.v1.SearchService/ListIds',
+                request_serializer=shardsearch_dot_v1_dot_search__pb2.ListIdsRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_search__pb2.ListIdsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -174,6 +184,26 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchById(self, request, context):
+        """"More like this": the stored vector of item `id` is the query, and the item itself is left out of the hits.
+        Goes through the same path as Search (batching, result cache, merge).
+        Errors: NOT_FOUND (collection, or no item `id`), INVALID_ARGUMENT, UNAVAILABLE (the shard owning `id` or, by
+        the partial policy, a shard searched), DEADLINE_EXCEEDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIds(self, request, context):
+        """One page of a collection's ids, shard after shard, in a stable order. Pass the previous response's
+        `next_page_token` for the next page; an empty token in a response means the listing is complete. Items written
+        or deleted while the listing runs may or may not appear. Errors: NOT_FOUND, INVALID_ARGUMENT (page_size,
+        a token from another collection or cluster layout), UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +256,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.StreamSearch,
                     request_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchRequest.FromString,
                     response_serializer=shardsearch_dot_v1_dot_search__pb2.StreamSearchResponse.SerializeToString,
+            ),
+            'SearchById': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchById,
+                    request_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchByIdRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'ListIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIds,
+                    request_deserializer=shardsearch_dot_v1_dot_search__pb2.ListIdsRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_search__pb2.ListIdsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -498,6 +538,60 @@ class SearchService:
             '/shardsearch.v1.SearchService/StreamSearch',
             shardsearch_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
             shardsearch_dot_v1_dot_search__pb2.StreamSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchById(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.SearchService/SearchById',
+            shardsearch_dot_v1_dot_search__pb2.SearchByIdRequest.SerializeToString,
+            shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.SearchService/ListIds',
+            shardsearch_dot_v1_dot_search__pb2.ListIdsRequest.SerializeToString,
+            shardsearch_dot_v1_dot_search__pb2.ListIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -127,6 +127,28 @@ class ShardSearchResponse(_message.Message):
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, n: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., scores_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class ShardListIdsRequest(_message.Message):
+    __slots__ = ("collection", "after", "resume", "limit")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    after: int
+    resume: bool
+    limit: int
+    def __init__(self, collection: _Optional[str] = ..., after: _Optional[int] = ..., resume: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ShardListIdsResponse(_message.Message):
+    __slots__ = ("ids", "next_after", "more")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    next_after: int
+    more: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., next_after: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
+
 class ShardStatsRequest(_message.Message):
     __slots__ = ("collection",)
     COLLECTION_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class ShardServiceStub:
                 request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardStatsRequest.SerializeToString,
                 response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardStatsResponse.FromString,
                 _registered_method=True)
+        self.ListIds = channel.unary_unary(
+                '/shardsearch.v1.ShardService/ListIds',
+                request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardListIdsRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardListIdsResponse.FromString,
+                _registered_method=True)
         self.ExportCollection = channel.unary_stream(
                 '/shardsearch.v1.ShardService/ExportCollection',
                 request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardExportRequest.SerializeToString,
@@ -137,6 +142,13 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIds(self, request, context):
+        """A page of this shard's ids of one collection, in hash order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportCollection(self, request, context):
         """Replication. A replica catching up streams a peer's items (live ones and delete markers, with their versions)
         and applies them like writes: a version only ever replaces an older one, so replicas converge in any order.
@@ -195,6 +207,11 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardStatsRequest.FromString,
                     response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardStatsResponse.SerializeToString,
+            ),
+            'ListIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIds,
+                    request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardListIdsRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardListIdsResponse.SerializeToString,
             ),
             'ExportCollection': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportCollection,
@@ -423,6 +440,33 @@ class ShardService:
             '/shardsearch.v1.ShardService/Stats',
             shardsearch_dot_v1_dot_shard__pb2.ShardStatsRequest.SerializeToString,
             shardsearch_dot_v1_dot_shard__pb2.ShardStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.ShardService/ListIds',
+            shardsearch_dot_v1_dot_shard__pb2.ShardListIdsRequest.SerializeToString,
+            shardsearch_dot_v1_dot_shard__pb2.ShardListIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ exploration set SHARDSEARCH_FUZZ_SCALE=10 (10x the examples, random: reproduce w
 from __future__ import annotations
 
 import collections
+import base64
 import os
 import re
 import time
@@ -320,6 +321,37 @@ def test_get(fuzz: Fuzz, collection: str, picks: list[tuple[str, object]]) -> No
 
 
 @FUZZ
+@given(collection=targets, picks=id_picks, k=ks, nprobe=nprobes, threshold=st.one_of(st.none(), odd_value))
+def test_search_by_id(
+    fuzz: Fuzz, collection: str, picks: list[tuple[str, object]], k: int, nprobe: int, threshold: float | None
+) -> None:
+    ids = resolve(fuzz, collection, picks, seeded=True)
+    request = search_pb2.SearchByIdRequest(
+        collection=collection, id=ids[0] if ids else "", k=k, nprobe=nprobe,
+        **({} if threshold is None else {"score_threshold": threshold}),
+    )
+    response = call(fuzz.stub.SearchById, request)
+    if response is not None:
+        assert request.id not in {hit.id for hit in response.hits}
+        assert len(response.hits) <= request.k
+        if request.collection in fuzz.models:
+            assert {hit.id for hit in response.hits} <= set(fuzz.models[request.collection].items)
+
+
+@FUZZ
+@given(collection=targets, size=st.one_of(st.integers(0, 50), U32),
+       token=st.one_of(st.just(""), st.text(max_size=60), st.binary(max_size=60).map(base64.urlsafe_b64encode)))
+def test_list_ids(fuzz: Fuzz, collection: str, size: int, token: str | bytes) -> None:
+    page_token = token.decode() if isinstance(token, bytes) else token
+    request = search_pb2.ListIdsRequest(collection=collection, page_size=size, page_token=page_token)
+    response = call(fuzz.stub.ListIds, request)
+    if response is not None:
+        assert len(response.ids) <= (size or 1000)
+        if request.collection in fuzz.models:
+            assert set(response.ids) <= set(fuzz.models[request.collection].items)
+
+
+@FUZZ
 @given(request=searches())
 def test_search(fuzz: Fuzz, request: search_pb2.SearchRequest) -> None:
     response = call(fuzz.stub.Search, request)
@@ -421,9 +453,9 @@ def collection_names(fuzz: Fuzz) -> set[str]:
 
 PUBLIC = [f"/shardsearch.v1.SearchService/{m}" for m in (
     "CreateCollection", "DropCollection", "ListCollections", "DescribeCollection", "Upsert", "Delete", "Get", "Search",
-    "BatchSearch",
+    "BatchSearch", "SearchById", "ListIds",
 )]
-INTERNAL = [f"/shardsearch.v1.ShardService/{m}" for m in ("Search", "Get", "Stats", "Upsert", "Delete")]
+INTERNAL = [f"/shardsearch.v1.ShardService/{m}" for m in ("Search", "Get", "Stats", "Upsert", "Delete", "ListIds")]
 raw_bytes = st.one_of(st.binary(max_size=300), st.sampled_from([b"\xff", b"\x0a\x02\xc3\x28", b"\x12\x05abc"]))
 
 

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from shard_server.index import Collection
+from shard_server.index import Collection, id_hashes
 from shardsearch.v1 import search_pb2
 from tests.conftest import load_dataset, recall_at_10
 
@@ -120,3 +120,31 @@ def test_a_small_buffer_is_absorbed_once_writes_pause(rng: np.random.Generator, 
     info = coll.info()
     assert info.buffered_vectors == 0 and info.indexed_vectors == 2_010
     assert [row[0] for row in top_ids(coll, fresh)] == [f"new{i}" for i in range(10)]
+
+
+def test_ids_are_listed_in_hash_order_in_pages_that_survive_a_snapshot(rng: np.random.Generator) -> None:
+    coll = make()
+    ids = [f"doc-{i}" for i in range(100)]
+    coll.upsert(ids, rng.standard_normal((100, 16)).astype(np.float32))
+    coll.upsert(["doc-5"], rng.standard_normal((1, 16)).astype(np.float32))  # an overwrite is listed once
+    coll.delete(["doc-7", "doc-8"])
+
+    def pages(collection: Collection, size: int) -> list[list[str]]:
+        out, after = [], None
+        while True:
+            page, last, more = collection.list_ids(after, size)
+            out.append(page)
+            if not more:
+                return out
+            after = last
+
+    listed = pages(coll, 7)
+    flat = [i for page in listed for i in page]
+    live = sorted(set(ids) - {"doc-7", "doc-8"})
+    assert sorted(flat) == live and len(flat) == len(live)
+    assert flat == sorted(live, key=lambda i: int(id_hashes([i])[0]))
+    assert [len(page) for page in listed] == [7] * 14
+    restored = make()
+    restored.import_state(coll.export_state())
+    assert pages(restored, 7) == listed  # a replica or a restart lists in the same order
+    assert make().list_ids(None, 5) == ([], 0, False)
