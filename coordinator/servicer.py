@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 STREAM_WINDOW = 64  # requests of one StreamSearch processed concurrently
 DEFAULT_PAGE_SIZE = 1000
+MAX_COMBINED_PARTS = 64
+RRF_K = 60  # the usual reciprocal rank fusion constant (Cormack et al., 2009)
+RRF_MIN_DEPTH = 20  # each part's list is at least this deep, else 2 x the hits wanted
 PAGE_TOKEN_VERSION = 1
 
 
@@ -297,6 +301,83 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             raise NotFound(f"collection {spec.name!r} has no item {item_id!r}")
         return codec.unpack(outcome.response.vectors_f32, spec.dim)[0]
 
+    @rpc("SearchCombined")
+    async def SearchCombined(self, request: search_pb2.CombinedSearchRequest, context: Any) -> Any:
+        started = self._admission.acquire()
+        try:
+            return await self._search_combined(request, self._timeout(context))
+        finally:
+            self._admission.release(started, signal=False)  # RRF runs one search per part: not a load signal
+
+    async def _search_combined(
+        self, request: search_pb2.CombinedSearchRequest, timeout: float
+    ) -> search_pb2.SearchResponse:
+        spec = await self._catalog.get(request.collection, timeout)
+        opts = self._options(request)
+        parts = list(request.queries)
+        if not 1 <= len(parts) <= MAX_COMBINED_PARTS:
+            raise InvalidArgument(f"queries: {len(parts)} parts; between 1 and {MAX_COMBINED_PARTS} are allowed")
+        weights = np.array([check_weight(part.weight, i) for i, part in enumerate(parts)], dtype=np.float64)
+        vectors = await self._part_vectors(spec, parts, timeout)
+        exclude = set() if request.include_query_items else {p.id for p in parts if p.WhichOneof("query") == "id"}
+        wanted = opts.k + len(exclude)
+        if wanted > self._limits.max_k:
+            raise InvalidArgument(f"k: {opts.k} plus {len(exclude)} query items to leave out exceeds {self._limits.max_k}")
+        use_cache = not request.skip_cache
+        if request.combine in (search_pb2.COMBINE_UNSPECIFIED, search_pb2.COMBINE_MEAN):
+            query = await self._run(mean_query, vectors, weights, spec.metric)
+            outcome = await self._searcher.search(spec, query, replace(opts, k=wanted), timeout, use_cache=use_cache)
+            response = outcome.results[0]
+            kept = [hit for hit in response.hits if hit.id not in exclude][: opts.k]
+            del response.hits[:]
+            response.hits.extend(kept)
+            metric = spec.metric
+        elif request.combine == search_pb2.COMBINE_RRF:
+            depth = min(self._limits.max_k, max(2 * wanted, RRF_MIN_DEPTH))
+            outcome = await self._searcher.search(spec, vectors, replace(opts, k=depth), timeout, use_cache=use_cache)
+            response = await self._run(fuse_rrf, outcome.results, weights, opts.k, exclude)
+            response.partial = bool(outcome.missing)
+            response.missing_shards.extend(outcome.missing)
+            metric = search_pb2.METRIC_INNER_PRODUCT  # fused scores: larger is better
+        else:
+            raise InvalidArgument(f"combine: {request.combine} is not a Combine value")
+        response.request_id = request.request_id
+        if request.HasField("score_threshold"):
+            apply_threshold(response, request.score_threshold, metric)
+        return response
+
+    async def _part_vectors(
+        self, spec: search_pb2.Collection, parts: list[search_pb2.WeightedQuery], timeout: float
+    ) -> np.ndarray:
+        """The query vector of each part: given, or read from the shard owning the item."""
+        vectors = np.empty((len(parts), spec.dim), dtype=np.float32)
+        by_id: dict[str, list[int]] = {}
+        for i, part in enumerate(parts):
+            kind = part.WhichOneof("query")
+            if kind == "vector_f32":
+                vectors[i] = codec.one_vector((), part.vector_f32, spec.dim, f"queries[{i}].vector")
+            elif kind == "id":
+                by_id.setdefault(part.id, []).append(i)
+            else:
+                raise InvalidArgument(f"queries[{i}]: set vector_f32 or id")
+        if by_id:
+            ids = list(by_id)
+            validation.check_ids(ids, "queries.id", self._limits)
+            routed = [(shard, shard_pb2.ShardGetRequest(collection=spec.name, ids=group))
+                      for shard, group in self._group_ids(ids)]
+            outcomes = await self._pool.fan_out("Get", routed, timeout)
+            self._raise_write_failure(spec.name, outcomes, "get")
+            found = set()
+            for outcome in outcomes:
+                stored = codec.unpack(outcome.response.vectors_f32, spec.dim)
+                for row, item_id in enumerate(outcome.response.ids):
+                    vectors[by_id[item_id]] = stored[row]
+                    found.add(item_id)
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise NotFound(f"collection {spec.name!r} has no item {', '.join(map(repr, missing[:5]))}")
+        return vectors
+
     # ---- listing --------------------------------------------------------------------------------------------
 
     @rpc("ListIds")
@@ -398,6 +479,45 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             elapsed = asyncio.get_running_loop().time() - start
             self.metrics.observe_request("StreamSearch", code, elapsed)
             logs.log_access("StreamSearch", code, elapsed, peer)
+
+
+def check_weight(weight: float, index: int) -> float:
+    if weight == 0:
+        return 1.0
+    if not (math.isfinite(weight) and weight > 0):
+        raise InvalidArgument(f"queries[{index}].weight: {weight} must be a finite number > 0 (0 means 1)")
+    return weight
+
+
+def mean_query(vectors: np.ndarray, weights: np.ndarray, metric: int) -> np.ndarray:
+    """The weighted mean of the parts (1 x dim); for inner product of the L2-normalised parts."""
+    if metric == search_pb2.METRIC_INNER_PRODUCT:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        zero = np.flatnonzero(norms[:, 0] == 0)
+        if len(zero):
+            raise InvalidArgument(f"queries[{zero[0]}]: a zero vector has no direction to average")
+        vectors = vectors / norms
+    mean = (weights[:, None] * vectors).sum(axis=0) / weights.sum()
+    return mean.astype(np.float32).reshape(1, -1)
+
+
+def fuse_rrf(
+    results: Sequence[search_pb2.SearchResponse], weights: np.ndarray, k: int, exclude: set[str]
+) -> search_pb2.SearchResponse:
+    """Weighted reciprocal rank fusion: each part's hit at rank r (from 1) adds weight / (RRF_K + r); best k by
+    fused score, ties by id. Items in `exclude` still hold their ranks in each list but are not returned."""
+    fused: dict[str, float] = {}
+    payloads: dict[str, bytes] = {}
+    for weight, result in zip(weights.tolist(), results):
+        for rank, hit in enumerate(result.hits, 1):
+            if hit.id in exclude:
+                continue
+            fused[hit.id] = fused.get(hit.id, 0.0) + weight / (RRF_K + rank)
+            payloads.setdefault(hit.id, hit.payload)
+    best = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
+    return search_pb2.SearchResponse(
+        hits=[search_pb2.Hit(id=item_id, score=score, payload=payloads[item_id]) for item_id, score in best]
+    )
 
 
 def apply_threshold(response: search_pb2.SearchResponse, threshold: float, metric: int) -> None:

@@ -18,12 +18,21 @@ class PartialPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PARTIAL_POLICY_UNSPECIFIED: _ClassVar[PartialPolicy]
     PARTIAL_POLICY_FAIL: _ClassVar[PartialPolicy]
     PARTIAL_POLICY_ALLOW: _ClassVar[PartialPolicy]
+
+class Combine(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMBINE_UNSPECIFIED: _ClassVar[Combine]
+    COMBINE_MEAN: _ClassVar[Combine]
+    COMBINE_RRF: _ClassVar[Combine]
 METRIC_UNSPECIFIED: Metric
 METRIC_INNER_PRODUCT: Metric
 METRIC_L2: Metric
 PARTIAL_POLICY_UNSPECIFIED: PartialPolicy
 PARTIAL_POLICY_FAIL: PartialPolicy
 PARTIAL_POLICY_ALLOW: PartialPolicy
+COMBINE_UNSPECIFIED: Combine
+COMBINE_MEAN: Combine
+COMBINE_RRF: Combine
 
 class IndexOptions(_message.Message):
     __slots__ = ("nlist", "pq_m", "pq_nbits", "train_threshold", "default_nprobe", "refine_factor")
@@ -282,6 +291,44 @@ class SearchByIdRequest(_message.Message):
     score_threshold: float
     request_id: str
     def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class WeightedQuery(_message.Message):
+    __slots__ = ("vector_f32", "id", "weight")
+    VECTOR_F32_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    vector_f32: bytes
+    id: str
+    weight: float
+    def __init__(self, vector_f32: _Optional[bytes] = ..., id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class CombinedSearchRequest(_message.Message):
+    __slots__ = ("collection", "queries", "combine", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id", "include_query_items")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    COMBINE_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_POLICY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_QUERY_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    queries: _containers.RepeatedCompositeFieldContainer[WeightedQuery]
+    combine: Combine
+    k: int
+    nprobe: int
+    partial_policy: PartialPolicy
+    include_payload: bool
+    skip_cache: bool
+    min_shards: int
+    score_threshold: float
+    request_id: str
+    include_query_items: bool
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[WeightedQuery, _Mapping]]] = ..., combine: _Optional[_Union[Combine, str]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ..., include_query_items: _Optional[bool] = ...) -> None: ...
 
 class ListIdsRequest(_message.Message):
     __slots__ = ("collection", "page_size", "page_token")

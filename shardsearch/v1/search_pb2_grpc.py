@@ -89,6 +89,11 @@ class SearchServiceStub:
                 request_serializer=shardsearch_dot_v1_dot_search__pb2.SearchByIdRequest.SerializeToString,
                 response_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchCombined = channel.unary_unary(
+                '/shardsearch.v1.SearchService/SearchCombined',
+                request_serializer=shardsearch_dot_v1_dot_search__pb2.CombinedSearchRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+                _registered_method=True)
         self.ListIds = channel.unary_unary(
                 '/shardsearch.v1.SearchService/ListIds',
                 request_serializer=shardsearch_dot_v1_dot_search__pb2.ListIdsRequest.SerializeToString,
@@ -194,6 +199,15 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchCombined(self, request, context):
+        """One result list for several weighted queries: vectors and/or stored items ("items like these", or a hybrid of
+        an image's and a text's embeddings with a weight each), combined as `combine` says. Items used as queries are
+        left out of the hits unless include_query_items. Errors: as Search and SearchById.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListIds(self, request, context):
         """One page of a collection's ids, shard after shard, in a stable order. Pass the previous response's
         `next_page_token` for the next page; an empty token in a response means the listing is complete. Items written
@@ -260,6 +274,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
             'SearchById': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchById,
                     request_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchByIdRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchCombined': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchCombined,
+                    request_deserializer=shardsearch_dot_v1_dot_search__pb2.CombinedSearchRequest.FromString,
                     response_serializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
             ),
             'ListIds': grpc.unary_unary_rpc_method_handler(
@@ -564,6 +583,33 @@ class SearchService:
             target,
             '/shardsearch.v1.SearchService/SearchById',
             shardsearch_dot_v1_dot_search__pb2.SearchByIdRequest.SerializeToString,
+            shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchCombined(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.SearchService/SearchCombined',
+            shardsearch_dot_v1_dot_search__pb2.CombinedSearchRequest.SerializeToString,
             shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
             options,
             channel_credentials,

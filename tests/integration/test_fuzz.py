@@ -339,6 +339,24 @@ def test_search_by_id(
 
 
 @FUZZ
+@given(collection=targets, picks=id_picks, vecs=st.lists(st.lists(normal, min_size=8, max_size=8), max_size=3),
+       weights=st.lists(st.one_of(st.just(0.0), odd_value), min_size=6, max_size=6), combine=I32, k=ks)
+def test_search_combined(fuzz: Fuzz, collection: str, picks: list[tuple[str, object]], vecs: list[list[float]],
+                         weights: list[float], combine: int, k: int) -> None:
+    parts = [search_pb2.WeightedQuery(id=i) for i in resolve(fuzz, collection, picks, seeded=True)[:3]]
+    parts += [search_pb2.WeightedQuery(vector_f32=codec.pack(np.asarray(v, np.float32))) for v in vecs]
+    for query, weight in zip(parts, weights):
+        query.weight = weight
+    request = search_pb2.CombinedSearchRequest(collection=collection, queries=parts, combine=combine, k=k)
+    response = call(fuzz.stub.SearchCombined, request)
+    if response is not None:
+        assert len(response.hits) <= request.k
+        assert not {hit.id for hit in response.hits} & {q.id for q in parts if q.id}
+        if request.collection in fuzz.models:
+            assert {hit.id for hit in response.hits} <= set(fuzz.models[request.collection].items)
+
+
+@FUZZ
 @given(collection=targets, size=st.one_of(st.integers(0, 50), U32),
        token=st.one_of(st.just(""), st.text(max_size=60), st.binary(max_size=60).map(base64.urlsafe_b64encode)))
 def test_list_ids(fuzz: Fuzz, collection: str, size: int, token: str | bytes) -> None:
@@ -453,7 +471,7 @@ def collection_names(fuzz: Fuzz) -> set[str]:
 
 PUBLIC = [f"/shardsearch.v1.SearchService/{m}" for m in (
     "CreateCollection", "DropCollection", "ListCollections", "DescribeCollection", "Upsert", "Delete", "Get", "Search",
-    "BatchSearch", "SearchById", "ListIds",
+    "BatchSearch", "SearchById", "ListIds", "SearchCombined",
 )]
 INTERNAL = [f"/shardsearch.v1.ShardService/{m}" for m in ("Search", "Get", "Stats", "Upsert", "Delete", "ListIds")]
 raw_bytes = st.one_of(st.binary(max_size=300), st.sampled_from([b"\xff", b"\x0a\x02\xc3\x28", b"\x12\x05abc"]))

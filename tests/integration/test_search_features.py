@@ -189,3 +189,86 @@ def test_bad_tokens_and_sizes_are_refused(data: Any) -> None:
     with pytest.raises(grpc.RpcError) as failure:
         stub.ListIds(search_pb2.ListIdsRequest(collection="nope"))
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ---- SearchCombined: several weighted queries, one list -------------------------------------------------------
+
+
+def part(vector: np.ndarray | None = None, item_id: str | None = None, weight: float = 0.0) -> search_pb2.WeightedQuery:
+    if item_id is not None:
+        return search_pb2.WeightedQuery(id=item_id, weight=weight)
+    assert vector is not None
+    return search_pb2.WeightedQuery(vector_f32=codec.pack(vector), weight=weight)
+
+
+def test_items_like_these_searches_their_normalised_mean_without_them(data: Any) -> None:
+    stub, ids, vectors = data
+    chosen = [3, 50, 99]
+    response = stub.SearchCombined(search_pb2.CombinedSearchRequest(
+        collection="ip", queries=[part(item_id=ids[i]) for i in chosen], k=10))
+    mean = vectors[chosen].mean(axis=0)  # already unit vectors
+    order, _ = exact(vectors, mean, "ip")
+    assert [h.id for h in response.hits] == [ids[i] for i in order if i not in chosen][:10]
+    kept = stub.SearchCombined(search_pb2.CombinedSearchRequest(
+        collection="ip", queries=[part(item_id=ids[i]) for i in chosen], k=10, include_query_items=True))
+    assert [h.id for h in kept.hits] == [ids[i] for i in order[:10]]
+
+
+def test_a_weighted_hybrid_of_two_vectors(data: Any) -> None:
+    stub, ids, vectors = data
+    image, text = vectors[10] * 2.0, vectors[20]  # norms differ: the mean is of the normalised parts
+    response = stub.SearchCombined(search_pb2.CombinedSearchRequest(
+        collection="ip", queries=[part(image, weight=0.75), part(text, weight=0.25)], k=10))
+    order, scores = exact(vectors, 0.75 * vectors[10] + 0.25 * vectors[20], "ip")
+    assert [h.id for h in response.hits] == [ids[i] for i in order[:10]]
+    assert np.allclose([h.score for h in response.hits], scores[:10], atol=1e-5)
+    # L2: the weighted centroid, as is.
+    l2 = stub.SearchCombined(search_pb2.CombinedSearchRequest(
+        collection="l2", queries=[part(image, weight=3), part(text, weight=1)], k=5))
+    order, _ = exact(vectors, (3 * image + text) / 4, "l2")
+    assert [h.id for h in l2.hits] == [ids[i] for i in order[:5]]
+
+
+def test_reciprocal_rank_fusion_of_exact_lists(data: Any) -> None:
+    stub, ids, vectors = data
+    a, b = vectors[5], vectors[6]
+    k, weights = 8, (2.0, 1.0)
+    response = stub.SearchCombined(search_pb2.CombinedSearchRequest(
+        collection="l2", queries=[part(a, weight=weights[0]), part(b, weight=weights[1])],
+        combine=search_pb2.COMBINE_RRF, k=k))
+    depth = max(2 * k, 20)
+    fused: dict[str, float] = {}
+    for weight, query in zip(weights, (a, b)):
+        order, _ = exact(vectors, query, "l2")
+        for rank, index in enumerate(order[:depth], 1):
+            fused[ids[index]] = fused.get(ids[index], 0.0) + weight / (60 + rank)
+    expected = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
+    assert [h.id for h in response.hits] == [i for i, _ in expected]
+    assert np.allclose([h.score for h in response.hits], [s for _, s in expected], atol=1e-6)
+    assert response.hits[0].id == "item-5"  # first in the heavier list
+    cut = stub.SearchCombined(search_pb2.CombinedSearchRequest(
+        collection="l2", queries=[part(a, weight=2), part(b)], combine=search_pb2.COMBINE_RRF, k=k,
+        score_threshold=expected[2][1]))
+    assert [h.id for h in cut.hits] == [i for i, _ in expected[:3]]
+
+
+@pytest.mark.parametrize(
+    ("queries", "code", "message"),
+    [
+        ([], grpc.StatusCode.INVALID_ARGUMENT, "queries: 0 parts"),
+        ([search_pb2.WeightedQuery(weight=1)], grpc.StatusCode.INVALID_ARGUMENT, "queries[0]: set vector_f32 or id"),
+        ([search_pb2.WeightedQuery(id="item-1", weight=-1)], grpc.StatusCode.INVALID_ARGUMENT, "queries[0].weight"),
+        ([search_pb2.WeightedQuery(id="item-1", weight=float("nan"))], grpc.StatusCode.INVALID_ARGUMENT, "weight"),
+        ([search_pb2.WeightedQuery(id="item-1"), search_pb2.WeightedQuery(id="ghost")], grpc.StatusCode.NOT_FOUND,
+         "no item 'ghost'"),
+        ([search_pb2.WeightedQuery(vector_f32=b"\x00" * 8)], grpc.StatusCode.INVALID_ARGUMENT, "queries[0].vector_f32"),
+        ([search_pb2.WeightedQuery(vector_f32=codec.pack(np.zeros(DIM, np.float32)))],
+         grpc.StatusCode.INVALID_ARGUMENT, "zero vector"),
+    ],
+)
+def test_combined_search_errors(data: Any, queries: list[Any], code: grpc.StatusCode, message: str) -> None:
+    stub = data[0]
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.SearchCombined(search_pb2.CombinedSearchRequest(collection="ip", queries=queries, k=5))
+    assert failure.value.code() == code
+    assert message in failure.value.details()
