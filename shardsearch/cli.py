@@ -1,4 +1,4 @@
-"""The `shardsearch` command: `local` (a whole cluster on this machine), `coordinator`, `shard`, `bench`."""
+"""The `shardsearch` command: `local` (a whole cluster on this machine), `coordinator`, `shard`, `bench`, `eval`."""
 
 from __future__ import annotations
 
@@ -92,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     bench = commands.add_parser("bench", help="load-test a coordinator: QPS, latency, errors and recall")
     bench_main.add_arguments(bench)
     bench.set_defaults(run=bench_main.run)
+
+    from shardsearch import evaluate
+
+    evaluation = commands.add_parser("eval", help="offline quality: Recall, Precision, mAP, MRR of a query set")
+    evaluate.add_arguments(evaluation)
+    evaluation.set_defaults(run=evaluate.run)
 
     args = parser.parse_args(argv)
     run = args.run
