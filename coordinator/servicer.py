@@ -282,9 +282,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             spec, query.reshape(1, -1), replace(opts, k=opts.k + 1), timeout, use_cache=not request.skip_cache
         )
         response = outcome.results[0]
-        others = [hit for hit in response.hits if hit.id != request.id][: opts.k]
-        del response.hits[:]
-        response.hits.extend(others)
+        leave_out(response, {request.id}, opts.k)
         response.request_id = request.request_id
         if request.HasField("score_threshold"):
             apply_threshold(response, request.score_threshold, spec.metric)
@@ -328,9 +326,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             query = await self._run(mean_query, vectors, weights, spec.metric)
             outcome = await self._searcher.search(spec, query, replace(opts, k=wanted), timeout, use_cache=use_cache)
             response = outcome.results[0]
-            kept = [hit for hit in response.hits if hit.id not in exclude][: opts.k]
-            del response.hits[:]
-            response.hits.extend(kept)
+            leave_out(response, exclude, opts.k)
             metric = spec.metric
         elif request.combine == search_pb2.COMBINE_RRF:
             depth = min(self._limits.max_k, max(2 * wanted, RRF_MIN_DEPTH))
@@ -518,6 +514,13 @@ def fuse_rrf(
     return search_pb2.SearchResponse(
         hits=[search_pb2.Hit(id=item_id, score=score, payload=payloads[item_id]) for item_id, score in best]
     )
+
+
+def leave_out(response: search_pb2.SearchResponse, ids: set[str], k: int) -> None:
+    """Drops the hits on `ids` (the items a query was made from) and keeps the best k of the rest."""
+    kept = [hit for hit in response.hits if hit.id not in ids][:k]
+    del response.hits[:]
+    response.hits.extend(kept)
 
 
 def apply_threshold(response: search_pb2.SearchResponse, threshold: float, metric: int) -> None:
