@@ -12,6 +12,7 @@ COPY pyproject.toml README.md ./
 COPY shardsearch ./shardsearch
 COPY coordinator ./coordinator
 COPY shard_server ./shard_server
+COPY encoder_client ./encoder_client
 # Wheels for the package and every dependency (faiss-cpu bundles its OpenMP and BLAS libraries).
 RUN pip wheel --wheel-dir /wheels .
 

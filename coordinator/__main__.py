@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import sys
 from typing import Sequence
 
 from coordinator.config import CoordinatorConfig
@@ -43,6 +45,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cache.add_argument("--cache-timeout-s", type=float, help="Redis round-trip limit (default 0.1)")
     cache.add_argument("--cache-retry-s", type=float, help="how often Redis is retried after an error (default 1)")
     cache.add_argument("--cache-max-bytes", type=int, help="size of the in-process LRU (default 256 MiB)")
+    encoder = parser.add_argument_group("encoder (Triton) for text and image search")
+    encoder.add_argument("--encoder-url", help="Triton gRPC address host:port (default none: text/image calls fail "
+                         "with FAILED_PRECONDITION)")
+    encoder.add_argument("--text-model", help="Triton model for texts, NAME or NAME:VERSION")
+    encoder.add_argument("--image-model", help="Triton model for images, NAME or NAME:VERSION")
+    encoder.add_argument("--encoder-timeout-s", type=float, help="longest infer call (default 10)")
+    encoder.add_argument("--encoder-retries", type=int, help="retries after UNAVAILABLE, with backoff (default 3)")
+    encoder.add_argument("--encoder-wait-s", type=float, help="wait this long for the models at start-up (default 30)")
+    encoder.add_argument("--encoder-required", action="store_const", const=True,
+                         help="exit if a model is not ready within --encoder-wait-s (default: serve, retry it)")
+    encoder.add_argument("--encoder-batch-max-size", type=int, help="inputs per infer call (default: the model's max)")
+    encoder.add_argument("--encoder-batch-max-queue-delay-us", type=int, help="wait for company (default 2000)")
+    encoder.add_argument("--encoder-batch-max-in-flight", type=int, help="infer calls per model at once (default 4)")
+    encoder.add_argument("--image-preprocess", choices=("auto", "client", "server"),
+                         help="where images are resized and normalised (default auto: by the model's input type)")
+    encoder.add_argument("--image-mean", help="RGB mean for client preprocessing, comma-separated (default CLIP's)")
+    encoder.add_argument("--image-std", help="RGB std for client preprocessing, comma-separated (default CLIP's)")
+    encoder.add_argument("--max-text-bytes", type=int, help="longest text accepted (default 8192)")
+    encoder.add_argument("--max-image-bytes", type=int, help="largest encoded image accepted (default 16 MiB)")
+    encoder.add_argument("--min-image-side", type=int, help="smallest image side accepted in pixels (default 16)")
+    encoder.add_argument("--max-image-pixels", type=int, help="largest decoded image accepted (default 50M pixels)")
+    encoder.add_argument("--embedding-cache", choices=("auto", "redis", "local", "off"),
+                         help="embedding cache (default auto: Redis if --redis-url, else in-process)")
+    encoder.add_argument("--embedding-cache-ttl-s", type=float, help="lifetime of a cached embedding (default 7 days)")
+    encoder.add_argument("--embedding-cache-max-bytes", type=int, help="in-process embedding cache size (128 MiB)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -52,8 +79,14 @@ def run(args: argparse.Namespace) -> None:
     config.shard_addresses()  # fail fast on a bad shard list
     config.setup_logging()
     from coordinator.server import serve
+    from encoder_client import EncoderNotReady
+    from shardsearch.errors import FailedPrecondition
 
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (EncoderNotReady, FailedPrecondition) as exc:  # the encoder is missing or unusable: say which and why
+        logging.getLogger("coordinator").error("cannot start: %s", exc)
+        sys.exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

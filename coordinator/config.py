@@ -87,6 +87,50 @@ class CoordinatorConfig(ServerSettings):
     cache_max_bytes: int = 256 * 1024 * 1024
     """Size of the in-process LRU."""
 
+    encoder_url: str = ""
+    """Triton Inference Server gRPC address (host:port) for SearchByText/SearchByImage, Encode and text/image
+    upserts; empty = no encoder (those calls get FAILED_PRECONDITION)."""
+    text_model: str = ""
+    """Triton model that embeds text, `name` or `name:version` (empty version = the server's latest)."""
+    image_model: str = ""
+    """Triton model that embeds images, `name` or `name:version`."""
+    encoder_timeout_s: float = 10.0
+    """Longest one infer call may take (the caller's deadline also applies)."""
+    encoder_retries: int = 3
+    """Retries of an infer call that failed with UNAVAILABLE, with exponential backoff."""
+    encoder_wait_s: float = 30.0
+    """At start-up, wait this long for the models to be ready. A model still not ready is logged as an error naming
+    it; its calls answer UNAVAILABLE until it is connected in the background (or, with encoder_required, the
+    coordinator exits)."""
+    encoder_required: bool = False
+    """Exit at start-up, with an error naming the model, if a configured model is not ready within encoder_wait_s."""
+    encoder_batch_max_size: int = 0
+    """Texts or images per infer call; 0 = the model's max_batch_size."""
+    encoder_batch_max_queue_delay_us: int = 2000
+    """Longest an encode request waits for company while other infer calls run."""
+    encoder_batch_max_in_flight: int = 4
+    """Infer calls per model at once (Triton batches across them too)."""
+    image_preprocess: str = "auto"
+    """auto (client when the model takes a float tensor, server when it takes encoded bytes), client or server."""
+    image_mean: str = "0.48145466,0.4578275,0.40821073"
+    """Per-channel RGB mean for client-side preprocessing (CLIP's by default)."""
+    image_std: str = "0.26862954,0.26130258,0.27577711"
+    """Per-channel RGB standard deviation for client-side preprocessing (CLIP's by default)."""
+    max_text_bytes: int = 8192
+    """Longest text accepted, in UTF-8 bytes."""
+    max_image_bytes: int = 16 * 1024 * 1024
+    """Largest encoded image accepted."""
+    min_image_side: int = 16
+    """Smallest width or height accepted, in pixels."""
+    max_image_pixels: int = 50_000_000
+    """Largest decoded image accepted (width x height), a guard against decompression bombs."""
+    embedding_cache: str = "auto"
+    """Embedding cache: auto (Redis if redis_url is set, else an in-process LRU), redis, local or off."""
+    embedding_cache_ttl_s: float = 7 * 24 * 3600.0
+    """Lifetime of a cached embedding (embeddings of one model version never change)."""
+    embedding_cache_max_bytes: int = 128 * 1024 * 1024
+    """Size of the in-process embedding LRU."""
+
     def batching_config(self) -> BatchingConfig:
         return from_settings(self)
 

@@ -19,6 +19,8 @@ from coordinator.ring import Ring
 from coordinator.search import Searcher, SearchMetrics
 from coordinator.servicer import SearchServicer
 from coordinator.shards import Replication, ShardMetrics, ShardPool
+from encoder_client import Encoders, EncoderOptions, InputLimits
+from encoder_client import cache as embedding_cache
 from shardsearch import grpcserver, security
 from shardsearch.batching import BatchMetrics
 from shardsearch.clock import HybridClock
@@ -38,10 +40,12 @@ class RunningCoordinator:
     executor: ThreadPoolExecutor
     metrics_port: int
     background: asyncio.Task[None]
+    encoders: Encoders
 
     async def stop(self, grace: float = 5.0) -> None:
         self.background.cancel()
         await self.server.stop(grace)
+        await self.encoders.close()
         await self.searcher.close()
         await self.pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -73,12 +77,14 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
         BatchMetrics(registry, "shardsearch_coordinator"), BatchMetrics(registry, "shardsearch_coordinator_cache_lookup"),
         result_cache,
     )
+    encoders = await start_encoders(config, registry)
     servicer = SearchServicer(
         pool, ring, catalog, searcher, executor, RpcMetrics(registry, "shardsearch_coordinator"),
         default_timeout=config.default_timeout_s, deadline_margin=config.deadline_margin_s, clock=clock.now,
         admission=AdaptiveLimit(
             config.search_latency_target_ms / 1000, config.max_concurrent_rpcs, AdmissionMetrics(registry)
         ),
+        encoders=encoders,
     )
     server = await grpcserver.start_server(
         f"{config.host}:{config.port}",
@@ -106,7 +112,42 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
                     f"{config.hedge_delay_ms} ms" if config.hedge_delay_ms > 0 else "off")
     if config.port_file:
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
-    return RunningCoordinator(server, pool, searcher, executor, metrics_port, background)
+    return RunningCoordinator(server, pool, searcher, executor, metrics_port, background, encoders)
+
+
+async def start_encoders(config: CoordinatorConfig, registry: CollectorRegistry) -> Encoders:
+    """The text and image encoders (Triton) if configured; waits up to encoder_wait_s for their models."""
+    if not (config.text_model or config.image_model):
+        if config.encoder_url:
+            logger.warning("encoder_url is set but neither text_model nor image_model: no encoder")
+        return Encoders({}, None, None)
+    cache = embedding_cache.build(
+        config.embedding_cache, embedding_cache.EmbeddingCacheMetrics(registry), config.redis_url,
+        config.embedding_cache_ttl_s, config.embedding_cache_max_bytes, config.cache_timeout_s, config.cache_retry_s,
+    )
+    options = EncoderOptions(
+        timeout_s=config.encoder_timeout_s, retries=config.encoder_retries,
+        batch_max_size=config.encoder_batch_max_size,
+        batch_max_queue_delay_us=config.encoder_batch_max_queue_delay_us,
+        batch_max_in_flight=config.encoder_batch_max_in_flight, image_preprocess=config.image_preprocess,
+        image_mean=parse_floats(config.image_mean, "image_mean"), image_std=parse_floats(config.image_std, "image_std"),
+        limits=InputLimits(config.max_text_bytes, config.max_image_bytes, config.min_image_side,
+                           config.max_image_pixels),
+    )
+    executor = ThreadPoolExecutor(2, thread_name_prefix="encoder")  # image decoding and resizing
+    encoders = await Encoders.start(
+        config.encoder_url, {"text": config.text_model, "image": config.image_model}, options, registry, cache,
+        executor, config.encoder_wait_s, required=config.encoder_required,
+    )
+    logger.info("embedding cache: %s", cache.kind if cache else "off")
+    return encoders
+
+
+def parse_floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated numbers, got {text!r}") from None
 
 
 async def _refresh_counts(pool: ShardPool, catalog: Catalog, gauge: Gauge, interval: float) -> None:

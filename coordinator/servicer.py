@@ -21,9 +21,10 @@ from coordinator.catalog import Catalog
 from coordinator.ring import Ring
 from coordinator.search import Searcher, SearchOptions
 from coordinator.shards import Outcome, ShardPool
+from encoder_client import Encoders
 from shardsearch import codec, logs, validation
 from shardsearch.errors import (
-    AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ShardSearchError, rpc,
+    AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ShardSearchError, rpc,
 )
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import search_pb2, search_pb2_grpc, shard_pb2
@@ -44,9 +45,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, pool: ShardPool, ring: Ring, catalog: Catalog, searcher: Searcher, executor: Executor,
         metrics: RpcMetrics, default_timeout: float, deadline_margin: float,
         limits: validation.Limits = validation.DEFAULT_LIMITS, clock: Callable[[], int] = time.time_ns,
-        admission: AdaptiveLimit | None = None,
+        admission: AdaptiveLimit | None = None, encoders: Encoders | None = None,
     ) -> None:
         self._clock = clock
+        self._encoders = encoders or Encoders({}, None, None)
         self._admission = admission or AdaptiveLimit(0, 1)
         self._pool = pool
         self._ring = ring
@@ -165,9 +167,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     @rpc("Upsert")
     async def Upsert(self, request: search_pb2.UpsertRequest, context: Any) -> Any:
         timeout = self._timeout(context)
+        deadline = time.monotonic() + timeout
         spec = await self._catalog.get(request.collection, timeout)
+        embedded = await self._embed_items(spec, request.items, timeout)
+        timeout = remaining(deadline)
         version = self._clock()
-        routed = await self._run(route_items, request, spec, self._ring, self._pool, self._limits, version)
+        routed = await self._run(
+            route_items, request, spec, self._ring, self._pool, self._limits, version, embedded
+        )
         outcomes = await self._pool.write_fan_out("Upsert", routed, timeout, version=version)
         await self._invalidate(spec.name, outcomes)
         self._raise_write_failure(spec.name, outcomes, "upsert")
@@ -216,6 +223,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def _search_one(self, request: search_pb2.SearchRequest, timeout: float) -> search_pb2.SearchResponse:
         spec = await self._catalog.get(request.collection, timeout)
         query = codec.one_vector(request.vector, request.vector_f32, spec.dim, "vector")
+        return await self._search_vector(spec, query, request, timeout)
+
+    async def _search_vector(
+        self, spec: search_pb2.Collection, query: np.ndarray, request: Any, timeout: float
+    ) -> search_pb2.SearchResponse:
+        """One query vector, with a request's options (Search, SearchByText, SearchByImage share them)."""
         outcome = await self._searcher.search(
             spec, query.reshape(1, -1), self._options(request), timeout, use_cache=not request.skip_cache
         )
@@ -310,6 +323,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def _search_combined(
         self, request: search_pb2.CombinedSearchRequest, timeout: float
     ) -> search_pb2.SearchResponse:
+        deadline = time.monotonic() + timeout
         spec = await self._catalog.get(request.collection, timeout)
         opts = self._options(request)
         parts = list(request.queries)
@@ -317,6 +331,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             raise InvalidArgument(f"queries: {len(parts)} parts; between 1 and {MAX_COMBINED_PARTS} are allowed")
         weights = np.array([check_weight(part.weight, i) for i, part in enumerate(parts)], dtype=np.float64)
         vectors = await self._part_vectors(spec, parts, timeout)
+        timeout = remaining(deadline)
         exclude = set() if request.include_query_items else {p.id for p in parts if p.WhichOneof("query") == "id"}
         wanted = opts.k + len(exclude)
         if wanted > self._limits.max_k:
@@ -348,14 +363,26 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         """The query vector of each part: given, or read from the shard owning the item."""
         vectors = np.empty((len(parts), spec.dim), dtype=np.float32)
         by_id: dict[str, list[int]] = {}
+        content: dict[str, list[int]] = {"text": [], "image": []}
         for i, part in enumerate(parts):
             kind = part.WhichOneof("query")
             if kind == "vector_f32":
                 vectors[i] = codec.one_vector((), part.vector_f32, spec.dim, f"queries[{i}].vector")
             elif kind == "id":
                 by_id.setdefault(part.id, []).append(i)
+            elif kind in content:
+                content[kind].append(i)
             else:
-                raise InvalidArgument(f"queries[{i}]: set vector_f32 or id")
+                raise InvalidArgument(f"queries[{i}]: set vector_f32, id, text or image")
+        deadline = time.monotonic() + timeout
+        for kind, indices in content.items():
+            if indices:
+                embedded, _ = await self._embed(
+                    spec, kind, [getattr(parts[i], kind) for i in indices], [f"queries[{i}].{kind}" for i in indices],
+                    remaining(deadline),
+                )
+                vectors[indices] = embedded
+        timeout = remaining(deadline)
         if by_id:
             ids = list(by_id)
             validation.check_ids(ids, "queries.id", self._limits)
@@ -373,6 +400,86 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if missing:
                 raise NotFound(f"collection {spec.name!r} has no item {', '.join(map(repr, missing[:5]))}")
         return vectors
+
+    # ---- encoder: search by text or image, embeddings ---------------------------------------------------------
+
+    async def _embed(
+        self, spec: search_pb2.Collection | None, kind: str, values: Sequence[Any], field: str | Sequence[str],
+        timeout: float,
+    ) -> tuple[np.ndarray, list[bool]]:
+        """Embeddings as `spec` stores them: its dimension checked, L2-normalised for METRIC_INNER_PRODUCT."""
+        encoder = self._encoders.get(kind)
+        if spec is not None and encoder.dim != spec.dim:
+            raise FailedPrecondition(
+                f"collection {spec.name!r} has dim {spec.dim}, but the {kind} model {encoder.info.label} makes "
+                f"{encoder.dim}-d embeddings; create the collection with dim {encoder.dim} to use it"
+            )
+        encoded = await encoder.encode(values, field, timeout)
+        vectors = encoded.vectors
+        if spec is not None and spec.metric == search_pb2.METRIC_INNER_PRODUCT:
+            vectors = await self._run(normalize_rows, vectors)
+        return vectors, encoded.cached
+
+    async def _embed_items(
+        self, spec: search_pb2.Collection, items: Sequence[search_pb2.Item], timeout: float
+    ) -> dict[int, np.ndarray]:
+        """Row -> embedding for the upserted items that carry a text or an image instead of a vector."""
+        rows: dict[str, list[int]] = {"text": [], "image": []}
+        for i, item in enumerate(items):
+            if item.text or item.image:
+                if item.vector or item.vector_f32 or (item.text and item.image):
+                    raise InvalidArgument(f"items[{i}]: set one of vector, vector_f32, text or image")
+                rows["text" if item.text else "image"].append(i)
+        embedded: dict[int, np.ndarray] = {}
+        deadline = time.monotonic() + timeout
+        for kind, indices in rows.items():
+            if indices:
+                values = [getattr(items[i], kind) for i in indices]
+                fields = [f"items[{i}].{kind}" for i in indices]
+                vectors, _ = await self._embed(spec, kind, values, fields, remaining(deadline))
+                embedded.update(zip(indices, vectors))
+        return embedded
+
+    @rpc("SearchByText")
+    async def SearchByText(self, request: search_pb2.SearchByTextRequest, context: Any) -> Any:
+        return await self._search_by_content(request, "text", request.text, context)
+
+    @rpc("SearchByImage")
+    async def SearchByImage(self, request: search_pb2.SearchByImageRequest, context: Any) -> Any:
+        return await self._search_by_content(request, "image", request.image, context)
+
+    async def _search_by_content(self, request: Any, kind: str, content: Any, context: Any) -> Any:
+        started = self._admission.acquire()
+        try:
+            timeout = self._timeout(context)
+            deadline = time.monotonic() + timeout
+            spec = await self._catalog.get(request.collection, timeout)
+            self._options(request)  # bad k or nprobe fail before any encoding
+            vectors, _ = await self._embed(spec, kind, [content], [kind], timeout)
+            return await self._search_vector(spec, vectors[0], request, remaining(deadline))
+        finally:
+            self._admission.release(started, signal=False)  # encoding time is not the shards' load
+
+    @rpc("Encode")
+    async def Encode(self, request: search_pb2.EncodeRequest, context: Any) -> Any:
+        timeout = self._timeout(context)
+        deadline = time.monotonic() + timeout
+        count = len(request.texts) + len(request.images)
+        if count == 0:
+            raise InvalidArgument("texts, images: give at least one text or image")
+        if count > self._limits.max_items:
+            raise InvalidArgument(f"texts, images: {count} inputs; at most {self._limits.max_items} per call")
+        spec = await self._catalog.get(request.collection, timeout) if request.collection else None
+        response = search_pb2.EncodeResponse()
+        for kind, values in (("text", list(request.texts)), ("image", list(request.images))):
+            if not values:
+                continue
+            vectors, cached = await self._embed(spec, kind, values, f"{kind}s", remaining(deadline))
+            response.embeddings.extend(
+                search_pb2.Embedding(vector_f32=codec.pack(row), cached=hit) for row, hit in zip(vectors, cached)
+            )
+            setattr(response, f"{kind}_model", self._encoders.get(kind).info.label)
+        return response
 
     # ---- listing --------------------------------------------------------------------------------------------
 
@@ -477,6 +584,20 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             logs.log_access("StreamSearch", code, elapsed, peer)
 
 
+def remaining(deadline: float) -> float:
+    """Seconds left before a monotonic deadline; DEADLINE_EXCEEDED once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the call's deadline passed while it was being served")
+    return left
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalised copy (rows of norm 0 stay 0)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
+
+
 def check_weight(weight: float, index: int) -> float:
     if weight == 0:
         return 1.0
@@ -575,9 +696,10 @@ class PageCursor:
 
 def route_items(
     request: search_pb2.UpsertRequest, spec: search_pb2.Collection, ring: Ring, pool: ShardPool,
-    limits: validation.Limits, version: int = 0,
+    limits: validation.Limits, version: int = 0, embedded: dict[int, np.ndarray] | None = None,
 ) -> list[tuple[Any, shard_pb2.ShardUpsertRequest]]:
-    """Validates the items and splits them by owning shard (runs in the executor: numpy and per-item work)."""
+    """Validates the items and splits them by owning shard (runs in the executor: numpy and per-item work).
+    `embedded` holds the vectors of items given as a text or an image, by row."""
     items = request.items
     if not items:
         raise InvalidArgument("items: at least one item is required")
@@ -585,8 +707,14 @@ def route_items(
     validation.check_ids(ids, "items", limits, unique=True)
     dim = spec.dim
     matrix = np.empty((len(items), dim), dtype=np.float32)
+    embedded = embedded or {}
     for i, item in enumerate(items):
-        matrix[i] = codec.one_vector(item.vector, item.vector_f32, dim, f"items[{i}].vector")
+        if i in embedded:
+            matrix[i] = embedded[i]
+        elif item.text or item.image:
+            raise InvalidArgument(f"items[{i}]: has a text or image that was not embedded")
+        else:
+            matrix[i] = codec.one_vector(item.vector, item.vector_f32, dim, f"items[{i}].vector")
     payloads = [item.payload for item in items]
     validation.check_payloads(payloads, "items", limits)
     has_payload = any(payloads)

@@ -141,16 +141,20 @@ class DescribeCollectionResponse(_message.Message):
     def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., total_vectors: _Optional[int] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "vector", "vector_f32", "payload")
+    __slots__ = ("id", "vector", "vector_f32", "payload", "text", "image")
     ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     VECTOR_F32_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     vector_f32: bytes
     payload: bytes
-    def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., vector_f32: _Optional[bytes] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    text: str
+    image: bytes
+    def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., vector_f32: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "items")
@@ -293,14 +297,18 @@ class SearchByIdRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class WeightedQuery(_message.Message):
-    __slots__ = ("vector_f32", "id", "weight")
+    __slots__ = ("vector_f32", "id", "text", "image", "weight")
     VECTOR_F32_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     vector_f32: bytes
     id: str
+    text: str
+    image: bytes
     weight: float
-    def __init__(self, vector_f32: _Optional[bytes] = ..., id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+    def __init__(self, vector_f32: _Optional[bytes] = ..., id: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class CombinedSearchRequest(_message.Message):
     __slots__ = ("collection", "queries", "combine", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id", "include_query_items")
@@ -369,3 +377,79 @@ class StreamSearchResponse(_message.Message):
     error_code: int
     error_message: str
     def __init__(self, request_id: _Optional[str] = ..., response: _Optional[_Union[SearchResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class SearchByTextRequest(_message.Message):
+    __slots__ = ("collection", "text", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_POLICY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    text: str
+    k: int
+    nprobe: int
+    partial_policy: PartialPolicy
+    include_payload: bool
+    skip_cache: bool
+    min_shards: int
+    score_threshold: float
+    request_id: str
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SearchByImageRequest(_message.Message):
+    __slots__ = ("collection", "image", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_POLICY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    image: bytes
+    k: int
+    nprobe: int
+    partial_policy: PartialPolicy
+    include_payload: bool
+    skip_cache: bool
+    min_shards: int
+    score_threshold: float
+    request_id: str
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class EncodeRequest(_message.Message):
+    __slots__ = ("texts", "images", "collection")
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    collection: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[bytes]] = ..., collection: _Optional[str] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("vector_f32", "cached")
+    VECTOR_F32_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    vector_f32: bytes
+    cached: bool
+    def __init__(self, vector_f32: _Optional[bytes] = ..., cached: _Optional[bool] = ...) -> None: ...
+
+class EncodeResponse(_message.Message):
+    __slots__ = ("embeddings", "text_model", "image_model")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    text_model: str
+    image_model: str
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., text_model: _Optional[str] = ..., image_model: _Optional[str] = ...) -> None: ...

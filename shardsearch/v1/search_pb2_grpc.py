@@ -99,6 +99,21 @@ class SearchServiceStub:
                 request_serializer=shardsearch_dot_v1_dot_search__pb2.ListIdsRequest.SerializeToString,
                 response_deserializer=shardsearch_dot_v1_dot_search__pb2.ListIdsResponse.FromString,
                 _registered_method=True)
+        self.SearchByText = channel.unary_unary(
+                '/shardsearch.v1.SearchService/SearchByText',
+                request_serializer=shardsearch_dot_v1_dot_search__pb2.SearchByTextRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.SearchByImage = channel.unary_unary(
+                '/shardsearch.v1.SearchService/SearchByImage',
+                request_serializer=shardsearch_dot_v1_dot_search__pb2.SearchByImageRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.Encode = channel.unary_unary(
+                '/shardsearch.v1.SearchService/Encode',
+                request_serializer=shardsearch_dot_v1_dot_search__pb2.EncodeRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_search__pb2.EncodeResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -218,6 +233,33 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchByText(self, request, context):
+        """Search by a sentence: the coordinator embeds `text` with its text model (Triton) and searches with the
+        embedding, through the same path as Search (batching, result cache, merge). Embeddings are L2-normalised for
+        METRIC_INNER_PRODUCT collections. Errors: as Search, plus FAILED_PRECONDITION (no text model configured, or its
+        output dimension is not the collection's), INVALID_ARGUMENT (empty or over-long text), UNAVAILABLE or
+        DEADLINE_EXCEEDED (the encoder did not answer in time; retrying is safe).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchByImage(self, request, context):
+        """Search by an image (encoded bytes: JPEG, PNG, WebP...), embedded with the coordinator's image model.
+        Errors: as SearchByText, plus INVALID_ARGUMENT for bytes that do not decode as an image or an image that is too
+        small or too large.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Encode(self, request, context):
+        """The embeddings of texts and/or images, as the coordinator would store or search them. Errors: as SearchByText.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -285,6 +327,21 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.ListIds,
                     request_deserializer=shardsearch_dot_v1_dot_search__pb2.ListIdsRequest.FromString,
                     response_serializer=shardsearch_dot_v1_dot_search__pb2.ListIdsResponse.SerializeToString,
+            ),
+            'SearchByText': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchByText,
+                    request_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchByTextRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchByImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchByImage,
+                    request_deserializer=shardsearch_dot_v1_dot_search__pb2.SearchByImageRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'Encode': grpc.unary_unary_rpc_method_handler(
+                    servicer.Encode,
+                    request_deserializer=shardsearch_dot_v1_dot_search__pb2.EncodeRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_search__pb2.EncodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -638,6 +695,87 @@ class SearchService:
             '/shardsearch.v1.SearchService/ListIds',
             shardsearch_dot_v1_dot_search__pb2.ListIdsRequest.SerializeToString,
             shardsearch_dot_v1_dot_search__pb2.ListIdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchByText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.SearchService/SearchByText',
+            shardsearch_dot_v1_dot_search__pb2.SearchByTextRequest.SerializeToString,
+            shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchByImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.SearchService/SearchByImage',
+            shardsearch_dot_v1_dot_search__pb2.SearchByImageRequest.SerializeToString,
+            shardsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Encode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.SearchService/Encode',
+            shardsearch_dot_v1_dot_search__pb2.EncodeRequest.SerializeToString,
+            shardsearch_dot_v1_dot_search__pb2.EncodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

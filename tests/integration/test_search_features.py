@@ -256,7 +256,7 @@ def test_reciprocal_rank_fusion_of_exact_lists(data: Any) -> None:
     ("queries", "code", "message"),
     [
         ([], grpc.StatusCode.INVALID_ARGUMENT, "queries: 0 parts"),
-        ([search_pb2.WeightedQuery(weight=1)], grpc.StatusCode.INVALID_ARGUMENT, "queries[0]: set vector_f32 or id"),
+        ([search_pb2.WeightedQuery(weight=1)], grpc.StatusCode.INVALID_ARGUMENT, "queries[0]: set vector_f32, id, text or image"),
         ([search_pb2.WeightedQuery(id="item-1", weight=-1)], grpc.StatusCode.INVALID_ARGUMENT, "queries[0].weight"),
         ([search_pb2.WeightedQuery(id="item-1", weight=float("nan"))], grpc.StatusCode.INVALID_ARGUMENT, "weight"),
         ([search_pb2.WeightedQuery(id="item-1"), search_pb2.WeightedQuery(id="ghost")], grpc.StatusCode.NOT_FOUND,

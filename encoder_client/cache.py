@@ -1,0 +1,193 @@
+"""Embedding cache: Redis (shared by every coordinator) or an in-process LRU.
+
+Keys are `<prefix>:emb:<model>:<version>:<kind>:<sha256 of the content>` (the normalised text's UTF-8, or the image
+bytes); values are the embedding's float32 bytes, exactly as the model returned it. An embedding of one model version
+never changes, so entries need no invalidation; the TTL only bounds memory. Redis down or slow means no cache, never a
+failed call: lookups and stores time out quickly, and the cache stays off for `retry_s` after an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import time
+from typing import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis import asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING_STORES = 64
+
+
+def content_key(model_label: str, kind: str, content: bytes) -> str:
+    return f"{model_label}:{kind}:{hashlib.sha256(content).hexdigest()}"
+
+
+class EmbeddingCacheMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lookups = Counter(
+            "shardsearch_encoder_cache_lookups", "Embedding cache lookups, by result (hit, miss, unavailable).",
+            ["result"], registry=registry,
+        )
+        self.errors = Counter(
+            "shardsearch_encoder_cache_errors", "Embedding cache calls to Redis that failed, by operation.",
+            ["operation"], registry=registry,
+        )
+        self.up = Gauge(
+            "shardsearch_encoder_cache_up", "1 while the embedding cache is in use, 0 while it is off or failing.",
+            registry=registry,
+        )
+        for result in ("hit", "miss", "unavailable"):
+            self.lookups.labels(result)
+        for operation in ("get", "set"):
+            self.errors.labels(operation)
+        self.up.set(1)
+
+
+class EmbeddingCache:
+    kind = "off"
+
+    def __init__(self, metrics: EmbeddingCacheMetrics) -> None:
+        self.metrics = metrics
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        raise NotImplementedError
+
+    def put_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        """Stores in the background; never fails the caller."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+    def _count(self, values: Sequence[bytes | None]) -> None:
+        hits = sum(v is not None for v in values)
+        self.metrics.lookups.labels("hit").inc(hits)
+        self.metrics.lookups.labels("miss").inc(len(values) - hits)
+
+
+class LocalEmbeddingCache(EmbeddingCache):
+    kind = "in-process LRU"
+
+    def __init__(self, metrics: EmbeddingCacheMetrics, max_bytes: int) -> None:
+        super().__init__(metrics)
+        self._entries: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        values = []
+        for key in keys:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            values.append(value)
+        self._count(values)
+        return values
+
+    def put_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        for key, value in entries:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(key) + len(old)
+            self._entries[key] = value
+            self._bytes += len(key) + len(value)
+        while self._bytes > self._max_bytes and self._entries:
+            key, value = self._entries.popitem(last=False)
+            self._bytes -= len(key) + len(value)
+
+
+class RedisEmbeddingCache(EmbeddingCache):
+    kind = "Redis"
+
+    def __init__(
+        self, metrics: EmbeddingCacheMetrics, url: str, ttl_s: float, timeout_s: float = 0.1, retry_s: float = 1.0,
+        prefix: str = "shardsearch:emb:",
+    ) -> None:
+        super().__init__(metrics)
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._timeout = timeout_s
+        self._retry_s = retry_s
+        self._prefix = prefix
+        self._off_until = 0.0
+        self._stores: set[asyncio.Task[None]] = set()
+
+    def _available(self) -> bool:
+        return time.monotonic() >= self._off_until
+
+    def _trip(self, operation: str, exc: BaseException) -> None:
+        self.metrics.errors.labels(operation).inc()
+        if self._available():
+            logger.warning("embedding cache off for %.1f s: Redis %s failed: %r", self._retry_s, operation, exc)
+        self._off_until = time.monotonic() + self._retry_s
+        self.metrics.up.set(0)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        if not self._available():
+            self.metrics.lookups.labels("unavailable").inc(len(keys))
+            return [None] * len(keys)
+        try:
+            async with asyncio.timeout(self._timeout):
+                values = await self._redis.mget([self._prefix + key for key in keys])
+        except Exception as exc:
+            self._trip("get", exc)
+            self.metrics.lookups.labels("unavailable").inc(len(keys))
+            return [None] * len(keys)
+        self.metrics.up.set(1)
+        self._count(values)
+        return list(values)
+
+    def put_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        if not entries or not self._available() or len(self._stores) >= MAX_PENDING_STORES:
+            return
+        task = asyncio.create_task(self._store(list(entries)))
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+
+    async def _store(self, entries: list[tuple[str, bytes]]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, value in entries:
+                        pipe.set(self._prefix + key, value, px=self._ttl_ms)
+                    await pipe.execute()
+        except Exception as exc:
+            self._trip("set", exc)
+
+    async def close(self) -> None:
+        for task in list(self._stores):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+
+def build(
+    kind: str, metrics: EmbeddingCacheMetrics, redis_url: str, ttl_s: float, max_bytes: int, timeout_s: float = 0.1,
+    retry_s: float = 1.0,
+) -> EmbeddingCache | None:
+    """kind: auto (Redis if a URL is set, else local), redis, local or off."""
+    if kind == "auto":
+        kind = "redis" if redis_url else "local"
+    if kind == "off":
+        metrics.up.set(0)
+        return None
+    if kind == "local":
+        return LocalEmbeddingCache(metrics, max_bytes)
+    if kind == "redis":
+        if not redis_url:
+            raise ValueError("embedding_cache=redis needs redis_url (e.g. redis://redis:6379/0)")
+        return RedisEmbeddingCache(metrics, redis_url, ttl_s, timeout_s, retry_s)
+    raise ValueError(f"unknown embedding cache kind {kind!r}: use auto, redis, local or off")
