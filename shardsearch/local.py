@@ -299,3 +299,80 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+REPO = Path(__file__).resolve().parents[1]
+TRITON_VENV = Path(os.environ.get("SHARDSEARCH_TRITON_VENV", REPO / ".triton-venv"))
+TRITON_SCRIPT = REPO / "scripts" / "triton_models.py"
+TRITON_TEXT_MODEL = "minilm_text"
+TRITON_IMAGE_MODEL = "tiny_image"
+TRITON_IMAGE_BYTES_MODEL = "tiny_image_bytes"
+TRITON_DIM = 384
+
+
+@dataclass
+class TritonServer:
+    """A real Triton Inference Server (nvidia-pytriton, from `scripts/setup_triton.sh`'s environment) serving the
+    test encoders of scripts/triton_models.py on free 127.0.0.1 ports (tests, benchmarks, `local --triton`)."""
+
+    venv: Path = TRITON_VENV
+    log_path: Path | None = None
+    text_model: bool = True
+    grpc_port: int = 0
+    popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @classmethod
+    def available(cls, venv: Path = TRITON_VENV) -> bool:
+        return (venv / ".shardsearch-ready").exists() and TRITON_SCRIPT.exists()
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout: float = 240.0) -> "TritonServer":
+        if not self.available(self.venv):
+            raise FileNotFoundError(f"no Triton environment at {self.venv}: run scripts/setup_triton.sh first")
+        self.grpc_port = self.grpc_port or free_port()
+        ready = Path(tempfile.mkdtemp(prefix="triton-")) / "ready"
+        args = [str(self.venv / "bin" / "python"), str(TRITON_SCRIPT), "--grpc-port", str(self.grpc_port),
+                "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--ready-file", str(ready)]
+        if not self.text_model:
+            args.append("--no-text")
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        env = {**os.environ, DIE_WITH_PARENT_ENV: str(os.getpid()), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        self.popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path else ""
+                raise RuntimeError(f"Triton did not become ready on port {self.grpc_port}:\n{tail}")
+            time.sleep(0.2)
+        shutil.rmtree(ready.parent, ignore_errors=True)
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (pytriton ignores SIGINT for long), then SIGKILL if it lingers."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGCONT)
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def coordinator_args(self, image_model: str = TRITON_IMAGE_MODEL) -> list[str]:
+        args = ["--encoder-url", self.url, "--image-model", image_model]
+        return args + (["--text-model", TRITON_TEXT_MODEL] if self.text_model else [])
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
