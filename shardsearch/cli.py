@@ -1,4 +1,5 @@
-"""The `shardsearch` command: `local` (a whole cluster on this machine), `coordinator`, `shard`, `bench`, `eval`."""
+"""The `shardsearch` command: `local` (a whole cluster on this machine), `coordinator`, `shard`, `bench`, `eval`,
+`ingest`."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ from typing import Sequence
 
 
 def _local(args: argparse.Namespace) -> None:
-    from shardsearch.local import LocalCluster, RedisServer
+    from shardsearch.local import LocalCluster, RedisServer, TritonServer
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    triton = None
+    if args.triton:
+        print("starting Triton (scripts/triton_models.py)...", flush=True)
+        triton = TritonServer().start()
     redis = RedisServer().start() if args.redis else None
     redis_url = redis.url if redis else args.redis_url
     coordinator_args = ["--redis-url", redis_url] if redis_url else []
+    if triton:
+        coordinator_args += triton.coordinator_args()
     if args.coordinators > 1 and not redis_url:
         print("several coordinators without Redis: result cache off (an in-process cache cannot see the others' writes)")
         coordinator_args = ["--cache", "off"]
@@ -33,12 +40,16 @@ def _local(args: argparse.Namespace) -> None:
     except BaseException:
         if redis:
             redis.stop()
+        if triton:
+            triton.stop()
         raise
     try:
         for proc in cluster.coordinator_procs:
             print(f"{proc.name:<12} {cluster.host}:{proc.port}" + (f"  (metrics :{proc.metrics_port})" if args.metrics else ""))
         if redis_url:
             print(f"{'redis':<12} {redis_url}")
+        if triton:
+            print(f"{'triton':<12} {triton.url}  (text: minilm_text, image: tiny_image; 384-d)")
         for proc in cluster.shard_procs:
             print(f"{proc.name:<12} {proc.address}" + (f"  (metrics :{proc.metrics_port})" if args.metrics else ""))
         print(f"logs in {cluster.run_dir}", flush=True)
@@ -55,6 +66,8 @@ def _local(args: argparse.Namespace) -> None:
         cluster.stop()
         if redis:
             redis.stop()
+        if triton:
+            triton.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -74,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                        help="coordinator processes sharing the port with SO_REUSEPORT (default 1)")
     local.add_argument("--redis", action="store_true", help="start a local redis-server for the result cache")
     local.add_argument("--redis-url", help="use this Redis for the result cache (default: in-process LRU)")
+    local.add_argument("--triton", action="store_true",
+                       help="start a Triton server with the test encoders (needs scripts/setup_triton.sh) for "
+                       "SearchByText/SearchByImage")
     local.add_argument("--demo", action="store_true", help="load a demo collection and run an example query")
     local.set_defaults(run=_local)
 
@@ -98,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     evaluation = commands.add_parser("eval", help="offline quality: Recall, Precision, mAP, MRR of a query set")
     evaluate.add_arguments(evaluation)
     evaluation.set_defaults(run=evaluate.run)
+
+    from shardsearch import ingest
+
+    ingestion = commands.add_parser("ingest", help="bulk-load vectors, JSONL items or an image folder (resumable)")
+    ingest.add_arguments(ingestion)
+    ingestion.set_defaults(run=ingest.run)
 
     args = parser.parse_args(argv)
     run = args.run
