@@ -1,5 +1,6 @@
 """`shardsearch ingest`: the command over `ingest`; exit 0 when every item landed (or was already there), 1 when some
-items failed, 2 on a fatal error (source unreadable, coordinator unreachable, collection missing), 130 on Ctrl-C."""
+items failed, 2 on a fatal error (source unreadable, coordinator unreachable, collection missing, no encoder to learn
+--create's dimension from), 130 on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--retries", type=int, default=5,
         help="retries of a call failing with UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED (default 5)")
     arg("--create", action="store_true", help="create the collection if it does not exist")
-    arg("--dim", type=int, default=0, help="with --create: dimension (default: the vector file's)")
-    arg("--metric", choices=tuple(METRICS), default="l2", help="with --create: l2 (default) or ip (inner product)")
+    arg("--dim", type=int, default=0, help="with --create: dimension (default: the vector file's; for texts and "
+                                            "images, learned from the coordinator's encoder by encoding the first)")
+    arg("--metric", choices=tuple(METRICS), default="l2",
+        help="with --create: l2 (default) or ip (inner product, usual for text and image embeddings)")
     arg("--overwrite", action="store_true", help="upsert every item (default: skip ids already stored, i.e. resume)")
     arg("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     arg("--json", help="also write the summary as JSON to this file ('-': stdout; the text summary goes to stderr)")

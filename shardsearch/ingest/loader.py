@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 METRICS = {"l2": search_pb2.METRIC_L2, "ip": search_pb2.METRIC_INNER_PRODUCT}
+LEARN_DIM_TRIES = 8
+"""Texts or images tried, in order, to learn a new collection's dimension from the coordinator's encoder."""
 
 
 class IngestError(Exception):
@@ -49,7 +51,8 @@ class IngestOptions:
     create: bool = False
     """Create the collection if it does not exist."""
     dim: int = 0
-    """With create: the dimension when the source does not say it (texts and images: the encoder's output)."""
+    """With create: the dimension; 0: the vector file's, else the first item's vector's, else the length of the
+    coordinator's embedding of the first text or image (an `Encode` call)."""
     metric: str = "l2"
     progress: bool | None = False
     """Show a progress bar on stderr; None: only when stderr is a terminal."""
@@ -126,10 +129,7 @@ async def prepare_collection(stub: search_pb2_grpc.SearchServiceStub, name: str,
 
 async def _create(stub: search_pb2_grpc.SearchServiceStub, name: str, source: Source, opts: IngestOptions,
                   policy: RetryPolicy) -> search_pb2.Collection:
-    dim = opts.dim or await asyncio.to_thread(source.first_vector_dim)
-    if not dim:
-        raise IngestError(f"--create needs --dim for {source.kind} items (the dimension of the coordinator's "
-                          f"{'text' if source.kind == 'texts' else 'image'} embeddings)")
+    dim = opts.dim or source.dim or await learn_dim(stub, source, opts, policy)
     request = search_pb2.CreateCollectionRequest(name=name, dim=dim, metric=METRICS[opts.metric])
     try:
         spec = (await with_retries(lambda: _call(stub.CreateCollection, request, opts.timeout), policy)).collection
@@ -140,6 +140,40 @@ async def _create(stub: search_pb2_grpc.SearchServiceStub, name: str, source: So
         return (await _call(stub.DescribeCollection, describe, opts.timeout)).collection
     logger.info("created collection %r (dim %d, %s)", name, dim, opts.metric)
     return spec
+
+
+async def learn_dim(stub: search_pb2_grpc.SearchServiceStub, source: Source, opts: IngestOptions,
+                    policy: RetryPolicy) -> int:
+    """The dimension of a new collection without --dim: the first item's vector's, or the length of the coordinator's
+    embedding of the first text or image (an `Encode` of it). An item the encoder refuses (INVALID_ARGUMENT: an
+    undecodable image, say) is passed over for the next, up to LEARN_DIM_TRIES; any other failure is fatal, among
+    them FAILED_PRECONDITION when the coordinator has no encoder for the kind."""
+    items = await asyncio.to_thread(source.first_items, LEARN_DIM_TRIES)
+    if not items:
+        raise IngestError(f"--create: {source.path} has no readable item to learn the dimension from (pass --dim)")
+    refused = ""
+    for item in items:
+        if item.vector or item.vector_f32:
+            return len(item.vector) or len(item.vector_f32) // 4
+        kind = "image" if item.image else "text"
+        request = (search_pb2.EncodeRequest(images=[item.image]) if item.image
+                   else search_pb2.EncodeRequest(texts=[item.text]))
+        try:
+            response = await with_retries(lambda: _call(stub.Encode, request, opts.timeout), policy)
+        except RpcFailure as failure:
+            if failure.code == grpc.StatusCode.INVALID_ARGUMENT:
+                refused = f"{item.id}: {failure.reason}"
+                continue
+            raise IngestError(f"--create: cannot learn the dimension of the coordinator's {kind} embeddings "
+                              f"(pass --dim): {failure.reason}") from None
+        dim = len(response.embeddings[0].vector_f32) // 4 if response.embeddings else 0
+        if not dim:
+            raise IngestError(f"--create: the coordinator's Encode returned no {kind} embedding (pass --dim)")
+        logger.info("learned dim %d from the coordinator's %s model (%s)", dim, kind,
+                    response.image_model if item.image else response.text_model)
+        return dim
+    raise IngestError(f"--create: cannot learn the dimension: the coordinator refused the first {len(items)} items "
+                      f"(last {refused}); pass --dim")
 
 
 async def load(stub: search_pb2_grpc.SearchServiceStub, collection: str, source: Source,

@@ -67,6 +67,18 @@ class Source:
                 return len(record.item.vector) or len(record.item.vector_f32) // 4
         return None
 
+    def first_items(self, limit: int) -> list[search_pb2.Item]:
+        """Up to `limit` of the first readable items (unreadable records are passed over), ending early at the first
+        one with a vector: what the dimension of a new collection is learned from."""
+        items: list[search_pb2.Item] = []
+        for record in self.records():
+            if record.item is None:
+                continue
+            items.append(record.item)
+            if len(items) >= limit or record.item.vector or record.item.vector_f32:
+                break
+        return items
+
 
 def compact_json(value: Any) -> bytes:
     """A payload as Item.payload stores it: compact UTF-8 JSON."""

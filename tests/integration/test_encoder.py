@@ -342,3 +342,54 @@ def test_a_model_that_is_not_ready(triton: TritonServer, tmp_path: Path) -> None
     )
     assert proc.returncode == 1
     assert "no_such_model" in proc.stderr and "not ready" in proc.stderr
+
+
+async def test_ingest_texts_and_images_through_the_encoder(cluster: LocalCluster,
+                                                           stub: search_pb2_grpc.SearchServiceStub,
+                                                           tmp_path: Path) -> None:
+    """`shardsearch ingest` of a JSONL of texts and of an image folder into new collections: --create without a dim
+    learns it from the coordinator's Encode, the items land searchable by text and by image, an undecodable image
+    fails alone with INVALID_ARGUMENT, and a second run skips everything."""
+    from shardsearch.ingest import ingest
+
+    rows = [json.loads(line) for line in SENTENCES.read_text().splitlines() if line.strip()]
+    by_id = {r["id"]: r for r in rows if "paraphrase_of" not in r}
+    paraphrases = [r for r in rows if "paraphrase_of" in r][:20]
+    chosen = list(dict.fromkeys([p["paraphrase_of"] for p in paraphrases] + list(by_id)))[:60]
+    (tmp_path / "texts.jsonl").write_text("".join(
+        json.dumps({"id": i, "text": by_id[i]["text"], "payload": {"n": n}}) + "\n" for n, i in enumerate(chosen)))
+    texts = await ingest(cluster.address, "ingested_texts", tmp_path / "texts.jsonl", create=True, metric="ip",
+                         batch_size=16)
+    assert (texts.done, texts.skipped, texts.failed) == (60, 0, 0), texts.text()
+    info = stub.DescribeCollection(pb.DescribeCollectionRequest(name="ingested_texts"), timeout=10)
+    assert (info.collection.dim, info.collection.metric, info.total_vectors) == (
+        TRITON_DIM, pb.METRIC_INNER_PRODUCT, 60)
+    for p in paraphrases:
+        reply = stub.SearchByText(pb.SearchByTextRequest(
+            collection="ingested_texts", text=p["text"], k=3, include_payload=True), timeout=30)
+        assert reply.hits[0].id == p["paraphrase_of"], (p["text"], [h.id for h in reply.hits])
+        assert reply.hits[0].payload == f'{{"n":{chosen.index(p["paraphrase_of"])}}}'.encode()
+
+    folder = tmp_path / "pics"
+    (folder / "more").mkdir(parents=True)
+    seeds = {f"{'more/' if seed % 3 == 0 else ''}img-{seed:02d}.png": 700 + seed for seed in range(12)}
+    for name, seed in seeds.items():
+        (folder / name).write_bytes(picture(seed))
+    (folder / "0-broken.jpg").write_bytes(np.random.default_rng(5).bytes(3000))  # sorts first: dim learned past it
+    images = await ingest(cluster.address, "ingested_images", folder, create=True, metric="ip")
+    assert (images.done, images.skipped, images.failed) == (12, 0, 1), images.text()
+    (group,) = images.failures.values()
+    assert group.examples == ["0-broken.jpg"]
+    assert group.reason.startswith("INVALID_ARGUMENT: ") and "image" in group.reason, group.reason
+    info = stub.DescribeCollection(pb.DescribeCollectionRequest(name="ingested_images"), timeout=10)
+    assert (info.collection.dim, info.total_vectors) == (TRITON_DIM, 12)
+    for name, seed in seeds.items():
+        reply = stub.SearchByImage(pb.SearchByImageRequest(
+            collection="ingested_images", image=variant(picture(seed)), k=2, include_payload=True), timeout=30)
+        assert reply.hits[0].id == name
+        assert json.loads(reply.hits[0].payload) == {"path": name}
+
+    again = await ingest(cluster.address, "ingested_texts", tmp_path / "texts.jsonl", create=True)
+    assert (again.done, again.skipped, again.failed) == (0, 60, 0), again.text()
+    again = await ingest(cluster.address, "ingested_images", folder, create=True)
+    assert (again.done, again.skipped, again.failed) == (0, 12, 1), again.text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import base64
+import io
 import os
 import re
 import time
@@ -123,6 +124,8 @@ def apply(models: dict[str, Model], request: object, response: object) -> None:
     """Records an acknowledged write in the model (a rejected one must have changed nothing)."""
     if response is None:
         return
+    if isinstance(request, search_pb2.UpsertRequest):
+        assert not any(item.text or item.image for item in request.items), f"embedded without an encoder: {request}"
     if isinstance(request, search_pb2.UpsertRequest) and request.collection in models:
         model = models[request.collection]
         for item in request.items:
@@ -165,6 +168,23 @@ odd_value = st.one_of(st.sampled_from(SPECIAL), st.floats(width=32))
 payloads = st.one_of(st.binary(max_size=48), pick([b"", b"\x00" * 65_536, b"x" * 65_537]))
 
 
+def _png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 90)).save(out, "PNG")
+    return out.getvalue()
+
+
+ODD_TEXTS = ["", " ", "\n\t ", "\x00", "a", "word " * 1639, "é" * 4097, "🦀" * 2048, "🦀" * 2049, "\ud7ff\ufffd"]
+texts = st.one_of(pick(ODD_TEXTS), st.text(max_size=60), st.text(max_size=600))  # 8192 bytes is the default limit
+ODD_IMAGES = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM" + bytes(60), _png(),
+              _png()[:60], b"\x00" * 65_536]
+images = st.one_of(pick(ODD_IMAGES), st.binary(max_size=200))
+# What an Item may carry instead of a vector (mostly nothing): the coordinator embeds it, if it has an encoder.
+contents = st.one_of(st.just({}), st.just({}), texts.map(lambda t: {"text": t}), images.map(lambda b: {"image": b}))
+
+
 @st.composite
 def values(draw, length: int) -> list[float]:
     """Ordinary values, sometimes with one odd value in them (NaN, inf, huge, tiny, -0)."""
@@ -197,7 +217,8 @@ def item(dim: int) -> tuple[st.SearchStrategy[search_pb2.Item], st.SearchStrateg
             id=i, payload=p, **({"vector_f32": codec.pack(np.asarray(v, np.float32))} if packed else {"vector": v})),
         good_ids, st.lists(normal, min_size=dim, max_size=dim), st.booleans(), st.binary(max_size=20),
     )
-    anything = st.builds(lambda i, v, p: search_pb2.Item(id=i, payload=p, **v), ids, vectors(dim), payloads)
+    anything = st.builds(lambda i, v, p, c: search_pb2.Item(id=i, payload=p, **v, **c), ids, vectors(dim), payloads,
+                         contents)
     return good, anything
 
 
@@ -415,6 +436,98 @@ def test_stream_search(fuzz: Fuzz, requests: list[search_pb2.SearchRequest]) -> 
             check_hits(fuzz, request.collection, request.k, answer.response)
 
 
+# ---- the encoder's RPCs, on a cluster without an encoder --------------------------------------------------------
+# Every call that needs an embedding must fail: FAILED_PRECONDITION saying which model is not configured, or an error
+# about the request found first (INVALID_ARGUMENT: bad k, no input, too many; NOT_FOUND: unknown collection).
+
+NO_ENCODER_CODES = frozenset({
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+})
+
+
+def call_without_encoder(fn: Callable[..., Any], request: Message) -> grpc.StatusCode:
+    """Makes a call that needs the (missing) encoder: the usual invariant, and never OK."""
+    started = time.monotonic()
+    try:
+        response = fn(request, timeout=TIMEOUT)
+    except grpc.RpcError as exc:
+        event(exc.code().name)
+        check_status(exc.code(), exc.details(), time.monotonic() - started, request)
+        where = f"{type(request).__name__} {str(request)[:300]!r}"
+        assert exc.code() in NO_ENCODER_CODES, f"{exc.code().name} ({exc.details()!r}) for {where}"
+        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            assert re.search(r"no (text|image) model is configured", exc.details()), (exc.details(), where)
+        return exc.code()
+    raise AssertionError(f"OK without an encoder: {type(request).__name__} {str(request)[:300]!r} -> "
+                         f"{str(response)[:300]!r}")
+
+
+def _by_content_options(draw) -> dict[str, Any]:
+    """The search options SearchByText and SearchByImage share with Search, well-formed or anything."""
+    threshold = draw(st.one_of(st.none(), odd_value))
+    good = well_formed(draw)
+    return {
+        "collection": draw(targets), "k": draw(st.integers(1, 60) if good else ks),
+        "nprobe": draw(st.integers(0, 64) if good else nprobes), "partial_policy": draw(I32),
+        "include_payload": draw(st.booleans()), "skip_cache": draw(st.booleans()),
+        "min_shards": draw(st.one_of(st.just(0), U32)), "request_id": draw(st.text(max_size=20)),
+        **({} if threshold is None else {"score_threshold": threshold}),
+    }
+
+
+@st.composite
+def text_searches(draw) -> search_pb2.SearchByTextRequest:
+    return search_pb2.SearchByTextRequest(text=draw(texts), **_by_content_options(draw))
+
+
+@st.composite
+def image_searches(draw) -> search_pb2.SearchByImageRequest:
+    return search_pb2.SearchByImageRequest(image=draw(images), **_by_content_options(draw))
+
+
+@st.composite
+def encodes(draw) -> search_pb2.EncodeRequest:
+    many = draw(st.integers(0, 9)) == 0  # over the 10000 inputs per call
+    return search_pb2.EncodeRequest(
+        texts=[""] * 10_001 if many else draw(st.lists(texts, max_size=4)),
+        images=draw(st.lists(images, max_size=3)),
+        collection=draw(st.one_of(st.just(""), st.just(""), targets)),
+    )
+
+
+@FUZZ
+@given(request=text_searches())
+def test_search_by_text(fuzz: Fuzz, request: search_pb2.SearchByTextRequest) -> None:
+    call_without_encoder(fuzz.stub.SearchByText, request)
+
+
+@FUZZ
+@given(request=image_searches())
+def test_search_by_image(fuzz: Fuzz, request: search_pb2.SearchByImageRequest) -> None:
+    call_without_encoder(fuzz.stub.SearchByImage, request)
+
+
+@FUZZ
+@given(request=encodes())
+def test_encode(fuzz: Fuzz, request: search_pb2.EncodeRequest) -> None:
+    code = call_without_encoder(fuzz.stub.Encode, request)
+    if not request.texts and not request.images:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@FUZZ
+@given(collection=targets, parts=st.lists(st.one_of(texts.map(lambda t: search_pb2.WeightedQuery(text=t)),
+                                                    images.map(lambda b: search_pb2.WeightedQuery(image=b))),
+                                          min_size=1, max_size=3),
+       vecs=st.lists(st.lists(normal, min_size=8, max_size=8), max_size=2), k=ks)
+def test_search_combined_with_texts_and_images(fuzz: Fuzz, collection: str, parts: list[search_pb2.WeightedQuery],
+                                               vecs: list[list[float]], k: int) -> None:
+    """A combined query with a text or image part needs the encoder too, whatever its vector parts."""
+    parts = parts + [search_pb2.WeightedQuery(vector_f32=codec.pack(np.asarray(v, np.float32))) for v in vecs]
+    call_without_encoder(fuzz.stub.SearchCombined,
+                         search_pb2.CombinedSearchRequest(collection=collection, queries=parts, k=k))
+
+
 def _code(value: int) -> grpc.StatusCode:
     return next(code for code in grpc.StatusCode if code.value[0] == value)
 
@@ -471,7 +584,7 @@ def collection_names(fuzz: Fuzz) -> set[str]:
 
 PUBLIC = [f"/shardsearch.v1.SearchService/{m}" for m in (
     "CreateCollection", "DropCollection", "ListCollections", "DescribeCollection", "Upsert", "Delete", "Get", "Search",
-    "BatchSearch", "SearchById", "ListIds", "SearchCombined",
+    "BatchSearch", "SearchById", "ListIds", "SearchCombined", "SearchByText", "SearchByImage", "Encode",
 )]
 INTERNAL = [f"/shardsearch.v1.ShardService/{m}" for m in ("Search", "Get", "Stats", "Upsert", "Delete", "ListIds")]
 raw_bytes = st.one_of(st.binary(max_size=300), st.sampled_from([b"\xff", b"\x0a\x02\xc3\x28", b"\x12\x05abc"]))

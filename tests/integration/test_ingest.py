@@ -168,3 +168,21 @@ def test_the_command_exit_codes_and_json(cluster, stub, base, tmp_path: Path) ->
     unreachable = shardsearch("--address", "127.0.0.1:1", "--collection", "cli", "--timeout", "1",
                               "--vectors", str(tmp_path / "v.fvecs"))
     assert unreachable.returncode == 2 and "could not connect" in unreachable.stderr
+
+
+def test_create_without_dim_needs_the_encoder(cluster, stub, tmp_path: Path) -> None:
+    """--create of texts or images without --dim learns the dimension from the coordinator's Encode: with no encoder
+    (this cluster) that is a fatal error, exit 2 with the coordinator's FAILED_PRECONDITION, and nothing is created."""
+    (tmp_path / "texts.jsonl").write_text(json.dumps({"id": "t0", "text": "a red bicycle"}) + "\n")
+    common = ["--address", cluster.address, "--no-progress", "--create"]
+    texts = shardsearch(*common, "--collection", "learned", "--texts", str(tmp_path / "texts.jsonl"))
+    assert texts.returncode == 2, texts.stderr
+    assert "FAILED_PRECONDITION: no text model is configured" in texts.stderr and "--dim" in texts.stderr
+    from PIL import Image
+
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "pics" / "a.png")
+    images = shardsearch(*common, "--collection", "learned", "--images", str(tmp_path / "pics"))
+    assert images.returncode == 2 and "FAILED_PRECONDITION: no image model is configured" in images.stderr
+    listed = stub.ListCollections(search_pb2.ListCollectionsRequest())
+    assert "learned" not in {c.name for c in listed.collections}
