@@ -27,7 +27,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RETRY_WAIT_S = 5.0  # each background attempt to connect a model that was not ready waits this long
+RETRY_S = 2.0  # how often a model that was not ready at start-up is checked again
 
 HOW_TO = {
     "text": "start the coordinator with --encoder-url HOST:PORT (a Triton gRPC endpoint) and --text-model NAME "
@@ -104,8 +104,9 @@ class Encoders:
 
     async def _keep_connecting(self, kind: str, ref: ModelRef, connect_kind) -> None:  # type: ignore[no-untyped-def]
         while True:
+            await asyncio.sleep(RETRY_S)
             try:
-                encoder = await connect_kind(kind, ref, RETRY_WAIT_S)
+                encoder = await connect_kind(kind, ref, 0.0)
             except EncoderNotReady as exc:
                 self._pending[kind] = str(exc)
                 continue

@@ -10,7 +10,6 @@ Triton's errors come back as gRPC statuses with a message naming the model.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
@@ -332,6 +331,7 @@ async def wait_until_ready(
 ) -> None:
     """Polls until the model is ready, or raises EncoderNotReady naming the model, the server and the last reason."""
     deadline = time.monotonic() + wait_s
+    waited = False
     while True:
         try:
             if await client.is_model_ready(ref.name, ref.version):
@@ -344,7 +344,9 @@ async def wait_until_ready(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise EncoderNotReady(f"Triton at {url}: model {ref} is not ready after {wait_s:g} s: {reason}")
-        logger.info("waiting for model %s on Triton at %s: %s", ref, url, reason)
+        if not waited:
+            logger.info("waiting up to %g s for model %s on Triton at %s: %s", wait_s, ref, url, reason)
+            waited = True
         await asyncio.sleep(min(1.0, remaining))
 
 
@@ -364,7 +366,3 @@ async def connect(
     info = describe(ref, metadata, config, kind)
     return Encoder(client, info, kind, options, metrics, batch_metrics, cache, executor)
 
-
-def text_digest(text: str) -> str:
-    """Short stable id of a text, for logs (never the text itself)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

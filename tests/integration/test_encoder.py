@@ -393,3 +393,28 @@ async def test_ingest_texts_and_images_through_the_encoder(cluster: LocalCluster
     assert (again.done, again.skipped, again.failed) == (0, 60, 0), again.text()
     again = await ingest(cluster.address, "ingested_images", folder, create=True)
     assert (again.done, again.skipped, again.failed) == (0, 12, 1), again.text()
+
+
+def test_a_model_that_comes_up_later_is_connected_in_the_background(triton: TritonServer, tmp_path: Path) -> None:
+    """The coordinator starts before Triton: image calls answer UNAVAILABLE, then work once the model is ready."""
+    port = free_port()
+    args = ["--encoder-url", f"127.0.0.1:{port}", "--image-model", "tiny_image", "--encoder-wait-s", "0.5"]
+    with LocalCluster(shards=1, coordinator_args=args) as running:
+        stub = connect(running)
+        create(stub, "late")
+        stub.Upsert(pb.UpsertRequest(collection="late", items=[pb.Item(id="v", vector_f32=codec.pack(
+            np.ones((1, TRITON_DIM), np.float32)))]))
+        request = pb.SearchByImageRequest(collection="late", image=picture(3), k=1)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SearchByImage(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "tiny_image" in info.value.details()
+        with TritonServer(grpc_port=port, text_model=False, log_path=tmp_path / "late-triton.log"):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert stub.SearchByImage(request, timeout=10).hits[0].id == "v"
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    assert time.monotonic() < deadline, "the model was not connected after Triton came up"
+                    time.sleep(0.5)
