@@ -15,11 +15,14 @@ Callers run these methods off the event loop (an executor or a batcher thread).
 
 from __future__ import annotations
 
+import array
 import hashlib
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import faiss
 import numpy as np
@@ -36,6 +39,8 @@ COMPACT_DEAD_FRACTION = 0.2  # remove dead codes from the IVF lists past this fr
 MAX_TRAIN_SAMPLE = 200_000
 DELETE_MARKER_RETENTION_NS = 7 * 24 * 3600 * 10**9  # a replica down longer than this must be re-seeded
 ADD_CHUNK = 65_536
+EXACT_FILTER_MAX = 20_000  # a filter matching at most this many items is answered by exact search over them
+MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items probes min(1/f, this) times more lists
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class Collection:
         self._id_of: list[str] = []
         self._label_of: dict[str, int] = {}
         self._payloads: dict[int, bytes] = {}
+        self._fields: dict[int, bytes] = {}  # label -> serialised search_pb2.Fields
+        self._keywords: dict[str, dict[str, array.array]] = {}  # field -> keyword -> labels holding it (append-only)
+        self._numbers: dict[str, np.ndarray] = {}  # field -> value by label (NaN: absent)
         self._next = 0
         self._live = 0
         self._ivf: faiss.Index | None = None
@@ -75,7 +83,7 @@ class Collection:
 
     def upsert(
         self, ids: list[str], vectors: np.ndarray, payloads: list[bytes] | None = None,
-        versions: np.ndarray | None = None,
+        versions: np.ndarray | None = None, fields: Sequence[search_pb2.Fields] | None = None,
     ) -> int:
         """Stores each item unless the id already holds a newer (or the same) version; returns len(ids)."""
         n = len(ids)
@@ -87,6 +95,7 @@ class Collection:
                 ids = [ids[i] for i in keep]
                 vectors, versions = vectors[keep], versions[keep]
                 payloads = [payloads[i] for i in keep] if payloads else payloads
+                fields = [fields[i] for i in keep] if fields else fields
             count = len(ids)
             self._reserve(self._next + count)
             for item_id in ids:
@@ -107,6 +116,10 @@ class Collection:
                 for offset, payload in enumerate(payloads):
                     if payload:
                         self._payloads[start + offset] = payload
+            if fields:
+                for offset, item_fields in enumerate(fields):
+                    if item_fields.values:
+                        self._index_fields(start + offset, item_fields)
             self._next += count
             self._live += count
             self._last_write = time.monotonic()
@@ -135,10 +148,29 @@ class Collection:
         current = int(self._ver[label]) if label is not None else self._deleted.get(item_id, 0)
         return version > current or version == current == 0
 
+    def _index_fields(self, label: int, fields: search_pb2.Fields, blob: bytes | None = None) -> None:
+        """Keeps the item's fields and adds its label to the keyword lists and number columns (under the lock).
+        Entries of labels that die later stay behind and are masked by `alive`; a snapshot drops them."""
+        self._fields[label] = blob if blob is not None else fields.SerializeToString()
+        for name, value in fields.values.items():
+            kind = value.WhichOneof("kind")
+            if kind == "keyword":
+                self._keywords.setdefault(name, {}).setdefault(value.keyword, array.array("q")).append(label)
+            elif kind == "keywords":
+                lists = self._keywords.setdefault(name, {})
+                for keyword in set(value.keywords.values):
+                    lists.setdefault(keyword, array.array("q")).append(label)
+            elif kind == "number":
+                column = self._numbers.get(name)
+                if column is None:
+                    column = self._numbers[name] = np.full(len(self._alive), np.nan)
+                column[label] = value.number
+
     def _kill(self, label: int) -> None:
         self._alive[label] = False
         self._live -= 1
         self._payloads.pop(label, None)
+        self._fields.pop(label, None)
         if label < self._ivf_upto:
             self._ivf_dead += 1
 
@@ -157,6 +189,10 @@ class Collection:
         hashes = np.zeros(capacity, dtype=np.uint64)
         hashes[: self._next] = self._hash[: self._next]
         self._vecs, self._alive, self._ver, self._hash = vecs, alive, ver, hashes
+        for name, column in self._numbers.items():
+            grown = np.full(capacity, np.nan)
+            grown[: len(column)] = column
+            self._numbers[name] = grown
 
     # ---- reads --------------------------------------------------------------------------------------------
 
@@ -168,10 +204,76 @@ class Collection:
             payloads = [self._payloads.get(label, b"") for _, label in found]
         return [i for i, _ in found], vectors, payloads
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int = 0) -> SearchResult:
-        """Top-k per query: IVF-PQ candidates and the exact buffer, re-ranked exactly, dead labels dropped."""
+    def fields_of_ids(self, ids: list[str]) -> list[bytes]:
+        """Serialised Fields of each id that exists (b"" for none), in the order `get` returns them."""
+        with self._lock:
+            return [self._fields.get(self._label_of[i], b"") for i in ids if i in self._label_of]
+
+    def fields_for(self, labels: np.ndarray) -> list[bytes]:
+        with self._lock:
+            return [self._fields.get(label, b"") for label in labels.ravel().tolist()]
+
+    # ---- filters ------------------------------------------------------------------------------------------
+
+    def _mask(self, flt: search_pb2.Filter, upto: int) -> np.ndarray:
+        """Labels below `upto` whose fields pass `flt` (alive or not; the caller masks). Under the lock."""
+        kind = flt.WhichOneof("kind")
+        if kind == "match":
+            mask = np.zeros(upto, dtype=bool)
+            lists = self._keywords.get(flt.match.field, {})
+            for value in flt.match.values:
+                labels = lists.get(value)
+                if labels:
+                    found = np.frombuffer(labels, dtype=np.int64)
+                    mask[found[found < upto]] = True
+            return mask
+        if kind == "range":
+            column = self._numbers.get(flt.range.field)
+            if column is None:
+                return np.zeros(upto, dtype=bool)
+            values = column[:upto]
+            mask = ~np.isnan(values)
+            bounds = flt.range
+            with np.errstate(invalid="ignore"):
+                if bounds.HasField("gt"):
+                    mask &= values > bounds.gt
+                if bounds.HasField("gte"):
+                    mask &= values >= bounds.gte
+                if bounds.HasField("lt"):
+                    mask &= values < bounds.lt
+                if bounds.HasField("lte"):
+                    mask &= values <= bounds.lte
+            return mask
+        if kind == "all_of":
+            mask = np.ones(upto, dtype=bool)
+            for child in flt.all_of.filters:
+                mask &= self._mask(child, upto)
+            return mask
+        if kind in ("any_of", "none_of"):
+            mask = np.zeros(upto, dtype=bool)
+            for child in getattr(flt, kind).filters:
+                mask |= self._mask(child, upto)
+            return ~mask if kind == "none_of" else mask
+        return np.ones(upto, dtype=bool)  # no filter
+
+    def count_matching(self, flt: search_pb2.Filter) -> int:
+        with self._lock:
+            return int(np.count_nonzero(self._mask(flt, self._next) & self._alive[: self._next]))
+
+    def search(
+        self, queries: np.ndarray, k: int, nprobe: int = 0, flt: search_pb2.Filter | None = None
+    ) -> SearchResult:
+        """Top-k per query: IVF-PQ candidates and the exact buffer, re-ranked exactly, dead labels dropped.
+
+        With a filter, only labels whose fields pass it, exactly: a filter matching at most EXACT_FILTER_MAX items
+        is answered by exact search over just those; a broader one searches the IVF lists with a FAISS id selector
+        (non-matching codes are skipped in the scan), probing more lists the more selective it is, and probes
+        again, wider, for queries that found fewer than k matches while more exist.
+        """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n = queries.shape[0]
+        if flt is not None and flt.WhichOneof("kind") is not None:
+            return self._search_filtered(queries, k, nprobe, flt)
         with self._lock:
             candidates = []
             if self._ivf is not None and self._ivf.ntotal > 0:
@@ -194,6 +296,64 @@ class Collection:
             valid &= self._alive[safe]
             vecs = self._vecs  # rows below `next` never change, and a resize makes a new array: safe outside the lock
         return self._rerank(labels, valid, self._exact_scores(queries, safe, vecs), k)
+
+    def _search_filtered(self, queries: np.ndarray, k: int, nprobe: int, flt: search_pb2.Filter) -> SearchResult:
+        n = queries.shape[0]
+        with self._lock:
+            upto = self._next
+            mask = self._mask(flt, upto) & self._alive[:upto]
+            matching = int(np.count_nonzero(mask))
+            if matching == 0:
+                return SearchResult(np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32))
+            if matching <= EXACT_FILTER_MAX or self._ivf is None or self._ivf.ntotal == 0:
+                subset = np.flatnonzero(mask)
+            else:
+                return self._search_selected(queries, k, nprobe, mask, matching)
+        return self._exact_subset(queries, k, subset)
+
+    def _search_selected(
+        self, queries: np.ndarray, k: int, nprobe: int, mask: np.ndarray, matching: int
+    ) -> SearchResult:
+        """IVF search restricted to the labels in `mask` (under the lock, like the unfiltered search)."""
+        assert self._ivf is not None and self._params is not None
+        n, upto = queries.shape[0], len(mask)
+        bits = np.packbits(mask, bitorder="little")  # bit i % 8 of byte i // 8 = label i, as IDSelectorBitmap reads
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # labels past the bitmap: not selected
+        boost = min(self._live / matching, MAX_FILTER_PROBE_BOOST)
+        probe = min(self._params.nlist, math.ceil((nprobe or self._params.default_nprobe) * boost))
+        buffered = self._ivf_upto + np.flatnonzero(mask[self._ivf_upto :])
+        kf = min(k * self._params.refine_factor, int(self._ivf.ntotal))
+        out_labels = np.full((n, k), -1, np.int64)
+        out_scores = np.zeros((n, k), np.float32)
+        todo = np.arange(n)
+        while True:
+            batch = queries[todo]
+            _, found = self._ivf.search(batch, kf, params=faiss.SearchParametersIVF(nprobe=probe, sel=selector))
+            candidates = [found]
+            if len(buffered):
+                _, near = faiss.knn(batch, self._vecs[buffered], min(len(buffered), k), metric=self.metric)
+                candidates.append(np.where(near >= 0, buffered[np.maximum(near, 0)], -1))
+            labels = np.concatenate(candidates, axis=1)
+            valid = (labels >= 0) & (labels < upto)
+            safe = np.where(valid, labels, 0)
+            valid &= mask[safe]
+            part = self._rerank(labels, valid, self._exact_scores(batch, safe, self._vecs), k)
+            out_labels[todo], out_scores[todo] = part.labels, part.scores
+            short = np.flatnonzero((part.labels >= 0).sum(axis=1) < min(k, matching))
+            if len(short) == 0 or probe >= self._params.nlist:
+                return SearchResult(out_labels, out_scores)
+            todo, probe = todo[short], min(self._params.nlist, probe * 4)
+
+    def _exact_subset(self, queries: np.ndarray, k: int, labels: np.ndarray) -> SearchResult:
+        """Exact top-k among `labels` (rows below `next` never change: safe outside the lock)."""
+        n = queries.shape[0]
+        kk = min(k, len(labels))
+        scores, found = faiss.knn(queries, self._vecs[labels], kk, metric=self.metric)
+        out_labels = np.where(found >= 0, labels[np.maximum(found, 0)], -1)
+        if kk < k:
+            out_labels = np.pad(out_labels, ((0, 0), (0, k - kk)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, k - kk)))
+        return SearchResult(out_labels.astype(np.int64), scores.astype(np.float32))
 
     def _exact_scores(self, queries: np.ndarray, labels: np.ndarray, vecs: np.ndarray) -> np.ndarray:
         """Exact scores of each query against its candidate rows, in FAISS (SIMD, no n x c x d gather in numpy)."""
@@ -315,6 +475,7 @@ class Collection:
             upto = self._next
             labels = np.flatnonzero(self._alive[:upto]).astype(np.int64)
             payloads = dict(self._payloads)
+            fields = dict(self._fields)
             ivf = faiss.serialize_index(device.to_cpu(self._ivf)) if self._ivf is not None else np.zeros(0, np.uint8)
             chosen = self._params
             meta = np.array([upto, self._ivf_upto, self._trained_on], dtype=np.int64)
@@ -325,6 +486,7 @@ class Collection:
             deleted = list(self._deleted.items())
         ids = [self._id_of[label].encode() for label in labels.tolist()]
         blobs = [payloads.get(label, b"") for label in labels.tolist()]
+        field_blobs = [fields.get(label, b"") for label in labels.tolist()]
         params = np.array(
             [chosen.nlist, chosen.pq_m, chosen.pq_nbits, chosen.default_nprobe, chosen.refine_factor]
             if chosen is not None else [], dtype=np.int64,
@@ -332,7 +494,7 @@ class Collection:
         return {
             "meta": meta, "labels": labels, "vectors": vecs[labels], "params": params, "ivf": ivf,
             "versions": versions, "deleted_versions": np.array([v for _, v in deleted], dtype=np.uint64),
-            **_pack_strings("ids", ids), **_pack_strings("payloads", blobs),
+            **_pack_strings("ids", ids), **_pack_strings("payloads", blobs), **_pack_strings("fields", field_blobs),
             **_pack_strings("deleted_ids", [i.encode() for i, _ in deleted]),
         }
 
@@ -358,6 +520,11 @@ class Collection:
             self._label_of = {id_of[label]: label for label in labels.tolist()}
             self._hash[labels] = id_hashes([id_of[label] for label in labels.tolist()])
             self._payloads = {label: blob for label, blob in zip(labels.tolist(), payloads) if blob}
+            if "fields_ends" in state:  # snapshots written before fields existed have none
+                self._fields, self._keywords, self._numbers = {}, {}, {}
+                for label, blob in zip(labels.tolist(), _unpack_strings(state, "fields")):
+                    if blob:
+                        self._index_fields(label, search_pb2.Fields.FromString(blob), blob)
             self._next, self._live = upto, len(labels)
             if len(state["ivf"]):
                 self._params = index_params.IndexParams(*(int(x) for x in state["params"]))
@@ -365,9 +532,12 @@ class Collection:
                 self._ivf_upto, self._trained_on = ivf_upto, trained_on
                 self._ivf_dead = ivf_upto - int(np.count_nonzero(self._alive[:ivf_upto]))
 
-    def export_chunk(self, after: int, limit: int) -> tuple[list[str], np.ndarray, list[bytes], np.ndarray, int]:
-        """Up to `limit` live items with labels above `after`, with versions, and the last label looked at (for
-        the next call; -1 when done). Items written meanwhile get higher labels, so a scan sees them too."""
+    def export_chunk(
+        self, after: int, limit: int
+    ) -> tuple[list[str], np.ndarray, list[bytes], np.ndarray, int, list[bytes]]:
+        """Up to `limit` live items with labels above `after`, with versions, the last label looked at (for
+        the next call; -1 when done) and serialised fields. Items written meanwhile get higher labels, so a scan
+        sees them too."""
         with self._lock:
             start = after + 1
             stop = self._next
@@ -376,7 +546,8 @@ class Collection:
             last = int(labels[-1]) if len(alive) > limit else -1
             ids = [self._id_of[label] for label in labels.tolist()]
             payloads = [self._payloads.get(label, b"") for label in labels.tolist()]
-            return ids, self._vecs[labels], payloads, self._ver[labels], last
+            fields = [self._fields.get(label, b"") for label in labels.tolist()]
+            return ids, self._vecs[labels], payloads, self._ver[labels], last, fields
 
     def list_ids(self, after: int | None, limit: int) -> tuple[list[str], int, bool]:
         """Up to `limit` live ids in id_hash order, past `after` (a hash; None = from the start): (ids, the last

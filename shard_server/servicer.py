@@ -23,7 +23,7 @@ from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.clock import HybridClock
 from shardsearch.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
 from shardsearch.metrics import RpcMetrics
-from shardsearch.v1 import shard_pb2, shard_pb2_grpc
+from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         payloads = list(request.payloads)
         if payloads and len(payloads) != len(ids):
             raise InvalidArgument(f"payloads: {len(payloads)} payloads for {len(ids)} ids")
+        if request.fields and len(request.fields) != len(ids):
+            raise InvalidArgument(f"fields: {len(request.fields)} field sets for {len(ids)} ids")
         codec.check_finite(vectors, "vectors_f32")
         self._stamp(request)
         return shard_pb2.ShardUpsertResponse(upserted=await self.upsert(coll, request, self._deadline(context)))
@@ -183,7 +185,11 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         ids = list(request.ids)
         validation.check_ids(ids, "ids")
         found, vectors, payloads = await self._run(coll.get, ids)
-        return shard_pb2.ShardGetResponse(ids=found, vectors_f32=codec.pack(vectors), payloads=payloads)
+        fields = await self._run(coll.fields_of_ids, found)
+        return shard_pb2.ShardGetResponse(
+            ids=found, vectors_f32=codec.pack(vectors), payloads=payloads,
+            fields=[search_pb2.Fields.FromString(blob) for blob in fields] if any(fields) else (),
+        )
 
     @rpc("Search")
     async def Search(self, request: shard_pb2.ShardSearchRequest, context: Any) -> Any:
@@ -193,14 +199,17 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument(f"queries_f32: holds {queries.shape[0]} queries, n says {request.n}")
         validation.check_query_count(request.n)
         validation.check_search(request.k, request.nprobe)
-        key = (coll, request.nprobe, request.include_payload)
-        return await self._batcher.submit(key, (queries, request.k), queries.shape[0], self._deadline(context))
+        flt = request.filter if request.HasField("filter") else None
+        # Only searches with the same filter share a FAISS call: the key holds its canonical bytes.
+        key = (coll, request.nprobe, request.include_payload, request.include_fields,
+               flt.SerializeToString(deterministic=True) if flt is not None else b"")
+        return await self._batcher.submit(key, (queries, request.k, flt), queries.shape[0], self._deadline(context))
 
     async def _run_batch(
-        self, key: Hashable, items: list[tuple[np.ndarray, int]], timeout: float
+        self, key: Hashable, items: list[tuple[np.ndarray, int, Any]], timeout: float
     ) -> list[shard_pb2.ShardSearchResponse]:
-        coll, nprobe, include_payload = key  # type: ignore[misc]
-        return await self._run(_search_batch, coll, items, nprobe, include_payload)
+        coll, nprobe, include_payload, include_fields, _ = key  # type: ignore[misc]
+        return await self._run(_search_batch, coll, items, nprobe, include_payload, include_fields)
 
     @rpc("Stats")
     async def Stats(self, request: shard_pb2.ShardStatsRequest, context: Any) -> Any:
@@ -241,11 +250,12 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def _export(self, coll: Collection, limit: int) -> AsyncIterator[shard_pb2.ShardExportChunk]:
         name, after = coll.spec.name, -1
         while True:
-            ids, vectors, payloads, versions, after = await self._run(coll.export_chunk, after, limit)
+            ids, vectors, payloads, versions, after, fields = await self._run(coll.export_chunk, after, limit)
             if ids:
                 yield shard_pb2.ShardExportChunk(items=shard_pb2.ShardUpsertRequest(
                     collection=name, ids=ids, vectors_f32=codec.pack(vectors),
                     payloads=payloads if any(payloads) else (), versions=versions.tolist(),
+                    fields=[search_pb2.Fields.FromString(blob) for blob in fields] if any(fields) else (),
                 ))
             if after < 0:
                 break
@@ -267,18 +277,19 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
 
 def _search_batch(
-    coll: Collection, items: list[tuple[np.ndarray, int]], nprobe: int, include_payload: bool
+    coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
+    include_fields: bool = False,
 ) -> list[shard_pb2.ShardSearchResponse]:
     """Runs in the executor: one FAISS call for every request in the batch, split back into one response each.
 
     Requests may ask for different k: the batch searches the largest, and each keeps its own top k (results are
     sorted, so a prefix of the top-K is the top-k).
     """
-    queries = items[0][0] if len(items) == 1 else np.concatenate([q for q, _ in items])
-    k_max = max(k for _, k in items)
-    result = coll.search(queries, k_max, nprobe)
+    queries = items[0][0] if len(items) == 1 else np.concatenate([q for q, _, _ in items])
+    k_max = max(k for _, k, _ in items)
+    result = coll.search(queries, k_max, nprobe, items[0][2])  # one batch, one filter (it is in the batch key)
     responses, offset = [], 0
-    for rows, k in items:
+    for rows, k, _ in items:
         n = rows.shape[0]
         labels = result.labels[offset : offset + n, :k]
         responses.append(shard_pb2.ShardSearchResponse(
@@ -287,6 +298,7 @@ def _search_batch(
             ids=coll.ids_for(labels),
             scores_f32=codec.pack(result.scores[offset : offset + n, :k]),
             payloads=coll.payloads_for(labels) if include_payload else (),
+            fields=[search_pb2.Fields.FromString(blob) for blob in coll.fields_for(labels)] if include_fields else (),
         ))
         offset += n
     return responses

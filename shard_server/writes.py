@@ -124,7 +124,7 @@ class Writer:
         payloads: list[bytes], timeout: float,
     ) -> int:
         if not self.durable:
-            return await self._run(coll.upsert, ids, vectors, payloads, versions_of(request))
+            return await self._run(coll.upsert, ids, vectors, payloads, versions_of(request), list(request.fields))
         op = WriteOp(UPSERT, request, ids, vectors, payloads)
         return int(await self._batcher.submit(coll, op, 1, timeout))
 
@@ -184,7 +184,8 @@ def _apply(coll: Collection, kind: int, payload: bytes) -> int:
     if kind == UPSERT:
         upsert = shard_pb2.ShardUpsertRequest.FromString(payload)
         return coll.upsert(
-            list(upsert.ids), codec.unpack(upsert.vectors_f32, coll.dim), list(upsert.payloads), versions_of(upsert)
+            list(upsert.ids), codec.unpack(upsert.vectors_f32, coll.dim), list(upsert.payloads), versions_of(upsert),
+            list(upsert.fields),
         )
     if kind == DELETE:
         delete = shard_pb2.ShardDeleteRequest.FromString(payload)
@@ -200,7 +201,9 @@ def _commit(coll: Collection, store: CollectionStore, ops: list[WriteOp]) -> lis
     results: list[Any] = []
     for op in ops:
         if op.kind == UPSERT:
-            results.append(coll.upsert(op.ids, op.vectors, op.payloads, versions_of(op.request)))  # type: ignore[arg-type]
+            results.append(coll.upsert(  # type: ignore[arg-type]
+                op.ids, op.vectors, op.payloads, versions_of(op.request), list(op.request.fields)  # type: ignore[union-attr]
+            ))
         elif op.kind == DELETE:
             results.append(coll.delete(op.ids, versions_of(op.request)))
         else:

@@ -141,20 +141,108 @@ class DescribeCollectionResponse(_message.Message):
     def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., total_vectors: _Optional[int] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "vector", "vector_f32", "payload", "text", "image")
+    __slots__ = ("id", "vector", "vector_f32", "payload", "text", "image", "fields")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     VECTOR_F32_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     vector_f32: bytes
     payload: bytes
     text: str
     image: bytes
-    def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., vector_f32: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ...) -> None: ...
+    fields: _containers.MessageMap[str, Value]
+    def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., vector_f32: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., fields: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ("keyword", "number", "keywords")
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    KEYWORDS_FIELD_NUMBER: _ClassVar[int]
+    keyword: str
+    number: float
+    keywords: Keywords
+    def __init__(self, keyword: _Optional[str] = ..., number: _Optional[float] = ..., keywords: _Optional[_Union[Keywords, _Mapping]] = ...) -> None: ...
+
+class Keywords(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Fields(_message.Message):
+    __slots__ = ("values",)
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.MessageMap[str, Value]
+    def __init__(self, values: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("match", "range", "all_of", "any_of", "none_of")
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    ALL_OF_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
+    NONE_OF_FIELD_NUMBER: _ClassVar[int]
+    match: Match
+    range: Range
+    all_of: Filters
+    any_of: Filters
+    none_of: Filters
+    def __init__(self, match: _Optional[_Union[Match, _Mapping]] = ..., range: _Optional[_Union[Range, _Mapping]] = ..., all_of: _Optional[_Union[Filters, _Mapping]] = ..., any_of: _Optional[_Union[Filters, _Mapping]] = ..., none_of: _Optional[_Union[Filters, _Mapping]] = ...) -> None: ...
+
+class Match(_message.Message):
+    __slots__ = ("field", "values")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, field: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Range(_message.Message):
+    __slots__ = ("field", "gt", "gte", "lt", "lte")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    GT_FIELD_NUMBER: _ClassVar[int]
+    GTE_FIELD_NUMBER: _ClassVar[int]
+    LT_FIELD_NUMBER: _ClassVar[int]
+    LTE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    gt: float
+    gte: float
+    lt: float
+    lte: float
+    def __init__(self, field: _Optional[str] = ..., gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
+
+class Filters(_message.Message):
+    __slots__ = ("filters",)
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    filters: _containers.RepeatedCompositeFieldContainer[Filter]
+    def __init__(self, filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
+
+class Diversity(_message.Message):
+    __slots__ = ("field", "max_per_value")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    max_per_value: int
+    def __init__(self, field: _Optional[str] = ..., max_per_value: _Optional[int] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "items")
@@ -199,7 +287,7 @@ class GetResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "vector", "k", "vector_f32", "nprobe", "partial_policy", "include_payload", "request_id", "skip_cache", "min_shards", "score_threshold")
+    __slots__ = ("collection", "vector", "k", "vector_f32", "nprobe", "partial_policy", "include_payload", "request_id", "skip_cache", "min_shards", "score_threshold", "filter", "diversity")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +299,8 @@ class SearchRequest(_message.Message):
     SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
     MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
@@ -222,17 +312,28 @@ class SearchRequest(_message.Message):
     skip_cache: bool
     min_shards: int
     score_threshold: float
-    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., vector_f32: _Optional[bytes] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., request_id: _Optional[str] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    filter: Filter
+    diversity: Diversity
+    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., vector_f32: _Optional[bytes] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., request_id: _Optional[str] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "payload")
+    __slots__ = ("id", "score", "payload", "fields")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     payload: bytes
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    fields: _containers.MessageMap[str, Value]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[bytes] = ..., fields: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "partial", "missing_shards", "request_id", "cached")
@@ -249,7 +350,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
-    __slots__ = ("collection", "vectors_f32", "vectors", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold")
+    __slots__ = ("collection", "vectors_f32", "vectors", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "filter", "diversity")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_F32_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +361,8 @@ class BatchSearchRequest(_message.Message):
     SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
     MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vectors_f32: bytes
     vectors: _containers.RepeatedScalarFieldContainer[float]
@@ -270,10 +373,12 @@ class BatchSearchRequest(_message.Message):
     skip_cache: bool
     min_shards: int
     score_threshold: float
-    def __init__(self, collection: _Optional[str] = ..., vectors_f32: _Optional[bytes] = ..., vectors: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    filter: Filter
+    diversity: Diversity
+    def __init__(self, collection: _Optional[str] = ..., vectors_f32: _Optional[bytes] = ..., vectors: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
 
 class SearchByIdRequest(_message.Message):
-    __slots__ = ("collection", "id", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id")
+    __slots__ = ("collection", "id", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id", "filter", "diversity")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +389,8 @@ class SearchByIdRequest(_message.Message):
     MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     id: str
     k: int
@@ -294,7 +401,9 @@ class SearchByIdRequest(_message.Message):
     min_shards: int
     score_threshold: float
     request_id: str
-    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    filter: Filter
+    diversity: Diversity
+    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
 
 class WeightedQuery(_message.Message):
     __slots__ = ("vector_f32", "id", "text", "image", "weight")
@@ -311,7 +420,7 @@ class WeightedQuery(_message.Message):
     def __init__(self, vector_f32: _Optional[bytes] = ..., id: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class CombinedSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "combine", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id", "include_query_items")
+    __slots__ = ("collection", "queries", "combine", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id", "include_query_items", "filter", "diversity")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     COMBINE_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +433,8 @@ class CombinedSearchRequest(_message.Message):
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_QUERY_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[WeightedQuery]
     combine: Combine
@@ -336,7 +447,9 @@ class CombinedSearchRequest(_message.Message):
     score_threshold: float
     request_id: str
     include_query_items: bool
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[WeightedQuery, _Mapping]]] = ..., combine: _Optional[_Union[Combine, str]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ..., include_query_items: _Optional[bool] = ...) -> None: ...
+    filter: Filter
+    diversity: Diversity
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[WeightedQuery, _Mapping]]] = ..., combine: _Optional[_Union[Combine, str]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ..., include_query_items: _Optional[bool] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
 
 class ListIdsRequest(_message.Message):
     __slots__ = ("collection", "page_size", "page_token")
@@ -379,7 +492,7 @@ class StreamSearchResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., response: _Optional[_Union[SearchResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class SearchByTextRequest(_message.Message):
-    __slots__ = ("collection", "text", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id")
+    __slots__ = ("collection", "text", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id", "filter", "diversity")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -390,6 +503,8 @@ class SearchByTextRequest(_message.Message):
     MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     k: int
@@ -400,10 +515,12 @@ class SearchByTextRequest(_message.Message):
     min_shards: int
     score_threshold: float
     request_id: str
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    filter: Filter
+    diversity: Diversity
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
 
 class SearchByImageRequest(_message.Message):
-    __slots__ = ("collection", "image", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id")
+    __slots__ = ("collection", "image", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "request_id", "filter", "diversity")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -414,6 +531,8 @@ class SearchByImageRequest(_message.Message):
     MIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     k: int
@@ -424,7 +543,9 @@ class SearchByImageRequest(_message.Message):
     min_shards: int
     score_threshold: float
     request_id: str
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    filter: Filter
+    diversity: Diversity
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., request_id: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
     __slots__ = ("texts", "images", "collection")

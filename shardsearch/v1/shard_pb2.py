@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from shardsearch.v1 import search_pb2 as shardsearch_dot_v1_dot_search__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashardsearch/v1/shard.proto\x12\x0eshardsearch.v1\x1a\x1bshardsearch/v1/search.proto\"N\n\x1cShardCreateCollectionRequest\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\"O\n\x1dShardCreateCollectionResponse\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\"*\n\x1aShardDropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1d\n\x1bShardDropCollectionResponse\"\x1d\n\x1bShardListCollectionsRequest\"O\n\x1cShardListCollectionsResponse\x12/\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1a.shardsearch.v1.Collection\"\x7f\n\x12ShardUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x03 \x01(\x0c\x12\x10\n\x08payloads\x18\x04 \x03(\x0c\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x10\n\x08versions\x18\x06 \x03(\x04\"\'\n\x13ShardUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"X\n\x12ShardDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x10\n\x08versions\x18\x04 \x03(\x04\"&\n\x13ShardDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"2\n\x0fShardGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"F\n\x10ShardGetResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x02 \x01(\x0c\x12\x10\n\x08payloads\x18\x03 \x03(\x0c\"|\n\x12ShardSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0bqueries_f32\x18\x02 \x01(\x0c\x12\t\n\x01n\x18\x03 \x01(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x0e\n\x06nprobe\x18\x05 \x01(\r\x12\x17\n\x0finclude_payload\x18\x06 \x01(\x08\"^\n\x13ShardSearchResponse\x12\t\n\x01n\x18\x01 \x01(\r\x12\t\n\x01k\x18\x02 \x01(\r\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12\x12\n\nscores_f32\x18\x04 \x01(\x0c\x12\x10\n\x08payloads\x18\x05 \x03(\x0c\"W\n\x13ShardListIdsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\x12\x0e\n\x06resume\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\"E\n\x14ShardListIdsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\nnext_after\x18\x02 \x01(\x04\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\'\n\x11ShardStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"=\n\x12ShardStatsResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.shardsearch.v1.ShardInfo\"=\n\x12ShardExportRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_items\x18\x02 \x01(\r\"\xaa\x01\n\x10ShardExportChunk\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\x12\x31\n\x05items\x18\x02 \x01(\x0b\x32\".shardsearch.v1.ShardUpsertRequest\x12\x33\n\x07\x64\x65letes\x18\x03 \x01(\x0b\x32\".shardsearch.v1.ShardDeleteRequest\"<\n\x12ShardResyncRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0emissed_version\x18\x02 \x01(\x04\"\x15\n\x13ShardResyncResponse2\xf0\x07\n\x0cShardService\x12o\n\x10\x43reateCollection\x12,.shardsearch.v1.ShardCreateCollectionRequest\x1a-.shardsearch.v1.ShardCreateCollectionResponse\x12i\n\x0e\x44ropCollection\x12*.shardsearch.v1.ShardDropCollectionRequest\x1a+.shardsearch.v1.ShardDropCollectionResponse\x12l\n\x0fListCollections\x12+.shardsearch.v1.ShardListCollectionsRequest\x1a,.shardsearch.v1.ShardListCollectionsResponse\x12Q\n\x06Upsert\x12\".shardsearch.v1.ShardUpsertRequest\x1a#.shardsearch.v1.ShardUpsertResponse\x12Q\n\x06\x44\x65lete\x12\".shardsearch.v1.ShardDeleteRequest\x1a#.shardsearch.v1.ShardDeleteResponse\x12H\n\x03Get\x12\x1f.shardsearch.v1.ShardGetRequest\x1a .shardsearch.v1.ShardGetResponse\x12Q\n\x06Search\x12\".shardsearch.v1.ShardSearchRequest\x1a#.shardsearch.v1.ShardSearchResponse\x12N\n\x05Stats\x12!.shardsearch.v1.ShardStatsRequest\x1a\".shardsearch.v1.ShardStatsResponse\x12T\n\x07ListIds\x12#.shardsearch.v1.ShardListIdsRequest\x1a$.shardsearch.v1.ShardListIdsResponse\x12Z\n\x10\x45xportCollection\x12\".shardsearch.v1.ShardExportRequest\x1a .shardsearch.v1.ShardExportChunk0\x01\x12Q\n\x06Resync\x12\".shardsearch.v1.ShardResyncRequest\x1a#.shardsearch.v1.ShardResyncResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashardsearch/v1/shard.proto\x12\x0eshardsearch.v1\x1a\x1bshardsearch/v1/search.proto\"N\n\x1cShardCreateCollectionRequest\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\"O\n\x1dShardCreateCollectionResponse\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\"*\n\x1aShardDropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1d\n\x1bShardDropCollectionResponse\"\x1d\n\x1bShardListCollectionsRequest\"O\n\x1cShardListCollectionsResponse\x12/\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1a.shardsearch.v1.Collection\"\xa7\x01\n\x12ShardUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x03 \x01(\x0c\x12\x10\n\x08payloads\x18\x04 \x03(\x0c\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x10\n\x08versions\x18\x06 \x03(\x04\x12&\n\x06\x66ields\x18\x07 \x03(\x0b\x32\x16.shardsearch.v1.Fields\"\'\n\x13ShardUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"X\n\x12ShardDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x10\n\x08versions\x18\x04 \x03(\x04\"&\n\x13ShardDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"2\n\x0fShardGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"n\n\x10ShardGetResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x02 \x01(\x0c\x12\x10\n\x08payloads\x18\x03 \x03(\x0c\x12&\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x16.shardsearch.v1.Fields\"\xbc\x01\n\x12ShardSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0bqueries_f32\x18\x02 \x01(\x0c\x12\t\n\x01n\x18\x03 \x01(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x0e\n\x06nprobe\x18\x05 \x01(\r\x12\x17\n\x0finclude_payload\x18\x06 \x01(\x08\x12&\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x16.shardsearch.v1.Filter\x12\x16\n\x0einclude_fields\x18\x08 \x01(\x08\"\x86\x01\n\x13ShardSearchResponse\x12\t\n\x01n\x18\x01 \x01(\r\x12\t\n\x01k\x18\x02 \x01(\r\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12\x12\n\nscores_f32\x18\x04 \x01(\x0c\x12\x10\n\x08payloads\x18\x05 \x03(\x0c\x12&\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x16.shardsearch.v1.Fields\"W\n\x13ShardListIdsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\x12\x0e\n\x06resume\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\"E\n\x14ShardListIdsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\nnext_after\x18\x02 \x01(\x04\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\'\n\x11ShardStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"=\n\x12ShardStatsResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.shardsearch.v1.ShardInfo\"=\n\x12ShardExportRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_items\x18\x02 \x01(\r\"\xaa\x01\n\x10ShardExportChunk\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\x12\x31\n\x05items\x18\x02 \x01(\x0b\x32\".shardsearch.v1.ShardUpsertRequest\x12\x33\n\x07\x64\x65letes\x18\x03 \x01(\x0b\x32\".shardsearch.v1.ShardDeleteRequest\"<\n\x12ShardResyncRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0emissed_version\x18\x02 \x01(\x04\"\x15\n\x13ShardResyncResponse2\xf0\x07\n\x0cShardService\x12o\n\x10\x43reateCollection\x12,.shardsearch.v1.ShardCreateCollectionRequest\x1a-.shardsearch.v1.ShardCreateCollectionResponse\x12i\n\x0e\x44ropCollection\x12*.shardsearch.v1.ShardDropCollectionRequest\x1a+.shardsearch.v1.ShardDropCollectionResponse\x12l\n\x0fListCollections\x12+.shardsearch.v1.ShardListCollectionsRequest\x1a,.shardsearch.v1.ShardListCollectionsResponse\x12Q\n\x06Upsert\x12\".shardsearch.v1.ShardUpsertRequest\x1a#.shardsearch.v1.ShardUpsertResponse\x12Q\n\x06\x44\x65lete\x12\".shardsearch.v1.ShardDeleteRequest\x1a#.shardsearch.v1.ShardDeleteResponse\x12H\n\x03Get\x12\x1f.shardsearch.v1.ShardGetRequest\x1a .shardsearch.v1.ShardGetResponse\x12Q\n\x06Search\x12\".shardsearch.v1.ShardSearchRequest\x1a#.shardsearch.v1.ShardSearchResponse\x12N\n\x05Stats\x12!.shardsearch.v1.ShardStatsRequest\x1a\".shardsearch.v1.ShardStatsResponse\x12T\n\x07ListIds\x12#.shardsearch.v1.ShardListIdsRequest\x1a$.shardsearch.v1.ShardListIdsResponse\x12Z\n\x10\x45xportCollection\x12\".shardsearch.v1.ShardExportRequest\x1a .shardsearch.v1.ShardExportChunk0\x01\x12Q\n\x06Resync\x12\".shardsearch.v1.ShardResyncRequest\x1a#.shardsearch.v1.ShardResyncResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,38 +44,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHARDLISTCOLLECTIONSREQUEST']._serialized_end=340
   _globals['_SHARDLISTCOLLECTIONSRESPONSE']._serialized_start=342
   _globals['_SHARDLISTCOLLECTIONSRESPONSE']._serialized_end=421
-  _globals['_SHARDUPSERTREQUEST']._serialized_start=423
-  _globals['_SHARDUPSERTREQUEST']._serialized_end=550
-  _globals['_SHARDUPSERTRESPONSE']._serialized_start=552
-  _globals['_SHARDUPSERTRESPONSE']._serialized_end=591
-  _globals['_SHARDDELETEREQUEST']._serialized_start=593
-  _globals['_SHARDDELETEREQUEST']._serialized_end=681
-  _globals['_SHARDDELETERESPONSE']._serialized_start=683
-  _globals['_SHARDDELETERESPONSE']._serialized_end=721
-  _globals['_SHARDGETREQUEST']._serialized_start=723
-  _globals['_SHARDGETREQUEST']._serialized_end=773
-  _globals['_SHARDGETRESPONSE']._serialized_start=775
-  _globals['_SHARDGETRESPONSE']._serialized_end=845
-  _globals['_SHARDSEARCHREQUEST']._serialized_start=847
-  _globals['_SHARDSEARCHREQUEST']._serialized_end=971
-  _globals['_SHARDSEARCHRESPONSE']._serialized_start=973
-  _globals['_SHARDSEARCHRESPONSE']._serialized_end=1067
-  _globals['_SHARDLISTIDSREQUEST']._serialized_start=1069
-  _globals['_SHARDLISTIDSREQUEST']._serialized_end=1156
-  _globals['_SHARDLISTIDSRESPONSE']._serialized_start=1158
-  _globals['_SHARDLISTIDSRESPONSE']._serialized_end=1227
-  _globals['_SHARDSTATSREQUEST']._serialized_start=1229
-  _globals['_SHARDSTATSREQUEST']._serialized_end=1268
-  _globals['_SHARDSTATSRESPONSE']._serialized_start=1270
-  _globals['_SHARDSTATSRESPONSE']._serialized_end=1331
-  _globals['_SHARDEXPORTREQUEST']._serialized_start=1333
-  _globals['_SHARDEXPORTREQUEST']._serialized_end=1394
-  _globals['_SHARDEXPORTCHUNK']._serialized_start=1397
-  _globals['_SHARDEXPORTCHUNK']._serialized_end=1567
-  _globals['_SHARDRESYNCREQUEST']._serialized_start=1569
-  _globals['_SHARDRESYNCREQUEST']._serialized_end=1629
-  _globals['_SHARDRESYNCRESPONSE']._serialized_start=1631
-  _globals['_SHARDRESYNCRESPONSE']._serialized_end=1652
-  _globals['_SHARDSERVICE']._serialized_start=1655
-  _globals['_SHARDSERVICE']._serialized_end=2663
+  _globals['_SHARDUPSERTREQUEST']._serialized_start=424
+  _globals['_SHARDUPSERTREQUEST']._serialized_end=591
+  _globals['_SHARDUPSERTRESPONSE']._serialized_start=593
+  _globals['_SHARDUPSERTRESPONSE']._serialized_end=632
+  _globals['_SHARDDELETEREQUEST']._serialized_start=634
+  _globals['_SHARDDELETEREQUEST']._serialized_end=722
+  _globals['_SHARDDELETERESPONSE']._serialized_start=724
+  _globals['_SHARDDELETERESPONSE']._serialized_end=762
+  _globals['_SHARDGETREQUEST']._serialized_start=764
+  _globals['_SHARDGETREQUEST']._serialized_end=814
+  _globals['_SHARDGETRESPONSE']._serialized_start=816
+  _globals['_SHARDGETRESPONSE']._serialized_end=926
+  _globals['_SHARDSEARCHREQUEST']._serialized_start=929
+  _globals['_SHARDSEARCHREQUEST']._serialized_end=1117
+  _globals['_SHARDSEARCHRESPONSE']._serialized_start=1120
+  _globals['_SHARDSEARCHRESPONSE']._serialized_end=1254
+  _globals['_SHARDLISTIDSREQUEST']._serialized_start=1256
+  _globals['_SHARDLISTIDSREQUEST']._serialized_end=1343
+  _globals['_SHARDLISTIDSRESPONSE']._serialized_start=1345
+  _globals['_SHARDLISTIDSRESPONSE']._serialized_end=1414
+  _globals['_SHARDSTATSREQUEST']._serialized_start=1416
+  _globals['_SHARDSTATSREQUEST']._serialized_end=1455
+  _globals['_SHARDSTATSRESPONSE']._serialized_start=1457
+  _globals['_SHARDSTATSRESPONSE']._serialized_end=1518
+  _globals['_SHARDEXPORTREQUEST']._serialized_start=1520
+  _globals['_SHARDEXPORTREQUEST']._serialized_end=1581
+  _globals['_SHARDEXPORTCHUNK']._serialized_start=1584
+  _globals['_SHARDEXPORTCHUNK']._serialized_end=1754
+  _globals['_SHARDRESYNCREQUEST']._serialized_start=1756
+  _globals['_SHARDRESYNCREQUEST']._serialized_end=1816
+  _globals['_SHARDRESYNCRESPONSE']._serialized_start=1818
+  _globals['_SHARDRESYNCRESPONSE']._serialized_end=1839
+  _globals['_SHARDSERVICE']._serialized_start=1842
+  _globals['_SHARDSERVICE']._serialized_end=2850
 # @@protoc_insertion_point(module_scope)

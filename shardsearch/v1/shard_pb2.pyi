@@ -40,20 +40,22 @@ class ShardListCollectionsResponse(_message.Message):
     def __init__(self, collections: _Optional[_Iterable[_Union[_search_pb2.Collection, _Mapping]]] = ...) -> None: ...
 
 class ShardUpsertRequest(_message.Message):
-    __slots__ = ("collection", "ids", "vectors_f32", "payloads", "version", "versions")
+    __slots__ = ("collection", "ids", "vectors_f32", "payloads", "version", "versions", "fields")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_F32_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors_f32: bytes
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
+    fields: _containers.RepeatedCompositeFieldContainer[_search_pb2.Fields]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
 
 class ShardUpsertResponse(_message.Message):
     __slots__ = ("upserted",)
@@ -88,44 +90,52 @@ class ShardGetRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardGetResponse(_message.Message):
-    __slots__ = ("ids", "vectors_f32", "payloads")
+    __slots__ = ("ids", "vectors_f32", "payloads", "fields")
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_F32_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors_f32: bytes
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    fields: _containers.RepeatedCompositeFieldContainer[_search_pb2.Fields]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries_f32", "n", "k", "nprobe", "include_payload")
+    __slots__ = ("collection", "queries_f32", "n", "k", "nprobe", "include_payload", "filter", "include_fields")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_F32_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELDS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries_f32: bytes
     n: int
     k: int
     nprobe: int
     include_payload: bool
-    def __init__(self, collection: _Optional[str] = ..., queries_f32: _Optional[bytes] = ..., n: _Optional[int] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., include_payload: _Optional[bool] = ...) -> None: ...
+    filter: _search_pb2.Filter
+    include_fields: bool
+    def __init__(self, collection: _Optional[str] = ..., queries_f32: _Optional[bytes] = ..., n: _Optional[int] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., include_payload: _Optional[bool] = ..., filter: _Optional[_Union[_search_pb2.Filter, _Mapping]] = ..., include_fields: _Optional[bool] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
-    __slots__ = ("n", "k", "ids", "scores_f32", "payloads")
+    __slots__ = ("n", "k", "ids", "scores_f32", "payloads", "fields")
     N_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_F32_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
     n: int
     k: int
     ids: _containers.RepeatedScalarFieldContainer[str]
     scores_f32: bytes
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, n: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., scores_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    fields: _containers.RepeatedCompositeFieldContainer[_search_pb2.Fields]
+    def __init__(self, n: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., scores_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
 
 class ShardListIdsRequest(_message.Message):
     __slots__ = ("collection", "after", "resume", "limit")

@@ -86,7 +86,7 @@ def test_a_peer_export_brings_a_stale_replica_up_to_date() -> None:
     stale.upsert(["id50"], base[:1] * 0, None, v(12))
     after = -1
     while True:  # small chunks: the export is resumable by label
-        chunk_ids, vectors, payloads, versions, after = peer.export_chunk(after, 7)
+        chunk_ids, vectors, payloads, versions, after, _ = peer.export_chunk(after, 7)
         stale.upsert(chunk_ids, vectors, payloads, versions)
         if after < 0:
             break
