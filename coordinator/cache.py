@@ -90,9 +90,14 @@ class Lookup:
     values: list[bytes | None]
 
 
-def entry_keys(dim: int, metric: int, k: int, nprobe: int, include_payload: bool, queries: np.ndarray) -> list[str]:
-    """One key per query row: the exact float32 bytes plus every option that changes the answer."""
-    prefix = f"{dim}:{metric}:{k}:{nprobe}:{int(include_payload)}:".encode()
+def entry_keys(
+    dim: int, metric: int, k: int, nprobe: int, include_payload: bool, queries: np.ndarray, flt: bytes = b"",
+    include_fields: bool = False,
+) -> list[str]:
+    """One key per query row: the exact float32 bytes plus every option that changes the answer (the filter as its
+    deterministic serialisation, hashed once)."""
+    digest = hashlib.blake2b(flt, digest_size=16).hexdigest() if flt else ""
+    prefix = f"{dim}:{metric}:{k}:{nprobe}:{int(include_payload)}:{int(include_fields)}:{digest}:".encode()
     rows = np.ascontiguousarray(queries, dtype=np.float32)
     return [hashlib.blake2b(prefix + row.tobytes(), digest_size=16).hexdigest() for row in rows]
 

@@ -35,6 +35,10 @@ class SearchOptions:
     include_payload: bool = False
     min_shards: int = 0
     """Answer once this many shards answered (0: every shard, or one with allow_partial)."""
+    filter: bytes = b""
+    """The search_pb2.Filter, serialised deterministically (b"": none): hashable, so part of the batching key."""
+    include_fields: bool = False
+    """Hits carry their structured fields (asked for with include_payload, or needed for diversity)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,9 @@ class Searcher:
         if self._cache is None or not use_cache:
             return await self._batched(spec, queries, opts, timeout)
         n = queries.shape[0]
-        args = (spec.dim, spec.metric, opts.k, opts.nprobe, opts.include_payload, queries)
+        args = (
+            spec.dim, spec.metric, opts.k, opts.nprobe, opts.include_payload, queries, opts.filter, opts.include_fields
+        )
         keys = entry_keys(*args) if n <= 16 else await self._run(entry_keys, *args)
         lookup = await self._lookups.submit(spec.name, keys, n, timeout)
         misses = [i for i, value in enumerate(lookup.values) if value is None]
@@ -150,13 +156,16 @@ class Searcher:
     ) -> SearchOutcome:
         request = shard_pb2.ShardSearchRequest(
             collection=spec.name, queries_f32=codec.pack(queries), n=queries.shape[0], k=opts.k,
-            nprobe=opts.nprobe, include_payload=opts.include_payload,
+            nprobe=opts.nprobe, include_payload=opts.include_payload, include_fields=opts.include_fields,
+            filter=search_pb2.Filter.FromString(opts.filter) if opts.filter else None,
         )
         outcomes = await self._pool.broadcast("Search", request, timeout)
         missing = self._check_failures(spec.name, outcomes, opts)
         answered = [o.response for o in outcomes if o.ok]
         higher_is_better = spec.metric == search_pb2.METRIC_INNER_PRODUCT
-        results = await self._run(assemble, answered, opts.k, higher_is_better, opts.include_payload, missing)
+        results = await self._run(
+            assemble, answered, opts.k, higher_is_better, opts.include_payload, missing, opts.include_fields
+        )
         if missing:
             self._metrics.partial.inc()
         return SearchOutcome(results, missing)
@@ -206,12 +215,17 @@ def to_hits(response: shard_pb2.ShardSearchResponse) -> ShardHits:
     ids = np.array(response.ids, dtype=object).reshape(shape)
     scores = np.frombuffer(response.scores_f32, dtype=codec.F32).reshape(shape)
     payloads = np.array(response.payloads, dtype=object).reshape(shape) if len(response.payloads) else None
-    return ShardHits(ids, scores, payloads)
+    fields = None
+    if len(response.fields) == ids.size and ids.size:
+        fields = np.empty(ids.size, dtype=object)
+        fields[:] = list(response.fields)
+        fields = fields.reshape(shape)
+    return ShardHits(ids, scores, payloads, fields)
 
 
 def assemble(
     responses: Sequence[shard_pb2.ShardSearchResponse], k: int, higher_is_better: bool, include_payload: bool,
-    missing: list[str],
+    missing: list[str], include_fields: bool = False,
 ) -> list[search_pb2.SearchResponse]:
     """Merges the shards' n x k answers and builds one SearchResponse per query (runs in the executor)."""
     merged = merge([to_hits(r) for r in responses], k, higher_is_better)
@@ -226,5 +240,9 @@ def assemble(
             hits = [search_pb2.Hit(id=ids[j], score=scores[j], payload=payloads[j]) for j in range(count)]
         else:
             hits = [search_pb2.Hit(id=ids[j], score=scores[j]) for j in range(count)]
+        if include_fields and merged.fields is not None:
+            for hit, fields in zip(hits, merged.fields[row, :count].tolist()):
+                if fields is not None and fields.values:
+                    hit.fields.MergeFrom(fields.values)
         results.append(search_pb2.SearchResponse(hits=hits, partial=partial, missing_shards=missing))
     return results

@@ -18,6 +18,7 @@ import numpy as np
 
 from coordinator.admission import AdaptiveLimit
 from coordinator.catalog import Catalog
+from coordinator.diversity import depth as diversity_depth, diversify, strip_fields
 from coordinator.ring import Ring
 from coordinator.search import Searcher, SearchOptions
 from coordinator.shards import Outcome, ShardPool
@@ -208,10 +209,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         row = 4 * spec.dim
         for outcome in outcomes:
             r = outcome.response
+            with_fields = len(r.fields) == len(r.ids)
             for i, item_id in enumerate(r.ids):
-                found[item_id] = search_pb2.Item(
+                found[item_id] = item = search_pb2.Item(
                     id=item_id, vector_f32=r.vectors_f32[i * row : (i + 1) * row], payload=r.payloads[i]
                 )
+                if with_fields:
+                    item.fields.MergeFrom(r.fields[i].values)
         return search_pb2.GetResponse(items=[found[i] for i in dict.fromkeys(ids) if i in found])
 
     def _group_ids(self, ids: list[str]) -> list[tuple[Any, list[str]]]:
@@ -229,22 +233,36 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, spec: search_pb2.Collection, query: np.ndarray, request: Any, timeout: float
     ) -> search_pb2.SearchResponse:
         """One query vector, with a request's options (Search, SearchByText, SearchByImage share them)."""
+        opts = self._options(request)
         outcome = await self._searcher.search(
-            spec, query.reshape(1, -1), self._options(request), timeout, use_cache=not request.skip_cache
+            spec, query.reshape(1, -1), replace(opts, k=self._depth(request, opts.k)), timeout,
+            use_cache=not request.skip_cache,
         )
         response = outcome.results[0]
         response.request_id = request.request_id
-        if request.HasField("score_threshold"):
-            apply_threshold(response, request.score_threshold, spec.metric)
+        finish(response, request, spec.metric, opts.k)
         return response
 
     def _options(self, request: Any) -> SearchOptions:
+        """A request's search options, validated; `k` is the caller's (see _depth for what the shards are asked)."""
         validation.check_search(request.k, request.nprobe, self._limits)
+        flt = b""
+        if request.HasField("filter"):
+            validation.check_filter(request.filter, "filter", self._limits)
+            flt = request.filter.SerializeToString(deterministic=True)
+        diverse = request.HasField("diversity")
+        if diverse:
+            validation.check_diversity(request.diversity, "diversity", self._limits)
         return SearchOptions(
             k=request.k, nprobe=request.nprobe,
             allow_partial=request.partial_policy == search_pb2.PARTIAL_POLICY_ALLOW,
             include_payload=request.include_payload, min_shards=request.min_shards,
+            filter=flt, include_fields=request.include_payload or diverse,
         )
+
+    def _depth(self, request: Any, k: int) -> int:
+        """Hits to search for to answer with k: k, or with diversity the deeper list its walk needs."""
+        return diversity_depth(k, self._limits.max_k) if request.HasField("diversity") else k
 
     @rpc("Search")
     async def Search(self, request: search_pb2.SearchRequest, context: Any) -> Any:
@@ -267,11 +285,20 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         spec = await self._catalog.get(request.collection, timeout)
         opts = self._options(request)
         queries = await self._run(codec.many_vectors, request.vectors, request.vectors_f32, spec.dim, "vectors")
-        validation.check_query_count(queries.shape[0], self._limits, k=opts.k)
-        outcome = await self._searcher.search(spec, queries, opts, timeout, use_cache=not request.skip_cache)
-        if request.HasField("score_threshold"):
-            for response in outcome.results:
-                apply_threshold(response, request.score_threshold, spec.metric)
+        n = queries.shape[0]
+        validation.check_query_count(n, self._limits, k=opts.k)
+        searched = self._depth(request, opts.k)
+        if n * searched > self._limits.max_hits:
+            raise InvalidArgument(
+                f"vectors, diversity: {n} queries x {searched} hits searched for diversity at k {opts.k} exceeds the "
+                f"maximum of {self._limits.max_hits} results per request (send at most "
+                f"{self._limits.max_hits // searched} queries per call)"
+            )
+        outcome = await self._searcher.search(
+            spec, queries, replace(opts, k=searched), timeout, use_cache=not request.skip_cache
+        )
+        if request.HasField("score_threshold") or request.HasField("diversity"):
+            await self._run(finish_all, outcome.results, request, spec.metric, opts.k)
         return search_pb2.BatchSearchResponse(
             results=outcome.results, partial=bool(outcome.missing), missing_shards=outcome.missing
         )
@@ -291,14 +318,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if opts.k >= self._limits.max_k:  # one more is searched for, the item itself
             raise InvalidArgument(f"k: {opts.k} must be below {self._limits.max_k} for SearchById")
         query = await self._stored_vector(spec, request.id, timeout)
+        searched = min(self._limits.max_k, self._depth(request, opts.k) + 1)
         outcome = await self._searcher.search(
-            spec, query.reshape(1, -1), replace(opts, k=opts.k + 1), timeout, use_cache=not request.skip_cache
+            spec, query.reshape(1, -1), replace(opts, k=searched), timeout, use_cache=not request.skip_cache
         )
         response = outcome.results[0]
-        leave_out(response, {request.id}, opts.k)
+        leave_out(response, {request.id}, searched if request.HasField("diversity") else opts.k)
         response.request_id = request.request_id
-        if request.HasField("score_threshold"):
-            apply_threshold(response, request.score_threshold, spec.metric)
+        finish(response, request, spec.metric, opts.k)
         return response
 
     async def _stored_vector(self, spec: search_pb2.Collection, item_id: str, timeout: float) -> np.ndarray:
@@ -337,24 +364,25 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if wanted > self._limits.max_k:
             raise InvalidArgument(f"k: {opts.k} plus {len(exclude)} query items to leave out exceeds {self._limits.max_k}")
         use_cache = not request.skip_cache
+        listed = self._depth(request, opts.k)  # the result list before diversity (k without it)
         if request.combine in (search_pb2.COMBINE_UNSPECIFIED, search_pb2.COMBINE_MEAN):
             query = await self._run(mean_query, vectors, weights, spec.metric)
-            outcome = await self._searcher.search(spec, query, replace(opts, k=wanted), timeout, use_cache=use_cache)
+            searched = min(self._limits.max_k, listed + len(exclude))
+            outcome = await self._searcher.search(spec, query, replace(opts, k=searched), timeout, use_cache=use_cache)
             response = outcome.results[0]
-            leave_out(response, exclude, opts.k)
+            leave_out(response, exclude, listed)
             metric = spec.metric
         elif request.combine == search_pb2.COMBINE_RRF:
-            depth = min(self._limits.max_k, max(2 * wanted, RRF_MIN_DEPTH))
+            depth = min(self._limits.max_k, max(2 * (listed + len(exclude)), RRF_MIN_DEPTH))
             outcome = await self._searcher.search(spec, vectors, replace(opts, k=depth), timeout, use_cache=use_cache)
-            response = await self._run(fuse_rrf, outcome.results, weights, opts.k, exclude)
+            response = await self._run(fuse_rrf, outcome.results, weights, listed, exclude)
             response.partial = bool(outcome.missing)
             response.missing_shards.extend(outcome.missing)
             metric = search_pb2.METRIC_INNER_PRODUCT  # fused scores: larger is better
         else:
             raise InvalidArgument(f"combine: {request.combine} is not a Combine value")
         response.request_id = request.request_id
-        if request.HasField("score_threshold"):
-            apply_threshold(response, request.score_threshold, metric)
+        finish(response, request, metric, opts.k)
         return response
 
     async def _part_vectors(
@@ -622,19 +650,21 @@ def fuse_rrf(
     results: Sequence[search_pb2.SearchResponse], weights: np.ndarray, k: int, exclude: set[str]
 ) -> search_pb2.SearchResponse:
     """Weighted reciprocal rank fusion: each part's hit at rank r (from 1) adds weight / (RRF_K + r); best k by
-    fused score, ties by id. Items in `exclude` still hold their ranks in each list but are not returned."""
+    fused score, ties by id. Items in `exclude` still hold their ranks in each list but are not returned.
+    Each fused hit keeps the payload and fields it had in the parts' hits."""
     fused: dict[str, float] = {}
-    payloads: dict[str, bytes] = {}
+    first: dict[str, search_pb2.Hit] = {}
     for weight, result in zip(weights.tolist(), results):
         for rank, hit in enumerate(result.hits, 1):
             if hit.id in exclude:
                 continue
             fused[hit.id] = fused.get(hit.id, 0.0) + weight / (RRF_K + rank)
-            payloads.setdefault(hit.id, hit.payload)
+            first.setdefault(hit.id, hit)
     best = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
-    return search_pb2.SearchResponse(
-        hits=[search_pb2.Hit(id=item_id, score=score, payload=payloads[item_id]) for item_id, score in best]
-    )
+    return search_pb2.SearchResponse(hits=[
+        search_pb2.Hit(id=item_id, score=score, payload=first[item_id].payload, fields=first[item_id].fields)
+        for item_id, score in best
+    ])
 
 
 def leave_out(response: search_pb2.SearchResponse, ids: set[str], k: int) -> None:
@@ -642,6 +672,23 @@ def leave_out(response: search_pb2.SearchResponse, ids: set[str], k: int) -> Non
     kept = [hit for hit in response.hits if hit.id not in ids][:k]
     del response.hits[:]
     response.hits.extend(kept)
+
+
+def finish(response: search_pb2.SearchResponse, request: Any, metric: int, k: int) -> None:
+    """What follows the merge, in this order: the score threshold, then diversity (down to k hits), then the fields
+    fetched only for diversity are dropped (kept with include_payload)."""
+    if request.HasField("score_threshold"):
+        apply_threshold(response, request.score_threshold, metric)
+    if request.HasField("diversity"):
+        diversify(response, request.diversity, k)
+        if not request.include_payload:
+            strip_fields(response)
+
+
+def finish_all(responses: Sequence[search_pb2.SearchResponse], request: Any, metric: int, k: int) -> None:
+    """finish() for each query of a BatchSearch (runs in the executor)."""
+    for response in responses:
+        finish(response, request, metric, k)
 
 
 def apply_threshold(response: search_pb2.SearchResponse, threshold: float, metric: int) -> None:
@@ -718,6 +765,7 @@ def route_items(
     payloads = [item.payload for item in items]
     validation.check_payloads(payloads, "items", limits)
     has_payload = any(payloads)
+    fields = item_fields(items, limits)
     owners = ring.owner_indices(ids)
     routed = []
     for shard_index in np.unique(owners):
@@ -725,5 +773,19 @@ def route_items(
         routed.append((pool.shards[shard_index], shard_pb2.ShardUpsertRequest(
             collection=spec.name, ids=[ids[i] for i in rows], vectors_f32=codec.pack(matrix[rows]),
             payloads=[payloads[i] for i in rows] if has_payload else (), version=version,
+            fields=[fields[i] for i in rows] if fields and any(fields[i].values for i in rows) else (),
         )))
     return routed
+
+
+def item_fields(items: Sequence[search_pb2.Item], limits: validation.Limits) -> list[search_pb2.Fields]:
+    """Each item's structured fields, validated; [] when no item has any (the shard requests then carry none)."""
+    if not any(item.fields for item in items):
+        return []
+    fields = []
+    for i, item in enumerate(items):
+        one = search_pb2.Fields(values=item.fields)
+        if item.fields:
+            validation.check_fields(one, f"items[{i}].fields", limits)
+        fields.append(one)
+    return fields
