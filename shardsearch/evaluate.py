@@ -14,7 +14,8 @@ Conventions (the README's "Offline evaluation" says the same):
   never relevant, so duplicates can only lower the scores.
 - Precision@K divides by K, not by the hits returned: fewer than K hits lower it.
 - A query with no relevant ids is not searched: it is left out of every mean and counted in `skipped`. A query that
-  fails (a gRPC error, or a text query before SearchByText exists) is left out too and counted in `failed` by code.
+  fails (a gRPC error: say FAILED_PRECONDITION for a text query to a coordinator without a text model) is left out
+  too and counted in `failed` by code.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_AT = (1, 5, 10, 100)
 DEFAULT_K = 10
 CONNECT_TIMEOUT_S = 10.0
-UNSUPPORTED = "UNSUPPORTED"
-TEXT_UNSUPPORTED = "text queries need the SearchByText RPC, which this version does not offer yet"
 QUERY_FIELDS = ("query_id", "relevant", "relevant_ids", "vector", "id", "text")
 
 
@@ -156,7 +155,7 @@ class EvalResult:
     skipped: int
     failed: int
     errors: dict[str, dict[str, Any]]
-    """Per gRPC code name (or UNSUPPORTED): {"count": n, "example": the first message}."""
+    """Per gRPC code name: {"count": n, "example": the first message}."""
     elapsed_s: float
     settings: dict[str, Any]
     scores: tuple[QueryScore, ...]
@@ -363,14 +362,15 @@ class EvalConfig:
 
 
 async def search_one(stub: search_pb2_grpc.SearchServiceStub, config: EvalConfig, query: Query) -> QueryResult:
-    """Searches one query; a gRPC error (or a text query) becomes the result's error, never an exception."""
+    """Searches one query (SearchByText for a text, SearchById for an id, Search for a vector); a gRPC error becomes
+    the result's error, never an exception."""
     if not query.relevant:
         return QueryResult(query.query_id, query.relevant)
-    if query.kind == "text":
-        return QueryResult(query.query_id, query.relevant, error=(UNSUPPORTED, TEXT_UNSUPPORTED))
     shared = {"collection": config.collection, "k": config.k, "nprobe": config.nprobe, "skip_cache": config.skip_cache}
     try:
-        if isinstance(query.value, str):  # an id query
+        if query.kind == "text":
+            call = stub.SearchByText(search_pb2.SearchByTextRequest(text=query.value, **shared), timeout=config.timeout)
+        elif query.kind == "id":
             call = stub.SearchById(search_pb2.SearchByIdRequest(id=query.value, **shared), timeout=config.timeout)
         else:
             call = stub.Search(search_pb2.SearchRequest(vector_f32=query.value, **shared), timeout=config.timeout)

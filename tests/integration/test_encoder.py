@@ -418,3 +418,22 @@ def test_a_model_that_comes_up_later_is_connected_in_the_background(triton: Trit
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
                     assert time.monotonic() < deadline, "the model was not connected after Triton came up"
                     time.sleep(0.5)
+
+
+def test_offline_evaluation_of_text_queries(stub: search_pb2_grpc.SearchServiceStub, cluster: LocalCluster,
+                                            tmp_path: Path) -> None:
+    """`shardsearch eval` sends text queries to SearchByText: each paraphrase's source is its one relevant item."""
+    from shardsearch import evaluate
+
+    rows = [json.loads(line) for line in SENTENCES.read_text().splitlines() if line.strip()]
+    if "sentences" not in [c.name for c in stub.ListCollections(pb.ListCollectionsRequest()).collections]:
+        test_paraphrase_finds_its_source_sentence(stub)
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(
+        json.dumps({"query_id": r["id"], "text": r["text"], "relevant": [r["paraphrase_of"]]}) + "\n"
+        for r in rows if "paraphrase_of" in r
+    ))
+    config = evaluate.EvalConfig(address=cluster.address, collection="sentences", queries=str(queries), k=10, at=(1, 10))
+    result = asyncio.run(evaluate.run_eval(config))
+    assert result.evaluated == sum("paraphrase_of" in r for r in rows) and not result.errors
+    assert result.metrics[1].recall == 1.0 and result.metrics[10].reciprocal_rank == 1.0

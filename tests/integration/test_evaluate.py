@@ -98,8 +98,9 @@ def test_command_reports_exact_recall_and_the_numbers_computed_here(
               "--at", "1,5,10", "--concurrency", "4", "--skip-cache", "--json", str(out), "--per-query"])
     result = json.loads(out.read_text())
     assert (result["queries"], result["evaluated"], result["skipped"], result["failed"]) == (23, 21, 1, 1)
-    assert list(result["errors"]) == ["UNSUPPORTED"] and result["errors"]["UNSUPPORTED"]["count"] == 1
-    assert "SearchByText" in result["errors"]["UNSUPPORTED"]["example"]
+    # The text query went to SearchByText, and this cluster has no text model.
+    assert list(result["errors"]) == ["FAILED_PRECONDITION"] and result["errors"]["FAILED_PRECONDITION"]["count"] == 1
+    assert "no text model is configured" in result["errors"]["FAILED_PRECONDITION"]["example"]
     per_query = {q["query_id"]: q for q in result["per_query"]}
     for query_id, metrics in want.items():
         for k in map(str, KS):
@@ -115,7 +116,7 @@ def test_command_reports_exact_recall_and_the_numbers_computed_here(
     assert result["settings"]["k"] == 10 and result["settings"]["ks"] == [1, 5, 10]
     table = capsys.readouterr().out
     assert "23 queries: 21 evaluated, 1 skipped (no relevant ids), 1 failed" in table
-    assert "Recall@K" in table and "failed: UNSUPPORTED x1" in table
+    assert "Recall@K" in table and "failed: FAILED_PRECONDITION x1" in table
 
 
 async def test_runner_scores_the_exact_queries_alone(cluster, vector_set) -> None:
@@ -137,7 +138,7 @@ def test_command_exits_1_when_every_query_fails(cluster, vector_set, tmp_path: P
     assert exit_.value.code == 1
     result = json.loads(out.read_text())
     assert result["evaluated"] == 0 and result["metrics"] == {}
-    assert result["errors"]["NOT_FOUND"]["count"] == 21 and result["errors"]["UNSUPPORTED"]["count"] == 1
+    assert result["errors"]["NOT_FOUND"]["count"] == 22  # the text query too
 
 
 async def test_id_queries_exclude_the_item_and_find_its_neighbours(cluster, base, tmp_path: Path) -> None:
