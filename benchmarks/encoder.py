@@ -32,6 +32,8 @@ import tritonclient.grpc.aio as triton_aio
 from PIL import Image
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
+from report import save
+
 from encoder_client.preprocess import InputLimits, PixelSpec, preprocess_image
 from shardsearch.local import (
     TRITON_IMAGE_MODEL, TRITON_TEXT_MODEL, LocalCluster, RedisServer, TritonServer,
@@ -166,17 +168,6 @@ def report(results: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=1000)
@@ -192,14 +183,9 @@ def main() -> None:
             results = asyncio.run(
                 measure(cluster.address, triton.url, args.texts, args.images, args.batch, args.concurrency)
             )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
     command = (f"python benchmarks/encoder.py --texts {args.texts} --images {args.images} --batch {args.batch} "
                f"--concurrency {args.concurrency}")
-    section = report(results, command)
-    print(section)
-    if args.out:
-        write_section(args.out, section)
+    save(results, args.json, SECTION, report(results, command), args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ as many lists.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import save  # noqa: E402
 from throughput import embedding_like  # noqa: E402
 
 from shardsearch import codec  # noqa: E402
@@ -168,17 +168,6 @@ def report(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=400_000)
@@ -190,14 +179,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("bench-results/filters.json"))
     args = parser.parse_args()
     results = run(args.n, args.queries, args.shards, args.batch, args.seconds)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
     command = (f"python benchmarks/filters.py --n {args.n} --queries {args.queries} --shards {args.shards} "
                f"--batch {args.batch} --seconds {args.seconds:g}")
-    section = report(results, command)
-    print(section)
-    if args.out:
-        write_section(args.out, section)
+    save(results, args.json, SECTION, report(results, command), args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import struct
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from report import save
 from throughput import COLLECTION, load, machine, make_data, ms
 
 from shardsearch import codec
@@ -202,18 +202,6 @@ def report(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replaces the Overload section of the report (or appends it)."""
-    text = path.read_text() if path.exists() else ""
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200_000)
@@ -223,13 +211,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("bench-results/overload.json"))
     args = parser.parse_args()
     results = run(args.n, args.seconds, args.data_dir)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
     command = f"python benchmarks/overload.py --n {args.n} --seconds {args.seconds:g}"
-    section = report(results, command)
-    print(section)
-    if args.out:
-        write_section(args.out, section)
+    save(results, args.json, SECTION, report(results, command), args.out)
 
 
 if __name__ == "__main__":
