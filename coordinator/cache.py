@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from shardsearch.config import cache_kind
 from shardsearch.metrics import LATENCY_BUCKETS
 
 logger = logging.getLogger(__name__)
@@ -301,18 +302,13 @@ def build(
     kind: str, metrics: CacheMetrics, redis_url: str, ttl_s: float, timeout_s: float, retry_s: float, max_bytes: int,
 ) -> ResultCache | None:
     """kind: auto (Redis if a URL is set, else local), redis, local or off."""
-    if kind == "auto":
-        kind = "redis" if redis_url else "local"
+    kind = cache_kind(kind, redis_url, "cache")
     if kind == "off":
         metrics.up.set(0)
         return None
     if kind == "local":
         return LocalCache(metrics, max_bytes)
-    if kind == "redis":
-        if not redis_url:
-            raise ValueError("cache=redis needs redis_url (e.g. redis://redis:6379/0)")
-        return RedisCache(metrics, redis_url, ttl_s, timeout_s, retry_s)
-    raise ValueError(f"unknown cache kind {kind!r}: use auto, redis, local or off")
+    return RedisCache(metrics, redis_url, ttl_s, timeout_s, retry_s)
 
 
 def describe(cache: Any) -> str:

@@ -21,6 +21,8 @@ from redis import asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shardsearch.config import cache_kind
+
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_STORES = 64
@@ -179,15 +181,10 @@ def build(
     retry_s: float = 1.0,
 ) -> EmbeddingCache | None:
     """kind: auto (Redis if a URL is set, else local), redis, local or off."""
-    if kind == "auto":
-        kind = "redis" if redis_url else "local"
+    kind = cache_kind(kind, redis_url, "embedding_cache")
     if kind == "off":
         metrics.up.set(0)
         return None
     if kind == "local":
         return LocalEmbeddingCache(metrics, max_bytes)
-    if kind == "redis":
-        if not redis_url:
-            raise ValueError("embedding_cache=redis needs redis_url (e.g. redis://redis:6379/0)")
-        return RedisEmbeddingCache(metrics, redis_url, ttl_s, timeout_s, retry_s)
-    raise ValueError(f"unknown embedding cache kind {kind!r}: use auto, redis, local or off")
+    return RedisEmbeddingCache(metrics, redis_url, ttl_s, timeout_s, retry_s)

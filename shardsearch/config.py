@@ -81,3 +81,15 @@ def from_env(cls: type[T], prefix: str, env: dict[str, str] | None = None, **ove
             values[field.name] = _convert(raw, kind)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
+
+
+def cache_kind(kind: str, redis_url: str, setting: str) -> str:
+    """Resolves a cache setting (auto, redis, local or off) to redis, local or off: auto is Redis when a URL is set,
+    else an in-process LRU. `setting` names it in errors."""
+    if kind == "auto":
+        kind = "redis" if redis_url else "local"
+    if kind not in ("redis", "local", "off"):
+        raise ValueError(f"unknown {setting} kind {kind!r}: use auto, redis, local or off")
+    if kind == "redis" and not redis_url:
+        raise ValueError(f"{setting}=redis needs redis_url (e.g. redis://redis:6379/0)")
+    return kind

@@ -325,7 +325,7 @@ def _vector(value: Any) -> bytes:
 # --- the run --------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(security.ClientSecurity):
     """One evaluation run; each field is the `shardsearch eval` flag of the same name. Checked on creation."""
 
     address: str = "127.0.0.1:50051"
@@ -342,12 +342,6 @@ class EvalConfig:
     """Calls in flight at once."""
     timeout: float = 5.0
     """Per-call deadline in seconds."""
-    tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    tls_server_name: str = ""
-    token_file: str = ""
-    """As for `shardsearch bench`: see shardsearch.security.client_channel_factory."""
 
     def __post_init__(self) -> None:
         if not self.collection:
@@ -402,10 +396,7 @@ async def run_eval(config: EvalConfig, queries: Sequence[Query] | None = None) -
     """
     if queries is None:
         queries = await asyncio.to_thread(load_queries, config.queries)
-    connect = security.client_channel_factory(
-        config.tls_ca_file, config.tls_cert_file, config.tls_key_file, config.tls_server_name, config.token_file,
-        options=channel_options(),
-    )
+    connect = config.channel_factory(options=channel_options())
     channel = connect(config.address)
     try:
         try:
@@ -457,9 +448,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
         address=args.address, collection=args.collection, queries=args.queries, k=k, at=at, nprobe=args.nprobe,
         skip_cache=args.skip_cache, concurrency=args.concurrency, timeout=args.timeout,
-        tls_ca_file=args.tls_ca_file or "", tls_cert_file=args.tls_cert_file or "",
-        tls_key_file=args.tls_key_file or "", tls_server_name=args.tls_server_name or "",
-        token_file=args.token_file or "",
+        **security.ClientSecurity.from_args(args),
     )
 
 

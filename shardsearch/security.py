@@ -270,6 +270,30 @@ class ChannelFactory:
                                        interceptors=self._interceptors)
 
 
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a command dials the coordinator (the fields of `add_client_arguments`' flags): TLS trusting
+    `tls_ca_file`, a client certificate and key for mutual TLS, a server name to check instead of the dialled host,
+    and the first token of `token_file` sent as `authorization: Bearer <token>` with every call."""
+
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_server_name: str = ""
+    token_file: str = ""
+
+    def channel_factory(self, options: Sequence[tuple[str, Any]] | None = None) -> ChannelFactory:
+        return client_channel_factory(
+            self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_server_name, self.token_file,
+            options=options,
+        )
+
+    @staticmethod
+    def from_args(args: argparse.Namespace) -> dict[str, str]:
+        """The fields as keyword arguments, from flags added with add_client_arguments(parser, "")."""
+        return {name: getattr(args, name) or "" for name in ClientSecurity.__dataclass_fields__}
+
+
 def client_channel_factory(
     ca_file: str = "", cert_file: str = "", key_file: str = "", server_name: str = "", token_file: str = "",
     tls: bool = False, options: Sequence[tuple[str, Any]] | None = None,

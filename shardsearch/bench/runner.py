@@ -35,7 +35,7 @@ _CHANNEL_OPTIONS = [*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(security.ClientSecurity):
     """Everything one run needs; each field is a `shardsearch bench` flag of the same name. Checked on creation."""
 
     address: str = "127.0.0.1:50051"
@@ -80,14 +80,6 @@ class BenchConfig:
     """Wait until DescribeCollection shows every shard trained before the run."""
     progress: bool = False
     """Write a progress line to stderr about once a second."""
-    tls_ca_file: str = ""
-    """Dial the coordinator over TLS, trusting this CA (see shardsearch.security.client_channel_factory)."""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    """Client certificate and key, for a coordinator that requires mutual TLS."""
-    tls_server_name: str = ""
-    token_file: str = ""
-    """Its first token is sent as `authorization: Bearer <token>` with every call."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -214,10 +206,7 @@ async def _drive(config: BenchConfig, caller: Caller, plan: Plan, recorder: Reco
 
 async def run_bench(config: BenchConfig, data: Workload | None = None) -> BenchResult:
     """Runs one benchmark against `config.address`; `data`, if given, replaces the config's query files."""
-    connect = security.client_channel_factory(
-        config.tls_ca_file, config.tls_cert_file, config.tls_key_file, config.tls_server_name, config.token_file,
-        options=_CHANNEL_OPTIONS,
-    )
+    connect = config.channel_factory(options=_CHANNEL_OPTIONS)
     channels = [connect(config.address) for _ in range(config.channels)]
     try:
         try:

@@ -61,9 +61,7 @@ def run(args: argparse.Namespace) -> None:
             args.address, args.collection, source_from_args(args), batch_size=args.batch_size,
             concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, overwrite=args.overwrite,
             create=args.create, dim=args.dim, metric=args.metric, progress=False if args.no_progress else None,
-            tls_ca_file=args.tls_ca_file or "", tls_cert_file=args.tls_cert_file or "",
-            tls_key_file=args.tls_key_file or "", tls_server_name=args.tls_server_name or "",
-            token_file=args.token_file or "",
+            **security.ClientSecurity.from_args(args),
         ))
     except KeyboardInterrupt:
         print("shardsearch ingest: interrupted; run the same command again to resume (stored ids are skipped)",

@@ -34,7 +34,7 @@ class IngestError(Exception):
 
 
 @dataclass(frozen=True)
-class IngestOptions:
+class IngestOptions(security.ClientSecurity):
     """Each field is the `shardsearch ingest` flag of the same name; checked on creation."""
 
     batch_size: int = 0
@@ -56,12 +56,6 @@ class IngestOptions:
     metric: str = "l2"
     progress: bool | None = False
     """Show a progress bar on stderr; None: only when stderr is a terminal."""
-    tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    tls_server_name: str = ""
-    token_file: str = ""
-    """As for `shardsearch eval`: see shardsearch.security.client_channel_factory."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 0 or self.concurrency < 1 or self.timeout <= 0 or self.retries < 0 or self.dim < 0:
@@ -80,10 +74,7 @@ async def ingest(address: str, collection: str, source: Source | str | Path, *, 
     opts = IngestOptions(**options)
     if not isinstance(source, Source):
         source = await asyncio.to_thread(open_source, source, ids)
-    connect = security.client_channel_factory(
-        opts.tls_ca_file, opts.tls_cert_file, opts.tls_key_file, opts.tls_server_name, opts.token_file,
-        options=channel_options(),
-    )
+    connect = opts.channel_factory(options=channel_options())
     channel = connect(address)
     try:
         try:
