@@ -22,60 +22,81 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from shardsearch.v1 import admin_pb2 as shardsearch_dot_v1_dot_admin__pb2
 from shardsearch.v1 import search_pb2 as shardsearch_dot_v1_dot_search__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashardsearch/v1/shard.proto\x12\x0eshardsearch.v1\x1a\x1bshardsearch/v1/search.proto\"N\n\x1cShardCreateCollectionRequest\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\"O\n\x1dShardCreateCollectionResponse\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\"*\n\x1aShardDropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1d\n\x1bShardDropCollectionResponse\"\x1d\n\x1bShardListCollectionsRequest\"O\n\x1cShardListCollectionsResponse\x12/\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1a.shardsearch.v1.Collection\"\xa7\x01\n\x12ShardUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x03 \x01(\x0c\x12\x10\n\x08payloads\x18\x04 \x03(\x0c\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x10\n\x08versions\x18\x06 \x03(\x04\x12&\n\x06\x66ields\x18\x07 \x03(\x0b\x32\x16.shardsearch.v1.Fields\"\'\n\x13ShardUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"X\n\x12ShardDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x10\n\x08versions\x18\x04 \x03(\x04\"&\n\x13ShardDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"2\n\x0fShardGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"n\n\x10ShardGetResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x02 \x01(\x0c\x12\x10\n\x08payloads\x18\x03 \x03(\x0c\x12&\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x16.shardsearch.v1.Fields\"\xbc\x01\n\x12ShardSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0bqueries_f32\x18\x02 \x01(\x0c\x12\t\n\x01n\x18\x03 \x01(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x0e\n\x06nprobe\x18\x05 \x01(\r\x12\x17\n\x0finclude_payload\x18\x06 \x01(\x08\x12&\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x16.shardsearch.v1.Filter\x12\x16\n\x0einclude_fields\x18\x08 \x01(\x08\"\x86\x01\n\x13ShardSearchResponse\x12\t\n\x01n\x18\x01 \x01(\r\x12\t\n\x01k\x18\x02 \x01(\r\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12\x12\n\nscores_f32\x18\x04 \x01(\x0c\x12\x10\n\x08payloads\x18\x05 \x03(\x0c\x12&\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x16.shardsearch.v1.Fields\"W\n\x13ShardListIdsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\x12\x0e\n\x06resume\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\"E\n\x14ShardListIdsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\nnext_after\x18\x02 \x01(\x04\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\'\n\x11ShardStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"=\n\x12ShardStatsResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.shardsearch.v1.ShardInfo\"=\n\x12ShardExportRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_items\x18\x02 \x01(\r\"\xaa\x01\n\x10ShardExportChunk\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\x12\x31\n\x05items\x18\x02 \x01(\x0b\x32\".shardsearch.v1.ShardUpsertRequest\x12\x33\n\x07\x64\x65letes\x18\x03 \x01(\x0b\x32\".shardsearch.v1.ShardDeleteRequest\"<\n\x12ShardResyncRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0emissed_version\x18\x02 \x01(\x04\"\x15\n\x13ShardResyncResponse2\xf0\x07\n\x0cShardService\x12o\n\x10\x43reateCollection\x12,.shardsearch.v1.ShardCreateCollectionRequest\x1a-.shardsearch.v1.ShardCreateCollectionResponse\x12i\n\x0e\x44ropCollection\x12*.shardsearch.v1.ShardDropCollectionRequest\x1a+.shardsearch.v1.ShardDropCollectionResponse\x12l\n\x0fListCollections\x12+.shardsearch.v1.ShardListCollectionsRequest\x1a,.shardsearch.v1.ShardListCollectionsResponse\x12Q\n\x06Upsert\x12\".shardsearch.v1.ShardUpsertRequest\x1a#.shardsearch.v1.ShardUpsertResponse\x12Q\n\x06\x44\x65lete\x12\".shardsearch.v1.ShardDeleteRequest\x1a#.shardsearch.v1.ShardDeleteResponse\x12H\n\x03Get\x12\x1f.shardsearch.v1.ShardGetRequest\x1a .shardsearch.v1.ShardGetResponse\x12Q\n\x06Search\x12\".shardsearch.v1.ShardSearchRequest\x1a#.shardsearch.v1.ShardSearchResponse\x12N\n\x05Stats\x12!.shardsearch.v1.ShardStatsRequest\x1a\".shardsearch.v1.ShardStatsResponse\x12T\n\x07ListIds\x12#.shardsearch.v1.ShardListIdsRequest\x1a$.shardsearch.v1.ShardListIdsResponse\x12Z\n\x10\x45xportCollection\x12\".shardsearch.v1.ShardExportRequest\x1a .shardsearch.v1.ShardExportChunk0\x01\x12Q\n\x06Resync\x12\".shardsearch.v1.ShardResyncRequest\x1a#.shardsearch.v1.ShardResyncResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashardsearch/v1/shard.proto\x12\x0eshardsearch.v1\x1a\x1ashardsearch/v1/admin.proto\x1a\x1bshardsearch/v1/search.proto\"N\n\rRingSelection\x12\x0c\n\x04ring\x18\x01 \x03(\t\x12\x0e\n\x06vnodes\x18\x02 \x01(\r\x12\x0e\n\x06owners\x18\x03 \x03(\t\x12\x0f\n\x07\x62uckets\x18\x04 \x03(\r\"N\n\x1cShardCreateCollectionRequest\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\"O\n\x1dShardCreateCollectionResponse\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\"*\n\x1aShardDropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1d\n\x1bShardDropCollectionResponse\"\x1d\n\x1bShardListCollectionsRequest\"O\n\x1cShardListCollectionsResponse\x12/\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1a.shardsearch.v1.Collection\"\xc1\x01\n\x12ShardUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x03 \x01(\x0c\x12\x10\n\x08payloads\x18\x04 \x03(\x0c\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x10\n\x08versions\x18\x06 \x03(\x04\x12&\n\x06\x66ields\x18\x07 \x03(\x0b\x32\x16.shardsearch.v1.Fields\x12\x18\n\x10topology_version\x18\x08 \x01(\x04\"\'\n\x13ShardUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"r\n\x12ShardDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x10\n\x08versions\x18\x04 \x03(\x04\x12\x18\n\x10topology_version\x18\x05 \x01(\x04\"&\n\x13ShardDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"L\n\x0fShardGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x18\n\x10topology_version\x18\x03 \x01(\x04\"n\n\x10ShardGetResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x02 \x01(\x0c\x12\x10\n\x08payloads\x18\x03 \x03(\x0c\x12&\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x16.shardsearch.v1.Fields\"\xd6\x01\n\x12ShardSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0bqueries_f32\x18\x02 \x01(\x0c\x12\t\n\x01n\x18\x03 \x01(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x0e\n\x06nprobe\x18\x05 \x01(\r\x12\x17\n\x0finclude_payload\x18\x06 \x01(\x08\x12&\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x16.shardsearch.v1.Filter\x12\x16\n\x0einclude_fields\x18\x08 \x01(\x08\x12\x18\n\x10topology_version\x18\t \x01(\x04\"\x86\x01\n\x13ShardSearchResponse\x12\t\n\x01n\x18\x01 \x01(\r\x12\t\n\x01k\x18\x02 \x01(\r\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12\x12\n\nscores_f32\x18\x04 \x01(\x0c\x12\x10\n\x08payloads\x18\x05 \x03(\x0c\x12&\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x16.shardsearch.v1.Fields\"q\n\x13ShardListIdsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\x12\x0e\n\x06resume\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x18\n\x10topology_version\x18\x05 \x01(\x04\"E\n\x14ShardListIdsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\nnext_after\x18\x02 \x01(\x04\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\'\n\x11ShardStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"=\n\x12ShardStatsResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.shardsearch.v1.ShardInfo\"l\n\x12ShardExportRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_items\x18\x02 \x01(\r\x12-\n\x06select\x18\x03 \x01(\x0b\x32\x1d.shardsearch.v1.RingSelection\"\xaa\x01\n\x10ShardExportChunk\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.shardsearch.v1.Collection\x12\x31\n\x05items\x18\x02 \x01(\x0b\x32\".shardsearch.v1.ShardUpsertRequest\x12\x33\n\x07\x64\x65letes\x18\x03 \x01(\x0b\x32\".shardsearch.v1.ShardDeleteRequest\"<\n\x12ShardResyncRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0emissed_version\x18\x02 \x01(\x04\"\x15\n\x13ShardResyncResponse\"\x19\n\x17ShardGetTopologyRequest\"F\n\x18ShardGetTopologyResponse\x12*\n\x08topology\x18\x01 \x01(\x0b\x32\x18.shardsearch.v1.Topology\"T\n\x17ShardSetTopologyRequest\x12*\n\x08topology\x18\x01 \x01(\x0b\x32\x18.shardsearch.v1.Topology\x12\r\n\x05shard\x18\x02 \x01(\t\"+\n\x18ShardSetTopologyResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x04\"s\n\x14ShardChecksumRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12-\n\x06select\x18\x02 \x01(\x0b\x32\x1d.shardsearch.v1.RingSelection\x12\x18\n\x10topology_version\x18\x03 \x01(\x04\"5\n\x15ShardChecksumResponse\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x04\x12\x0c\n\x04sums\x18\x02 \x03(\x04\"8\n\x13ShardRetrainRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"@\n\x19ShardRetrainStatusRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07measure\x18\x02 \x01(\x08\"E\n\x14ShardRetrainResponse\x12-\n\x06status\x18\x01 \x01(\x0b\x32\x1d.shardsearch.v1.RetrainStatus2\xc5\x0b\n\x0cShardService\x12o\n\x10\x43reateCollection\x12,.shardsearch.v1.ShardCreateCollectionRequest\x1a-.shardsearch.v1.ShardCreateCollectionResponse\x12i\n\x0e\x44ropCollection\x12*.shardsearch.v1.ShardDropCollectionRequest\x1a+.shardsearch.v1.ShardDropCollectionResponse\x12l\n\x0fListCollections\x12+.shardsearch.v1.ShardListCollectionsRequest\x1a,.shardsearch.v1.ShardListCollectionsResponse\x12Q\n\x06Upsert\x12\".shardsearch.v1.ShardUpsertRequest\x1a#.shardsearch.v1.ShardUpsertResponse\x12Q\n\x06\x44\x65lete\x12\".shardsearch.v1.ShardDeleteRequest\x1a#.shardsearch.v1.ShardDeleteResponse\x12H\n\x03Get\x12\x1f.shardsearch.v1.ShardGetRequest\x1a .shardsearch.v1.ShardGetResponse\x12Q\n\x06Search\x12\".shardsearch.v1.ShardSearchRequest\x1a#.shardsearch.v1.ShardSearchResponse\x12N\n\x05Stats\x12!.shardsearch.v1.ShardStatsRequest\x1a\".shardsearch.v1.ShardStatsResponse\x12T\n\x07ListIds\x12#.shardsearch.v1.ShardListIdsRequest\x1a$.shardsearch.v1.ShardListIdsResponse\x12Z\n\x10\x45xportCollection\x12\".shardsearch.v1.ShardExportRequest\x1a .shardsearch.v1.ShardExportChunk0\x01\x12Q\n\x06Resync\x12\".shardsearch.v1.ShardResyncRequest\x1a#.shardsearch.v1.ShardResyncResponse\x12`\n\x0bGetTopology\x12\'.shardsearch.v1.ShardGetTopologyRequest\x1a(.shardsearch.v1.ShardGetTopologyResponse\x12`\n\x0bSetTopology\x12\'.shardsearch.v1.ShardSetTopologyRequest\x1a(.shardsearch.v1.ShardSetTopologyResponse\x12W\n\x08\x43hecksum\x12$.shardsearch.v1.ShardChecksumRequest\x1a%.shardsearch.v1.ShardChecksumResponse\x12T\n\x07Retrain\x12#.shardsearch.v1.ShardRetrainRequest\x1a$.shardsearch.v1.ShardRetrainResponse\x12`\n\rRetrainStatus\x12).shardsearch.v1.ShardRetrainStatusRequest\x1a$.shardsearch.v1.ShardRetrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shardsearch.v1.shard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SHARDCREATECOLLECTIONREQUEST']._serialized_start=75
-  _globals['_SHARDCREATECOLLECTIONREQUEST']._serialized_end=153
-  _globals['_SHARDCREATECOLLECTIONRESPONSE']._serialized_start=155
-  _globals['_SHARDCREATECOLLECTIONRESPONSE']._serialized_end=234
-  _globals['_SHARDDROPCOLLECTIONREQUEST']._serialized_start=236
-  _globals['_SHARDDROPCOLLECTIONREQUEST']._serialized_end=278
-  _globals['_SHARDDROPCOLLECTIONRESPONSE']._serialized_start=280
-  _globals['_SHARDDROPCOLLECTIONRESPONSE']._serialized_end=309
-  _globals['_SHARDLISTCOLLECTIONSREQUEST']._serialized_start=311
-  _globals['_SHARDLISTCOLLECTIONSREQUEST']._serialized_end=340
-  _globals['_SHARDLISTCOLLECTIONSRESPONSE']._serialized_start=342
-  _globals['_SHARDLISTCOLLECTIONSRESPONSE']._serialized_end=421
-  _globals['_SHARDUPSERTREQUEST']._serialized_start=424
-  _globals['_SHARDUPSERTREQUEST']._serialized_end=591
-  _globals['_SHARDUPSERTRESPONSE']._serialized_start=593
-  _globals['_SHARDUPSERTRESPONSE']._serialized_end=632
-  _globals['_SHARDDELETEREQUEST']._serialized_start=634
-  _globals['_SHARDDELETEREQUEST']._serialized_end=722
-  _globals['_SHARDDELETERESPONSE']._serialized_start=724
-  _globals['_SHARDDELETERESPONSE']._serialized_end=762
-  _globals['_SHARDGETREQUEST']._serialized_start=764
-  _globals['_SHARDGETREQUEST']._serialized_end=814
-  _globals['_SHARDGETRESPONSE']._serialized_start=816
-  _globals['_SHARDGETRESPONSE']._serialized_end=926
-  _globals['_SHARDSEARCHREQUEST']._serialized_start=929
-  _globals['_SHARDSEARCHREQUEST']._serialized_end=1117
-  _globals['_SHARDSEARCHRESPONSE']._serialized_start=1120
-  _globals['_SHARDSEARCHRESPONSE']._serialized_end=1254
-  _globals['_SHARDLISTIDSREQUEST']._serialized_start=1256
-  _globals['_SHARDLISTIDSREQUEST']._serialized_end=1343
-  _globals['_SHARDLISTIDSRESPONSE']._serialized_start=1345
-  _globals['_SHARDLISTIDSRESPONSE']._serialized_end=1414
-  _globals['_SHARDSTATSREQUEST']._serialized_start=1416
-  _globals['_SHARDSTATSREQUEST']._serialized_end=1455
-  _globals['_SHARDSTATSRESPONSE']._serialized_start=1457
-  _globals['_SHARDSTATSRESPONSE']._serialized_end=1518
-  _globals['_SHARDEXPORTREQUEST']._serialized_start=1520
-  _globals['_SHARDEXPORTREQUEST']._serialized_end=1581
-  _globals['_SHARDEXPORTCHUNK']._serialized_start=1584
-  _globals['_SHARDEXPORTCHUNK']._serialized_end=1754
-  _globals['_SHARDRESYNCREQUEST']._serialized_start=1756
-  _globals['_SHARDRESYNCREQUEST']._serialized_end=1816
-  _globals['_SHARDRESYNCRESPONSE']._serialized_start=1818
-  _globals['_SHARDRESYNCRESPONSE']._serialized_end=1839
-  _globals['_SHARDSERVICE']._serialized_start=1842
-  _globals['_SHARDSERVICE']._serialized_end=2850
+  _globals['_RINGSELECTION']._serialized_start=103
+  _globals['_RINGSELECTION']._serialized_end=181
+  _globals['_SHARDCREATECOLLECTIONREQUEST']._serialized_start=183
+  _globals['_SHARDCREATECOLLECTIONREQUEST']._serialized_end=261
+  _globals['_SHARDCREATECOLLECTIONRESPONSE']._serialized_start=263
+  _globals['_SHARDCREATECOLLECTIONRESPONSE']._serialized_end=342
+  _globals['_SHARDDROPCOLLECTIONREQUEST']._serialized_start=344
+  _globals['_SHARDDROPCOLLECTIONREQUEST']._serialized_end=386
+  _globals['_SHARDDROPCOLLECTIONRESPONSE']._serialized_start=388
+  _globals['_SHARDDROPCOLLECTIONRESPONSE']._serialized_end=417
+  _globals['_SHARDLISTCOLLECTIONSREQUEST']._serialized_start=419
+  _globals['_SHARDLISTCOLLECTIONSREQUEST']._serialized_end=448
+  _globals['_SHARDLISTCOLLECTIONSRESPONSE']._serialized_start=450
+  _globals['_SHARDLISTCOLLECTIONSRESPONSE']._serialized_end=529
+  _globals['_SHARDUPSERTREQUEST']._serialized_start=532
+  _globals['_SHARDUPSERTREQUEST']._serialized_end=725
+  _globals['_SHARDUPSERTRESPONSE']._serialized_start=727
+  _globals['_SHARDUPSERTRESPONSE']._serialized_end=766
+  _globals['_SHARDDELETEREQUEST']._serialized_start=768
+  _globals['_SHARDDELETEREQUEST']._serialized_end=882
+  _globals['_SHARDDELETERESPONSE']._serialized_start=884
+  _globals['_SHARDDELETERESPONSE']._serialized_end=922
+  _globals['_SHARDGETREQUEST']._serialized_start=924
+  _globals['_SHARDGETREQUEST']._serialized_end=1000
+  _globals['_SHARDGETRESPONSE']._serialized_start=1002
+  _globals['_SHARDGETRESPONSE']._serialized_end=1112
+  _globals['_SHARDSEARCHREQUEST']._serialized_start=1115
+  _globals['_SHARDSEARCHREQUEST']._serialized_end=1329
+  _globals['_SHARDSEARCHRESPONSE']._serialized_start=1332
+  _globals['_SHARDSEARCHRESPONSE']._serialized_end=1466
+  _globals['_SHARDLISTIDSREQUEST']._serialized_start=1468
+  _globals['_SHARDLISTIDSREQUEST']._serialized_end=1581
+  _globals['_SHARDLISTIDSRESPONSE']._serialized_start=1583
+  _globals['_SHARDLISTIDSRESPONSE']._serialized_end=1652
+  _globals['_SHARDSTATSREQUEST']._serialized_start=1654
+  _globals['_SHARDSTATSREQUEST']._serialized_end=1693
+  _globals['_SHARDSTATSRESPONSE']._serialized_start=1695
+  _globals['_SHARDSTATSRESPONSE']._serialized_end=1756
+  _globals['_SHARDEXPORTREQUEST']._serialized_start=1758
+  _globals['_SHARDEXPORTREQUEST']._serialized_end=1866
+  _globals['_SHARDEXPORTCHUNK']._serialized_start=1869
+  _globals['_SHARDEXPORTCHUNK']._serialized_end=2039
+  _globals['_SHARDRESYNCREQUEST']._serialized_start=2041
+  _globals['_SHARDRESYNCREQUEST']._serialized_end=2101
+  _globals['_SHARDRESYNCRESPONSE']._serialized_start=2103
+  _globals['_SHARDRESYNCRESPONSE']._serialized_end=2124
+  _globals['_SHARDGETTOPOLOGYREQUEST']._serialized_start=2126
+  _globals['_SHARDGETTOPOLOGYREQUEST']._serialized_end=2151
+  _globals['_SHARDGETTOPOLOGYRESPONSE']._serialized_start=2153
+  _globals['_SHARDGETTOPOLOGYRESPONSE']._serialized_end=2223
+  _globals['_SHARDSETTOPOLOGYREQUEST']._serialized_start=2225
+  _globals['_SHARDSETTOPOLOGYREQUEST']._serialized_end=2309
+  _globals['_SHARDSETTOPOLOGYRESPONSE']._serialized_start=2311
+  _globals['_SHARDSETTOPOLOGYRESPONSE']._serialized_end=2354
+  _globals['_SHARDCHECKSUMREQUEST']._serialized_start=2356
+  _globals['_SHARDCHECKSUMREQUEST']._serialized_end=2471
+  _globals['_SHARDCHECKSUMRESPONSE']._serialized_start=2473
+  _globals['_SHARDCHECKSUMRESPONSE']._serialized_end=2526
+  _globals['_SHARDRETRAINREQUEST']._serialized_start=2528
+  _globals['_SHARDRETRAINREQUEST']._serialized_end=2584
+  _globals['_SHARDRETRAINSTATUSREQUEST']._serialized_start=2586
+  _globals['_SHARDRETRAINSTATUSREQUEST']._serialized_end=2650
+  _globals['_SHARDRETRAINRESPONSE']._serialized_start=2652
+  _globals['_SHARDRETRAINRESPONSE']._serialized_end=2721
+  _globals['_SHARDSERVICE']._serialized_start=2724
+  _globals['_SHARDSERVICE']._serialized_end=4201
 # @@protoc_insertion_point(module_scope)

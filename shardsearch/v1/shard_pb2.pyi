@@ -1,3 +1,4 @@
+from shardsearch.v1 import admin_pb2 as _admin_pb2
 from shardsearch.v1 import search_pb2 as _search_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -6,6 +7,18 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RingSelection(_message.Message):
+    __slots__ = ("ring", "vnodes", "owners", "buckets")
+    RING_FIELD_NUMBER: _ClassVar[int]
+    VNODES_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    ring: _containers.RepeatedScalarFieldContainer[str]
+    vnodes: int
+    owners: _containers.RepeatedScalarFieldContainer[str]
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ring: _Optional[_Iterable[str]] = ..., vnodes: _Optional[int] = ..., owners: _Optional[_Iterable[str]] = ..., buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShardCreateCollectionRequest(_message.Message):
     __slots__ = ("collection",)
@@ -40,7 +53,7 @@ class ShardListCollectionsResponse(_message.Message):
     def __init__(self, collections: _Optional[_Iterable[_Union[_search_pb2.Collection, _Mapping]]] = ...) -> None: ...
 
 class ShardUpsertRequest(_message.Message):
-    __slots__ = ("collection", "ids", "vectors_f32", "payloads", "version", "versions", "fields")
+    __slots__ = ("collection", "ids", "vectors_f32", "payloads", "version", "versions", "fields", "topology_version")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_F32_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +61,7 @@ class ShardUpsertRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors_f32: bytes
@@ -55,7 +69,8 @@ class ShardUpsertRequest(_message.Message):
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
     fields: _containers.RepeatedCompositeFieldContainer[_search_pb2.Fields]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
+    topology_version: int
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ..., topology_version: _Optional[int] = ...) -> None: ...
 
 class ShardUpsertResponse(_message.Message):
     __slots__ = ("upserted",)
@@ -64,16 +79,18 @@ class ShardUpsertResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ...) -> None: ...
 
 class ShardDeleteRequest(_message.Message):
-    __slots__ = ("collection", "ids", "version", "versions")
+    __slots__ = ("collection", "ids", "version", "versions", "topology_version")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
+    topology_version: int
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., topology_version: _Optional[int] = ...) -> None: ...
 
 class ShardDeleteResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -82,12 +99,14 @@ class ShardDeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class ShardGetRequest(_message.Message):
-    __slots__ = ("collection", "ids")
+    __slots__ = ("collection", "ids", "topology_version")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    topology_version: int
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., topology_version: _Optional[int] = ...) -> None: ...
 
 class ShardGetResponse(_message.Message):
     __slots__ = ("ids", "vectors_f32", "payloads", "fields")
@@ -102,7 +121,7 @@ class ShardGetResponse(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries_f32", "n", "k", "nprobe", "include_payload", "filter", "include_fields")
+    __slots__ = ("collection", "queries_f32", "n", "k", "nprobe", "include_payload", "filter", "include_fields", "topology_version")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_F32_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +130,7 @@ class ShardSearchRequest(_message.Message):
     INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries_f32: bytes
     n: int
@@ -119,7 +139,8 @@ class ShardSearchRequest(_message.Message):
     include_payload: bool
     filter: _search_pb2.Filter
     include_fields: bool
-    def __init__(self, collection: _Optional[str] = ..., queries_f32: _Optional[bytes] = ..., n: _Optional[int] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., include_payload: _Optional[bool] = ..., filter: _Optional[_Union[_search_pb2.Filter, _Mapping]] = ..., include_fields: _Optional[bool] = ...) -> None: ...
+    topology_version: int
+    def __init__(self, collection: _Optional[str] = ..., queries_f32: _Optional[bytes] = ..., n: _Optional[int] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., include_payload: _Optional[bool] = ..., filter: _Optional[_Union[_search_pb2.Filter, _Mapping]] = ..., include_fields: _Optional[bool] = ..., topology_version: _Optional[int] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
     __slots__ = ("n", "k", "ids", "scores_f32", "payloads", "fields")
@@ -138,16 +159,18 @@ class ShardSearchResponse(_message.Message):
     def __init__(self, n: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., scores_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
 
 class ShardListIdsRequest(_message.Message):
-    __slots__ = ("collection", "after", "resume", "limit")
+    __slots__ = ("collection", "after", "resume", "limit", "topology_version")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     after: int
     resume: bool
     limit: int
-    def __init__(self, collection: _Optional[str] = ..., after: _Optional[int] = ..., resume: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+    topology_version: int
+    def __init__(self, collection: _Optional[str] = ..., after: _Optional[int] = ..., resume: _Optional[bool] = ..., limit: _Optional[int] = ..., topology_version: _Optional[int] = ...) -> None: ...
 
 class ShardListIdsResponse(_message.Message):
     __slots__ = ("ids", "next_after", "more")
@@ -172,12 +195,14 @@ class ShardStatsResponse(_message.Message):
     def __init__(self, info: _Optional[_Union[_search_pb2.ShardInfo, _Mapping]] = ...) -> None: ...
 
 class ShardExportRequest(_message.Message):
-    __slots__ = ("collection", "chunk_items")
+    __slots__ = ("collection", "chunk_items", "select")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     CHUNK_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     chunk_items: int
-    def __init__(self, collection: _Optional[str] = ..., chunk_items: _Optional[int] = ...) -> None: ...
+    select: RingSelection
+    def __init__(self, collection: _Optional[str] = ..., chunk_items: _Optional[int] = ..., select: _Optional[_Union[RingSelection, _Mapping]] = ...) -> None: ...
 
 class ShardExportChunk(_message.Message):
     __slots__ = ("collection", "items", "deletes")
@@ -200,3 +225,67 @@ class ShardResyncRequest(_message.Message):
 class ShardResyncResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ShardGetTopologyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShardGetTopologyResponse(_message.Message):
+    __slots__ = ("topology",)
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    topology: _admin_pb2.Topology
+    def __init__(self, topology: _Optional[_Union[_admin_pb2.Topology, _Mapping]] = ...) -> None: ...
+
+class ShardSetTopologyRequest(_message.Message):
+    __slots__ = ("topology", "shard")
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    topology: _admin_pb2.Topology
+    shard: str
+    def __init__(self, topology: _Optional[_Union[_admin_pb2.Topology, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
+
+class ShardSetTopologyResponse(_message.Message):
+    __slots__ = ("dropped",)
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    dropped: int
+    def __init__(self, dropped: _Optional[int] = ...) -> None: ...
+
+class ShardChecksumRequest(_message.Message):
+    __slots__ = ("collection", "select", "topology_version")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    select: RingSelection
+    topology_version: int
+    def __init__(self, collection: _Optional[str] = ..., select: _Optional[_Union[RingSelection, _Mapping]] = ..., topology_version: _Optional[int] = ...) -> None: ...
+
+class ShardChecksumResponse(_message.Message):
+    __slots__ = ("counts", "sums")
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SUMS_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    sums: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, counts: _Optional[_Iterable[int]] = ..., sums: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ShardRetrainRequest(_message.Message):
+    __slots__ = ("collection", "force")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    force: bool
+    def __init__(self, collection: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class ShardRetrainStatusRequest(_message.Message):
+    __slots__ = ("collection", "measure")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    measure: bool
+    def __init__(self, collection: _Optional[str] = ..., measure: _Optional[bool] = ...) -> None: ...
+
+class ShardRetrainResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _admin_pb2.RetrainStatus
+    def __init__(self, status: _Optional[_Union[_admin_pb2.RetrainStatus, _Mapping]] = ...) -> None: ...

@@ -89,6 +89,31 @@ class ShardServiceStub:
                 request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardResyncRequest.SerializeToString,
                 response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardResyncResponse.FromString,
                 _registered_method=True)
+        self.GetTopology = channel.unary_unary(
+                '/shardsearch.v1.ShardService/GetTopology',
+                request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardGetTopologyRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardGetTopologyResponse.FromString,
+                _registered_method=True)
+        self.SetTopology = channel.unary_unary(
+                '/shardsearch.v1.ShardService/SetTopology',
+                request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardSetTopologyRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardSetTopologyResponse.FromString,
+                _registered_method=True)
+        self.Checksum = channel.unary_unary(
+                '/shardsearch.v1.ShardService/Checksum',
+                request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardChecksumRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardChecksumResponse.FromString,
+                _registered_method=True)
+        self.Retrain = channel.unary_unary(
+                '/shardsearch.v1.ShardService/Retrain',
+                request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardRetrainRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardRetrainResponse.FromString,
+                _registered_method=True)
+        self.RetrainStatus = channel.unary_unary(
+                '/shardsearch.v1.ShardService/RetrainStatus',
+                request_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardRetrainStatusRequest.SerializeToString,
+                response_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardRetrainResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -165,6 +190,42 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTopology(self, request, context):
+        """Resharding. The ring layout is stored on every shard; a request carrying an older topology_version than the
+        shard's is refused with ABORTED (the coordinator re-reads the layout and retries), and a newer one raises it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTopology(self, request, context):
+        """Stores a new layout (durably) and, once it no longer needs them, drops the items this shard does not own under
+        it. Returns after writes admitted under an older layout have finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Checksum(self, request, context):
+        """Count and checksum of the live items a ring selection picks, per bucket of the id hash (to verify a copy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Retrain(self, request, context):
+        """Retraining (see admin.proto): start one, or report the state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetrainStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +283,31 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.Resync,
                     request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardResyncRequest.FromString,
                     response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardResyncResponse.SerializeToString,
+            ),
+            'GetTopology': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTopology,
+                    request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardGetTopologyRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardGetTopologyResponse.SerializeToString,
+            ),
+            'SetTopology': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTopology,
+                    request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardSetTopologyRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardSetTopologyResponse.SerializeToString,
+            ),
+            'Checksum': grpc.unary_unary_rpc_method_handler(
+                    servicer.Checksum,
+                    request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardChecksumRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardChecksumResponse.SerializeToString,
+            ),
+            'Retrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retrain,
+                    request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardRetrainRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardRetrainResponse.SerializeToString,
+            ),
+            'RetrainStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetrainStatus,
+                    request_deserializer=shardsearch_dot_v1_dot_shard__pb2.ShardRetrainStatusRequest.FromString,
+                    response_serializer=shardsearch_dot_v1_dot_shard__pb2.ShardRetrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,6 +607,141 @@ class ShardService:
             '/shardsearch.v1.ShardService/Resync',
             shardsearch_dot_v1_dot_shard__pb2.ShardResyncRequest.SerializeToString,
             shardsearch_dot_v1_dot_shard__pb2.ShardResyncResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.ShardService/GetTopology',
+            shardsearch_dot_v1_dot_shard__pb2.ShardGetTopologyRequest.SerializeToString,
+            shardsearch_dot_v1_dot_shard__pb2.ShardGetTopologyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.ShardService/SetTopology',
+            shardsearch_dot_v1_dot_shard__pb2.ShardSetTopologyRequest.SerializeToString,
+            shardsearch_dot_v1_dot_shard__pb2.ShardSetTopologyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checksum(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.ShardService/Checksum',
+            shardsearch_dot_v1_dot_shard__pb2.ShardChecksumRequest.SerializeToString,
+            shardsearch_dot_v1_dot_shard__pb2.ShardChecksumResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.ShardService/Retrain',
+            shardsearch_dot_v1_dot_shard__pb2.ShardRetrainRequest.SerializeToString,
+            shardsearch_dot_v1_dot_shard__pb2.ShardRetrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetrainStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardsearch.v1.ShardService/RetrainStatus',
+            shardsearch_dot_v1_dot_shard__pb2.ShardRetrainStatusRequest.SerializeToString,
+            shardsearch_dot_v1_dot_shard__pb2.ShardRetrainResponse.FromString,
             options,
             channel_credentials,
             insecure,
