@@ -35,6 +35,10 @@ class CoordinatorConfig(ServerSettings):
     """Send a search to a second replica when the first has not answered after this long; 0 = off."""
     vnodes: int = 1024
     """Virtual nodes per shard on the consistent-hash ring."""
+    topology_poll_s: float = 2.0
+    """How often the ring layout is re-read from the shards. The shards and their ring come from `shards` (or
+    `shard_pattern`) until a shard is added or removed (`shardsearch admin`): the layout is then stored on the
+    shards and wins over the flags."""
     default_timeout_s: float = 10.0
     """Deadline for a call whose client set none."""
     deadline_margin_s: float = 0.02

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 from coordinator.cache import Lookup, ResultCache, entry_keys
 from coordinator.catalog import Catalog
 from coordinator.merge import ShardHits, merge
+from coordinator.router import LAYOUT_RETRIES, Router
 from coordinator.shards import Outcome, ShardPool
 from shardsearch import codec
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
@@ -67,11 +68,12 @@ class Searcher:
     """Search = result cache lookup, then the dynamic batcher (one RPC per shard per batch), merge, cache fill."""
 
     def __init__(
-        self, pool: ShardPool, catalog: Catalog, executor: Executor, metrics: SearchMetrics,
+        self, pool: ShardPool, router: Router, catalog: Catalog, executor: Executor, metrics: SearchMetrics,
         batching: BatchingConfig, batch_metrics: BatchMetrics, lookup_metrics: BatchMetrics,
         cache: ResultCache | None = None,
     ) -> None:
         self._pool = pool
+        self._router = router
         self._catalog = catalog
         self._executor = executor
         self._metrics = metrics
@@ -159,12 +161,22 @@ class Searcher:
             nprobe=opts.nprobe, include_payload=opts.include_payload, include_fields=opts.include_fields,
             filter=search_pb2.Filter.FromString(opts.filter) if opts.filter else None,
         )
-        outcomes = await self._pool.broadcast("Search", request, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for _ in range(LAYOUT_RETRIES):
+            request.topology_version = self._router.version
+            shards = self._router.search_shards()
+            outcomes = await self._pool.fan_out(
+                "Search", [(shard, request) for shard in shards], max(0.001, deadline - loop.time())
+            )
+            if not await self._router.stale(outcomes):
+                break
         missing = self._check_failures(spec.name, outcomes, opts)
         answered = [o.response for o in outcomes if o.ok]
         higher_is_better = spec.metric == search_pb2.METRIC_INNER_PRODUCT
         results = await self._run(
-            assemble, answered, opts.k, higher_is_better, opts.include_payload, missing, opts.include_fields
+            assemble, answered, opts.k, higher_is_better, opts.include_payload, missing, opts.include_fields,
+            len(shards) > 1 and self._router.dedupe,
         )
         if missing:
             self._metrics.partial.inc()
@@ -225,10 +237,10 @@ def to_hits(response: shard_pb2.ShardSearchResponse) -> ShardHits:
 
 def assemble(
     responses: Sequence[shard_pb2.ShardSearchResponse], k: int, higher_is_better: bool, include_payload: bool,
-    missing: list[str], include_fields: bool = False,
+    missing: list[str], include_fields: bool = False, dedupe: bool = False,
 ) -> list[search_pb2.SearchResponse]:
     """Merges the shards' n x k answers and builds one SearchResponse per query (runs in the executor)."""
-    merged = merge([to_hits(r) for r in responses], k, higher_is_better)
+    merged = merge([to_hits(r) for r in responses], k, higher_is_better, dedupe)
     partial = bool(missing)
     results = []
     for row in range(merged.ids.shape[0]):

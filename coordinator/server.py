@@ -12,24 +12,27 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Gauge
 
 from coordinator import cache
+from coordinator.admin import AdminServicer
 from coordinator.admission import AdaptiveLimit, AdmissionMetrics
 from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
-from coordinator.ring import Ring
+from coordinator.resharding import MoveMetrics, Resharder
+from coordinator.router import Router
 from coordinator.search import Searcher, SearchMetrics
 from coordinator.servicer import SearchServicer
 from coordinator.shards import Replication, ShardMetrics, ShardPool
 from encoder_client import Encoders, EncoderOptions, InputLimits
 from encoder_client import cache as embedding_cache
-from shardsearch import grpcserver, security
+from shardsearch import grpcserver, security, topology
 from shardsearch.batching import BatchMetrics
 from shardsearch.clock import HybridClock
 from shardsearch.metrics import RpcMetrics
-from shardsearch.v1 import search_pb2, search_pb2_grpc, shard_pb2
+from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 @dataclass
@@ -41,9 +44,14 @@ class RunningCoordinator:
     metrics_port: int
     background: asyncio.Task[None]
     encoders: Encoders
+    router: Router
+    resharder: Resharder
+    poller: asyncio.Task[None]
 
     async def stop(self, grace: float = 5.0) -> None:
         self.background.cancel()
+        self.poller.cancel()
+        await self.resharder.close()
         await self.server.stop(grace)
         await self.encoders.close()
         await self.searcher.close()
@@ -65,7 +73,9 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     pool = ShardPool(
         addresses, ShardMetrics(registry), channel_factory=shard_channels, replication=replication, clock=clock.now
     )
-    ring = Ring(pool.names, config.vnodes)
+    router = Router(pool, topology.bootstrap(addresses, config.vnodes), config.topology_poll_s)
+    if not await router.refresh():  # a layout stored on the shards (after a move) wins over the flags
+        logger.info("ring layout from the flags (no shard has a stored one, or none answered yet)")
     catalog = Catalog(pool)
     executor = ThreadPoolExecutor(2, thread_name_prefix="coordinator")
     result_cache = cache.build(
@@ -73,23 +83,26 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
         config.cache_retry_s, config.cache_max_bytes,
     )
     searcher = Searcher(
-        pool, catalog, executor, SearchMetrics(registry), config.batching_config(),
+        pool, router, catalog, executor, SearchMetrics(registry), config.batching_config(),
         BatchMetrics(registry, "shardsearch_coordinator"), BatchMetrics(registry, "shardsearch_coordinator_cache_lookup"),
         result_cache,
     )
     encoders = await start_encoders(config, registry)
     servicer = SearchServicer(
-        pool, ring, catalog, searcher, executor, RpcMetrics(registry, "shardsearch_coordinator"),
+        pool, router, catalog, searcher, executor, RpcMetrics(registry, "shardsearch_coordinator"),
         default_timeout=config.default_timeout_s, deadline_margin=config.deadline_margin_s, clock=clock.now,
         admission=AdaptiveLimit(
             config.search_latency_target_ms / 1000, config.max_concurrent_rpcs, AdmissionMetrics(registry)
         ),
         encoders=encoders,
     )
+    resharder = Resharder(pool, router, catalog, MoveMetrics(registry))
+    admin = AdminServicer(pool, catalog, resharder, servicer.metrics)
     server = await grpcserver.start_server(
         f"{config.host}:{config.port}",
-        [lambda s: search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME],
+        [lambda s: search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, s),
+         lambda s: admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, s)],
+        [SERVICE_NAME, ADMIN_SERVICE_NAME],
         reuse_port=config.reuse_port,
         credentials=port_security.credentials,
         interceptors=port_security.interceptors,
@@ -112,7 +125,10 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
                     f"{config.hedge_delay_ms} ms" if config.hedge_delay_ms > 0 else "off")
     if config.port_file:
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
-    return RunningCoordinator(server, pool, searcher, executor, metrics_port, background, encoders)
+    poller = asyncio.create_task(router.poll())
+    return RunningCoordinator(
+        server, pool, searcher, executor, metrics_port, background, encoders, router, resharder, poller
+    )
 
 
 async def start_encoders(config: CoordinatorConfig, registry: CollectorRegistry) -> Encoders:

@@ -19,7 +19,7 @@ import numpy as np
 from coordinator.admission import AdaptiveLimit
 from coordinator.catalog import Catalog
 from coordinator.diversity import depth as diversity_depth, diversify, strip_fields
-from coordinator.ring import Ring
+from coordinator.router import LAYOUT_RETRIES, Router
 from coordinator.search import Searcher, SearchOptions
 from coordinator.shards import Outcome, ShardPool
 from encoder_client import Encoders
@@ -38,12 +38,12 @@ DEFAULT_PAGE_SIZE = 1000
 MAX_COMBINED_PARTS = 64
 RRF_K = 60  # the usual reciprocal rank fusion constant (Cormack et al., 2009)
 RRF_MIN_DEPTH = 20  # each part's list is at least this deep, else 2 x the hits wanted
-PAGE_TOKEN_VERSION = 1
+PAGE_TOKEN_VERSION = 2  # 2: tokens name the ring layout's version (1 named the shard count)
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(
-        self, pool: ShardPool, ring: Ring, catalog: Catalog, searcher: Searcher, executor: Executor,
+        self, pool: ShardPool, router: Router, catalog: Catalog, searcher: Searcher, executor: Executor,
         metrics: RpcMetrics, default_timeout: float, deadline_margin: float,
         limits: validation.Limits = validation.DEFAULT_LIMITS, clock: Callable[[], int] = time.time_ns,
         admission: AdaptiveLimit | None = None, encoders: Encoders | None = None,
@@ -52,7 +52,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self._encoders = encoders or Encoders({}, None, None)
         self._admission = admission or AdaptiveLimit(0, 1)
         self._pool = pool
-        self._ring = ring
+        self._router = router
         self._catalog = catalog
         self._searcher = searcher
         self._executor = executor
@@ -171,12 +171,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         deadline = time.monotonic() + timeout
         spec = await self._catalog.get(request.collection, timeout)
         embedded = await self._embed_items(spec, request.items, timeout)
-        timeout = remaining(deadline)
         version = self._clock()
-        routed = await self._run(
-            route_items, request, spec, self._ring, self._pool, self._limits, version, embedded
-        )
-        outcomes = await self._pool.write_fan_out("Upsert", routed, timeout, version=version)
+        for _ in range(LAYOUT_RETRIES):
+            routed = await self._run(route_items, request, spec, self._router, self._limits, version, embedded)
+            outcomes = await self._pool.write_fan_out("Upsert", routed, remaining(deadline), version=version)
+            if not await self._router.stale(outcomes):
+                break
         await self._invalidate(spec.name, outcomes)
         self._raise_write_failure(spec.name, outcomes, "upsert")
         return search_pb2.UpsertResponse(upserted=sum(o.response.upserted for o in outcomes))
@@ -188,9 +188,18 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         ids = list(request.ids)
         validation.check_ids(ids, "ids", self._limits)
         version = self._clock()
-        routed = [(shard, shard_pb2.ShardDeleteRequest(collection=spec.name, ids=group, version=version))
-                  for shard, group in self._group_ids(ids)]
-        outcomes = await self._pool.write_fan_out("Delete", routed, timeout, version=version)
+        deadline = time.monotonic() + timeout
+        for _ in range(LAYOUT_RETRIES):
+            routed = [
+                (shard, shard_pb2.ShardDeleteRequest(
+                    collection=spec.name, ids=[ids[i] for i in rows], version=version,
+                    topology_version=self._router.version,
+                ))
+                for shard, rows in self._router.write_groups(ids)
+            ]
+            outcomes = await self._pool.write_fan_out("Delete", routed, remaining(deadline), version=version)
+            if not await self._router.stale(outcomes):
+                break
         await self._invalidate(spec.name, outcomes)
         self._raise_write_failure(spec.name, outcomes, "delete")
         return search_pb2.DeleteResponse(deleted=sum(o.response.deleted for o in outcomes))
@@ -201,10 +210,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         spec = await self._catalog.get(request.collection, timeout)
         ids = list(request.ids)
         validation.check_ids(ids, "ids", self._limits)
-        routed = [(shard, shard_pb2.ShardGetRequest(collection=spec.name, ids=group))
-                  for shard, group in self._group_ids(ids)]
-        outcomes = await self._pool.fan_out("Get", routed, timeout)
-        self._raise_write_failure(spec.name, outcomes, "get")
+        outcomes = await self._get(spec, ids, timeout)
         found: dict[str, search_pb2.Item] = {}
         row = 4 * spec.dim
         for outcome in outcomes:
@@ -218,9 +224,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     item.fields.MergeFrom(r.fields[i].values)
         return search_pb2.GetResponse(items=[found[i] for i in dict.fromkeys(ids) if i in found])
 
-    def _group_ids(self, ids: list[str]) -> list[tuple[Any, list[str]]]:
-        owners = self._ring.owner_indices(ids)
-        return [(self._pool.shards[s], [ids[i] for i in np.flatnonzero(owners == s)]) for s in np.unique(owners)]
+    async def _get(self, spec: search_pb2.Collection, ids: list[str], timeout: float) -> list[Outcome]:
+        """Reads items by id from their owners (any replica); raises unless every owner answered."""
+        deadline = time.monotonic() + timeout
+        for _ in range(LAYOUT_RETRIES):
+            routed = [
+                (shard, shard_pb2.ShardGetRequest(collection=spec.name, ids=group, topology_version=self._router.version))
+                for shard, group in self._router.read_groups(ids)
+            ]
+            outcomes = await self._pool.fan_out("Get", routed, remaining(deadline))
+            if not await self._router.stale(outcomes):
+                break
+        self._raise_write_failure(spec.name, outcomes, "get")
+        return outcomes
 
     # ---- search ---------------------------------------------------------------------------------------------
 
@@ -330,11 +346,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def _stored_vector(self, spec: search_pb2.Collection, item_id: str, timeout: float) -> np.ndarray:
         """The vector stored for `item_id`, from the shard that owns it (any of its replicas)."""
-        shard = self._pool.shards[self._ring.owner_index(item_id)]
-        request = shard_pb2.ShardGetRequest(collection=spec.name, ids=[item_id])
-        outcome = await self._pool.call(shard, "Get", request, timeout)
-        if outcome.error is not None:
-            raise outcome.error
+        outcome = (await self._get(spec, [item_id], timeout))[0]
         if not outcome.response.ids:
             raise NotFound(f"collection {spec.name!r} has no item {item_id!r}")
         return codec.unpack(outcome.response.vectors_f32, spec.dim)[0]
@@ -414,10 +426,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if by_id:
             ids = list(by_id)
             validation.check_ids(ids, "queries.id", self._limits)
-            routed = [(shard, shard_pb2.ShardGetRequest(collection=spec.name, ids=group))
-                      for shard, group in self._group_ids(ids)]
-            outcomes = await self._pool.fan_out("Get", routed, timeout)
-            self._raise_write_failure(spec.name, outcomes, "get")
+            outcomes = await self._get(spec, ids, timeout)
             found = set()
             for outcome in outcomes:
                 stored = codec.unpack(outcome.response.vectors_f32, spec.dim)
@@ -518,19 +527,25 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         size = request.page_size or DEFAULT_PAGE_SIZE
         if size > self._limits.max_items:
             raise InvalidArgument(f"page_size: {size} exceeds {self._limits.max_items}")
-        shards = self._pool.shards
-        cursor = PageCursor.decode(request.page_token, spec.name, len(shards))
+        shards = self._router.list_shards()
+        layout = self._router.version
+        cursor = PageCursor.decode(request.page_token, spec.name, layout)
         ids: list[str] = []
         while cursor.shard < len(shards) and len(ids) < size:
             outcome = await self._pool.call(shards[cursor.shard], "ListIds", shard_pb2.ShardListIdsRequest(
                 collection=spec.name, after=cursor.after, resume=cursor.resume, limit=size - len(ids),
+                topology_version=layout,
             ), timeout)
             if outcome.error is not None:
+                if outcome.error.code == grpc.StatusCode.ABORTED:
+                    await self._router.refresh()
+                    raise InvalidArgument("page_token: the cluster's shards changed since the listing began; "
+                                          "start the listing again") from None
                 raise outcome.error
             page = outcome.response
             ids.extend(page.ids)
             cursor = cursor.next(page.next_after, page.more)
-        token = cursor.encode(spec.name, len(shards)) if cursor.shard < len(shards) else ""
+        token = cursor.encode(spec.name, layout) if cursor.shard < len(shards) else ""
         return search_pb2.ListIdsResponse(ids=ids, next_page_token=token)
 
     async def StreamSearch(
@@ -705,7 +720,8 @@ def apply_threshold(response: search_pb2.SearchResponse, threshold: float, metri
 @dataclass(frozen=True)
 class PageCursor:
     """Where a ListIds listing stands: shard index, and within it the hash order position (see ShardListIdsRequest).
-    Its token names the collection and the shard count, so a token is refused once either no longer matches."""
+    Its token names the collection and the ring layout's version, so a token is refused once either no longer
+    matches (shards were added or removed meanwhile)."""
 
     shard: int = 0
     after: int = 0
@@ -714,17 +730,18 @@ class PageCursor:
     def next(self, last: int, more: bool) -> "PageCursor":
         return PageCursor(self.shard, last, True) if more else PageCursor(self.shard + 1)
 
-    def encode(self, collection: str, shards: int) -> str:
-        raw = json.dumps([PAGE_TOKEN_VERSION, collection, shards, self.shard, self.after, self.resume])
+    def encode(self, collection: str, layout: int) -> str:
+        raw = json.dumps([PAGE_TOKEN_VERSION, collection, layout, self.shard, self.after, self.resume])
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, token: str, collection: str, shards: int) -> "PageCursor":
+    def decode(cls, token: str, collection: str, layout: int) -> "PageCursor":
         if not token:
             return cls()
         try:
             raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
             version, name, count, shard, after, resume = raw
+            count = int(count)
             cursor = cls(int(shard), int(after), bool(resume))
             valid = version == PAGE_TOKEN_VERSION and 0 <= cursor.shard and 0 <= cursor.after < 2**64
         except (ValueError, TypeError, binascii.Error):
@@ -733,20 +750,20 @@ class PageCursor:
             raise InvalidArgument("page_token: not a token from ListIds; pass next_page_token as it was returned")
         if name != collection:
             raise InvalidArgument(f"page_token: it lists collection {name!r}, not {collection!r}")
-        if count != shards:
+        if count != layout:
             raise InvalidArgument(
-                f"page_token: the cluster had {count} shards when the listing began and has {shards} now; "
-                "start the listing again"
+                f"page_token: the cluster's shards changed since the listing began (ring layout {count}, now "
+                f"{layout}); start the listing again"
             )
         return cursor
 
 
 def route_items(
-    request: search_pb2.UpsertRequest, spec: search_pb2.Collection, ring: Ring, pool: ShardPool,
+    request: search_pb2.UpsertRequest, spec: search_pb2.Collection, router: Router,
     limits: validation.Limits, version: int = 0, embedded: dict[int, np.ndarray] | None = None,
 ) -> list[tuple[Any, shard_pb2.ShardUpsertRequest]]:
-    """Validates the items and splits them by owning shard (runs in the executor: numpy and per-item work).
-    `embedded` holds the vectors of items given as a text or an image, by row."""
+    """Validates the items and splits them by owning shard (both owners during a move; runs in the executor: numpy
+    and per-item work). `embedded` holds the vectors of items given as a text or an image, by row."""
     items = request.items
     if not items:
         raise InvalidArgument("items: at least one item is required")
@@ -766,14 +783,13 @@ def route_items(
     validation.check_payloads(payloads, "items", limits)
     has_payload = any(payloads)
     fields = item_fields(items, limits)
-    owners = ring.owner_indices(ids)
     routed = []
-    for shard_index in np.unique(owners):
-        rows = np.flatnonzero(owners == shard_index)
-        routed.append((pool.shards[shard_index], shard_pb2.ShardUpsertRequest(
+    for shard, rows in router.write_groups(ids):
+        routed.append((shard, shard_pb2.ShardUpsertRequest(
             collection=spec.name, ids=[ids[i] for i in rows], vectors_f32=codec.pack(matrix[rows]),
             payloads=[payloads[i] for i in rows] if has_payload else (), version=version,
             fields=[fields[i] for i in rows] if fields and any(fields[i].values for i in rows) else (),
+            topology_version=router.version,
         )))
     return routed
 

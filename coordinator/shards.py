@@ -49,6 +49,7 @@ class Replica:
     fenced: bool = False
     """Missed a write that another replica applied: no reads from it until it has accepted a Resync."""
     missed_version: int = 0
+    owner: "Shard | None" = None
 
 
 @dataclass(eq=False)
@@ -119,23 +120,45 @@ class ShardPool:
         replication: Replication = Replication(),
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
-        connect = channel_factory or _insecure_channel
-        self.shards: list[Shard] = []
-        for name, addresses in shards:
-            replicas = [
-                Replica(name, i, address, channel := connect(address), shard_pb2_grpc.ShardServiceStub(channel))
-                for i, address in enumerate(addresses)
-            ]
-            self.shards.append(Shard(name, replicas))
+        self._connect = channel_factory or _insecure_channel
+        self.shards: list[Shard] = [self._shard(name, addresses) for name, addresses in shards]
         self.by_name = {shard.name: shard for shard in self.shards}
         self._metrics = metrics
         self._replication = replication
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retired: list[Shard] = []
+
+    def _shard(self, name: str, addresses: Sequence[str]) -> Shard:
+        replicas = [
+            Replica(name, i, address, channel := self._connect(address), shard_pb2_grpc.ShardServiceStub(channel))
+            for i, address in enumerate(addresses)
+        ]
+        shard = Shard(name, replicas)
+        for replica in replicas:
+            replica.owner = shard
+        return shard
 
     @property
     def names(self) -> list[str]:
         return [shard.name for shard in self.shards]
+
+    def set_members(self, shards: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Makes these the pool's shards (a new ring layout): shards kept as they were keep their channels and
+        state, new ones are dialled, and the channels of the others are closed when the pool closes (calls may
+        still be in flight on them)."""
+        members = []
+        for name, addresses in shards:
+            shard = self.by_name.get(name)
+            if shard is None or [r.address for r in shard.replicas] != list(addresses):
+                if shard is not None:
+                    self._retired.append(shard)
+                shard = self._shard(name, addresses)
+            members.append(shard)
+        names = {name for name, _ in shards}
+        self._retired.extend(s for s in self.shards if s.name not in names)
+        self.shards = members
+        self.by_name = {shard.name: shard for shard in members}
 
     # ---- reads ----------------------------------------------------------------------------------------------
 
@@ -212,7 +235,8 @@ class ShardPool:
         return sorted(readable, key=lambda r: (r.avoid_until > now, r.outstanding, (r.index - shard.turn) % n))
 
     async def _attempt(self, replica: Replica, method: str, request: Any, timeout: float) -> Outcome:
-        shard = self.by_name[replica.shard]
+        shard = replica.owner
+        assert shard is not None
         start = time.perf_counter()
         replica.outstanding += 1
         try:
@@ -317,13 +341,15 @@ class ShardPool:
                 return
 
     def _update_fenced(self, shard: str) -> None:
-        self._metrics.fenced.labels(shard).set(sum(r.fenced for r in self.by_name[shard].replicas))
+        if shard in self.by_name:
+            self._metrics.fenced.labels(shard).set(sum(r.fenced for r in self.by_name[shard].replicas))
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(r.channel.close() for shard in self.shards for r in shard.replicas))
+        shards = [*self.shards, *self._retired]
+        await asyncio.gather(*(r.channel.close() for shard in shards for r in shard.replicas))
 
 
 def _retryable(outcome: Outcome) -> bool:

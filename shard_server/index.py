@@ -9,7 +9,9 @@ Every item carries a write version (the coordinator's hybrid clock). A write rep
 version, and a delete leaves a marker with its version, so replicas that receive the same writes in any order, twice,
 or from a peer while catching up, end in the same state (last writer wins per id).
 
-All index access happens under one lock; training runs outside it on a snapshot and swaps the result in.
+All index access happens under one lock; training runs outside it on a snapshot and swaps the result in. A retrain
+replaces a trained index only if its recall@10 on a held-out sample is no worse (shard_server/retrain.py says when
+one is due and how the sample is measured).
 Callers run these methods off the event loop (an executor or a batcher thread).
 """
 
@@ -21,20 +23,20 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 import faiss
 import numpy as np
 
-from shard_server import device, params as index_params
-from shardsearch.v1 import search_pb2
+from shard_server import device, params as index_params, retrain as retraining
+from shardsearch import topology
+from shardsearch.v1 import admin_pb2, search_pb2
 
 logger = logging.getLogger(__name__)
 
 ABSORB_THRESHOLD = 2_048  # fresh vectors that get encoded into a trained index in one go (the buffer is brute force)
 IDLE_ABSORB_S = 2.0  # a smaller buffer is absorbed once writes have paused this long
-RETRAIN_GROWTH = 4.0  # retrain once the shard holds this many times the vectors it trained on
 COMPACT_DEAD_FRACTION = 0.2  # remove dead codes from the IVF lists past this fraction
 MAX_TRAIN_SAMPLE = 200_000
 DELETE_MARKER_RETENTION_NS = 7 * 24 * 3600 * 10**9  # a replica down longer than this must be re-seeded
@@ -77,7 +79,10 @@ class Collection:
         self._params: index_params.IndexParams | None = None
         self._trained_on = 0
         self._training = False
+        self._retrain = retraining.Tracker()
         self._last_write = time.monotonic()
+        self.keep: Callable[[np.ndarray], np.ndarray] | None = None
+        """Which ids (by hash) this shard owns under the ring layout (None: all). Writes of other ids are dropped."""
 
     # ---- writes -------------------------------------------------------------------------------------------
 
@@ -90,7 +95,8 @@ class Collection:
         if versions is None:
             versions = np.zeros(n, dtype=np.uint64)
         with self._lock:
-            keep = [i for i, item_id in enumerate(ids) if self._newer(item_id, int(versions[i]))]
+            owned = self._owned(ids)  # under the lock: a new layout's purge and `keep` change together
+            keep = [i for i, item_id in enumerate(ids) if owned[i] and self._newer(item_id, int(versions[i]))]
             if len(keep) < n:
                 ids = [ids[i] for i in keep]
                 vectors, versions = vectors[keep], versions[keep]
@@ -130,9 +136,10 @@ class Collection:
         of live items removed."""
         deleted = 0
         with self._lock:
+            owned = self._owned(ids)
             for i, item_id in enumerate(ids):
                 version = 0 if versions is None else int(versions[i])
-                if not self._newer(item_id, version):
+                if not owned[i] or not self._newer(item_id, version):
                     continue
                 label = self._label_of.pop(item_id, None)
                 if label is not None:
@@ -141,6 +148,29 @@ class Collection:
                 if version:
                     self._deleted[item_id] = version
         return deleted
+
+    def _owned(self, ids: list[str]) -> np.ndarray:
+        keep = self.keep
+        return np.ones(len(ids), dtype=bool) if keep is None else keep(id_hashes(ids))
+
+    def set_keep(self, keep: Callable[[np.ndarray], np.ndarray] | None) -> int:
+        """Sets `keep` and drops the items (and delete markers) of ids it leaves out, leaving no marker: they live
+        on at their new owner. Returns the number of items dropped."""
+        with self._lock:
+            self.keep = keep
+            if keep is None:
+                return 0
+            labels = np.flatnonzero(self._alive[: self._next])
+            foreign = labels[~keep(self._hash[labels])]
+            for label in foreign.tolist():
+                del self._label_of[self._id_of[label]]
+                self._kill(label)
+            if self._deleted:
+                marked = list(self._deleted)
+                for item_id, owned in zip(marked, keep(id_hashes(marked)).tolist()):
+                    if not owned:
+                        del self._deleted[item_id]
+        return len(foreign)
 
     def _newer(self, item_id: str, version: int) -> bool:
         """Whether a write with `version` beats what the id holds (unversioned writes only beat unversioned)."""
@@ -389,54 +419,141 @@ class Collection:
         with self._lock:
             return [self._payloads.get(label, b"") for label in labels.ravel().tolist()]
 
-    # ---- maintenance: training, absorbing the buffer, compaction ---------------------------------------------
+    # ---- maintenance: training, retraining, absorbing the buffer, compaction ---------------------------------
 
     def pending_work(self) -> str | None:
-        """What the maintenance thread should do next ("train", "absorb", "compact"), or None. O(1)."""
+        """What the maintenance thread should do next ("train", "retrain", "absorb", "compact", "rebuild",
+        "measure"), or None. O(1)."""
         if self._training:
             return None
+        tracker = self._retrain
         if self._ivf is None:
-            return "train" if self._live >= self.train_threshold else None
-        if self._live >= max(self.train_threshold, RETRAIN_GROWTH * self._trained_on):
-            return "train"
+            return "train" if self._live >= self.train_threshold and not tracker.held(self._next) else None
+        if tracker.asked or (self._due_reasons() and not tracker.held(self._next)):
+            return "retrain"
         buffered = self._next - self._ivf_upto
         if buffered >= ABSORB_THRESHOLD or (buffered and time.monotonic() - self._last_write >= IDLE_ABSORB_S):
             return "absorb"
         if self._ivf_dead > COMPACT_DEAD_FRACTION * max(1, self._ivf.ntotal) and self._ivf_dead >= 1000:
-            return "train" if not device.can_remove(self._ivf) else "compact"
-        return None
+            return "compact" if device.can_remove(self._ivf) else "rebuild"
+        return "measure" if tracker.measure_due() else None
 
     def maintain(self) -> None:
         """Runs pending work until there is none (call from a background thread)."""
         while (work := self.pending_work()) is not None:
-            {"train": self.train, "absorb": self.absorb, "compact": self.compact}[work]()
+            if work == "rebuild":  # a GPU index cannot remove ids: a new one drops the dead codes (no recall gate)
+                self.retrain(gate=False)
+            else:
+                {"train": self.train, "retrain": self.retrain, "absorb": self.absorb, "compact": self.compact,
+                 "measure": self.measure_recall}[work]()
+
+    def _due_reasons(self) -> list[str]:
+        """Why a retrain is due (under the lock, or racing benignly from pending_work). O(1)."""
+        if self._ivf is None:
+            return []
+        written = self._next - self._retrain.trained_upto
+        return self._retrain.reasons(self._live, self._trained_on, written, self.train_threshold)
 
     def train(self) -> None:
+        """Trains an index and swaps it in without the recall gate (the first index)."""
+        self.retrain(gate=False)
+
+    def retrain(
+        self, gate: bool = True, options: search_pb2.IndexOptions | None = None
+    ) -> admin_pb2.RetrainOutcome | None:
+        """Builds a shadow index on a snapshot of the live vectors and swaps it in if its recall@10 on a held-out
+        sample is no worse than the current index's (no gate for the first index, or with gate=False).
+
+        Searches and writes go on meanwhile: the lock is held only to snapshot and to swap, and items written
+        after the snapshot stay in the exact buffer. `options` replaces the collection's index options for this
+        candidate only. Returns the outcome, or None when a retrain was already running.
+        """
         with self._lock:
             if self._training:
-                return
+                return None
             self._training = True
+            tracker = self._retrain
+            tracker.asked = False
+            tracker.state = retraining.State.STATE_TRAINING
             upto = self._next
-            labels = np.flatnonzero(self._alive[:upto]).astype(np.int64)
+            alive = self._alive[:upto].copy()
+            first = self._ivf is None
+            gate = gate and not first
             vecs = self._vecs  # rows below `upto` never change: safe to read outside the lock
+        labels = np.flatnonzero(alive).astype(np.int64)
+        started = time.perf_counter()
+        result = retraining.outcome(False, 0.0, 0.0, started, len(labels), "failed: interrupted")
         try:
-            started = time.perf_counter()
-            index, chosen = self._build(vecs, labels)
+            result = self._shadow(vecs, labels, alive, upto, gate, options, started, first)
+        except Exception as exc:  # kept for RetrainStatus; the current index stays
+            logger.exception("collection %s: retraining failed", self.spec.name)
+            result = retraining.outcome(False, 0.0, 0.0, started, len(labels), f"failed: {exc}")
+        finally:
             with self._lock:
-                self._ivf = index
-                self._params = chosen
-                self._ivf_upto = upto
+                tracker.state = retraining.State.STATE_IDLE
+                tracker.last = result
+                tracker.hold(self._next, len(labels))
+                self._training = False
+        return result
+
+    def _shadow(
+        self, vecs: np.ndarray, labels: np.ndarray, alive: np.ndarray, upto: int, gate: bool,
+        options: search_pb2.IndexOptions | None, started: float, first: bool = False,
+    ) -> admin_pb2.RetrainOutcome:
+        """Builds the candidate, evaluates it against the current index (if `gate`), and swaps it in if it passes."""
+        index, chosen = self._build(vecs, labels, options)
+        tracker, before, after = self._retrain, 0.0, 0.0
+        sample = None
+        promote, reason = True, "trained the first index" if first else "rebuilt without the recall gate"
+        if gate:
+            with self._lock:
+                tracker.state = retraining.State.STATE_EVALUATING
+            sample = retraining.draw_sample(vecs, labels, self.metric, self._scorer(vecs), seed=upto)
+            if sample is None:
+                reason = "promoted: too few vectors to measure recall"
+            else:
+                before = self._sample_recall(sample, vecs, alive, upto)
+                fixed = bool((self.spec.index if options is None else options).default_nprobe)
+                chosen, after, note = self._fit_nprobe(sample, vecs, alive, upto, index, chosen, before, fixed)
+                promote, reason = retraining.verdict(before, after, note)
+        with self._lock:
+            if promote:
+                self._ivf, self._params, self._ivf_upto = index, chosen, upto
                 self._ivf_dead = len(labels) - int(np.count_nonzero(self._alive[labels]))
                 self._trained_on = len(labels)
-            logger.info(
-                "collection %s: trained %s on %d vectors in %.2fs",
-                self.spec.name, chosen.factory(), len(labels), time.perf_counter() - started,
-            )
-        finally:
-            self._training = False
+                tracker.trained_upto = upto
+                tracker.changed(index)
+                tracker.next_check = time.monotonic() + retraining.RECALL_CHECK_INTERVAL_S
+            if sample is not None:
+                tracker.measured(after if promote else before, tracker.index_version)
+        logger.info(
+            "collection %s: %s %s on %d vectors in %.2fs: %s", self.spec.name, "trained" if promote else "rejected",
+            chosen.factory(), len(labels), time.perf_counter() - started, reason,
+        )
+        return retraining.outcome(promote, before, after, started, len(labels), reason)
 
-    def _build(self, vecs: np.ndarray, labels: np.ndarray) -> tuple[faiss.Index, index_params.IndexParams]:
-        chosen = index_params.choose(self.dim, len(labels), self.spec.index, gpu=self.use_gpu)
+    def _fit_nprobe(
+        self, sample: retraining.Sample, vecs: np.ndarray, alive: np.ndarray, upto: int, index: faiss.Index,
+        chosen: index_params.IndexParams, before: float, fixed: bool,
+    ) -> tuple[index_params.IndexParams, float, str]:
+        """The candidate's recall on the sample at its default nprobe and, while that is below `before` (and the
+        collection does not fix default_nprobe), at 1.5 times the nprobe, up to nlist: a shard that grew gets more,
+        smaller lists, so the same nprobe covers less of it. Returns the parameters to promote with, their recall
+        and a note on the nprobe for the outcome."""
+        after = self._sample_recall(sample, vecs, alive, upto, (index, chosen))
+        rule, at_rule = chosen.default_nprobe, after
+        while after < before and not fixed and chosen.default_nprobe < chosen.nlist:
+            chosen = replace(chosen, default_nprobe=min(chosen.nlist, math.ceil(1.5 * chosen.default_nprobe)))
+            after = self._sample_recall(sample, vecs, alive, upto, (index, chosen))
+        if chosen.default_nprobe == rule:
+            return chosen, after, ""
+        return chosen, after, f" at nprobe {chosen.default_nprobe} (nprobe {rule} gave {at_rule:.3f})"
+
+    def _build(
+        self, vecs: np.ndarray, labels: np.ndarray, options: search_pb2.IndexOptions | None = None
+    ) -> tuple[faiss.Index, index_params.IndexParams]:
+        opts = self.spec.index if options is None else options
+        chosen = index_params.choose(self.dim, len(labels), opts, gpu=self.use_gpu)
         rng = np.random.default_rng(len(labels))
         sample_size = min(len(labels), max(chosen.nlist * 64, 16_384), MAX_TRAIN_SAMPLE)
         sample = np.sort(rng.choice(labels, size=sample_size, replace=False))
@@ -448,6 +565,88 @@ class Collection:
             index.add_with_ids(vecs[chunk], chunk)
         return index, chosen
 
+    def _scorer(self, vecs: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        return lambda queries, labels: self._exact_scores(queries, np.ascontiguousarray(labels), vecs)
+
+    def _sample_recall(
+        self, sample: retraining.Sample, vecs: np.ndarray, alive: np.ndarray, upto: int,
+        shadow: tuple[faiss.Index, index_params.IndexParams] | None = None,
+    ) -> float:
+        """recall@10 on the sample of a search path as `search` runs it (IVF-PQ candidates at the default nprobe
+        plus the exact buffer, re-ranked exactly) over the snapshot's live items: the current index's, searched
+        under the lock like any search, or a shadow's, which covers the whole snapshot."""
+        queries, k = sample.queries, retraining.RECALL_K + 1  # one more: the query's own item is left out
+        if shadow is None:
+            with self._lock:
+                start = min(self._ivf_upto, upto)
+                found = _ivf_candidates(self._ivf, self._params, queries, k)
+        else:
+            start, found = upto, _ivf_candidates(*shadow, queries, k)
+        candidates = [found]
+        buffered = start + np.flatnonzero(alive[start:upto])
+        if len(buffered):
+            candidates.append(retraining.exact_search(queries, vecs, buffered, k, self.metric)[1])
+        labels = np.concatenate(candidates, axis=1)
+        valid = (labels >= 0) & (labels < upto) & (labels != sample.labels[:, None])
+        safe = np.where(valid, labels, 0)
+        valid &= alive[safe]
+        result = self._rerank(labels, valid, self._exact_scores(queries, safe, vecs), retraining.RECALL_K)
+        return retraining.recall(sample, result.labels, result.scores, self.inner_product)
+
+    def measure_recall(self) -> float:
+        """Estimates the current search path's recall@10 on a held-out sample (an exact search of the sample over
+        the shard: the maintenance thread does it at most every RECALL_CHECK_INTERVAL_S). 0.0: nothing to measure."""
+        with self._lock:
+            if self._ivf is None:
+                return 0.0
+            upto, vecs, version = self._next, self._vecs, self._retrain.index_version
+            alive = self._alive[:upto].copy()
+        labels = np.flatnonzero(alive).astype(np.int64)
+        sample = retraining.draw_sample(vecs, labels, self.metric, self._scorer(vecs), seed=upto)
+        value = self._sample_recall(sample, vecs, alive, upto) if sample is not None else 0.0
+        with self._lock:
+            if sample is None:
+                self._retrain.next_check = time.monotonic() + retraining.RECALL_CHECK_INTERVAL_S
+            else:
+                self._retrain.measured(value, version)
+        return value
+
+    def ask_retrain(self, force: bool) -> bool:
+        """Asks the maintenance thread for a retrain where one is due (any time with `force`). False: none asked
+        (one is running or asked already, or none is due). ValueError: too few vectors to train."""
+        with self._lock:
+            if self._training or self._retrain.asked:
+                return False
+            untrained = self._ivf is None
+            if untrained and self._live < self.train_threshold:
+                if not force:
+                    return False
+                raise ValueError(f"the collection holds {self._live} vectors on this shard; its first index is "
+                                 f"trained at {self.train_threshold} (index.train_threshold)")
+            if not (force or untrained or self._due_reasons()):
+                return False
+            self._retrain.asked = True
+            return True
+
+    def retrain_status(self) -> admin_pb2.RetrainStatus:
+        """The retrain state for RetrainStatus. A retrain asked for but not yet started shows as TRAINING."""
+        with self._lock:
+            tracker = self._retrain
+            reasons = self._due_reasons()
+            if reasons and tracker.held(self._next):
+                reasons.append(f"no automatic retrain until {tracker.hold_next - self._next} more writes or "
+                               f"{(tracker.hold_until - time.monotonic()) / 60:.0f} min have passed (one just ran)")
+            state = retraining.State.STATE_TRAINING if tracker.asked else tracker.state
+            status = admin_pb2.RetrainStatus(
+                state=state, due=bool(reasons), reasons=reasons, trained_on=self._trained_on,
+                added_since_training=self._next - (tracker.trained_upto if self._ivf is not None else 0),
+                list_imbalance=tracker.imbalance, estimated_recall=tracker.recall,
+                estimated_at_unix_ms=tracker.recall_at_ms,
+            )
+            if tracker.last.finished_unix_ms:
+                status.last.CopyFrom(tracker.last)
+        return status
+
     def absorb(self) -> None:
         """Encodes the fresh buffer into the trained index (fast: no training)."""
         with self._lock:
@@ -455,6 +654,7 @@ class Collection:
             labels = start + np.flatnonzero(self._alive[start:stop]).astype(np.int64)
             if self._ivf is not None and len(labels):
                 self._ivf.add_with_ids(self._vecs[labels], labels)
+                self._retrain.changed(self._ivf)
             self._ivf_upto = stop
 
     def compact(self) -> None:
@@ -465,6 +665,7 @@ class Collection:
             dead = np.flatnonzero(~self._alive[: self._ivf_upto]).astype(np.int64)
             self._ivf.remove_ids(faiss.IDSelectorBatch(dead))
             self._ivf_dead = 0
+            self._retrain.changed(self._ivf)
 
     # ---- snapshots ----------------------------------------------------------------------------------------
 
@@ -531,17 +732,22 @@ class Collection:
                 self._ivf = device.to_device(faiss.deserialize_index(state["ivf"]), self.use_gpu)
                 self._ivf_upto, self._trained_on = ivf_upto, trained_on
                 self._ivf_dead = ivf_upto - int(np.count_nonzero(self._alive[:ivf_upto]))
+                # Writes since training are not in snapshots: taken as the growth since (exact without overwrites).
+                self._retrain.trained_upto = upto - max(0, len(labels) - trained_on)
+                self._retrain.changed(self._ivf)
 
     def export_chunk(
-        self, after: int, limit: int
+        self, after: int, limit: int, select: Callable[[np.ndarray], np.ndarray] | None = None
     ) -> tuple[list[str], np.ndarray, list[bytes], np.ndarray, int, list[bytes]]:
-        """Up to `limit` live items with labels above `after`, with versions, the last label looked at (for
-        the next call; -1 when done) and serialised fields. Items written meanwhile get higher labels, so a scan
-        sees them too."""
+        """Up to `limit` live items with labels above `after` (only those whose id hash `select` picks), with
+        versions, the last label looked at (for the next call; -1 when done) and serialised fields. Items written
+        meanwhile get higher labels, so a scan sees them too."""
         with self._lock:
             start = after + 1
             stop = self._next
             alive = start + np.flatnonzero(self._alive[start:stop])
+            if select is not None:
+                alive = alive[select(self._hash[alive])]
             labels = alive[:limit]
             last = int(labels[-1]) if len(alive) > limit else -1
             ids = [self._id_of[label] for label in labels.tolist()]
@@ -569,9 +775,24 @@ class Collection:
             ids = [self._id_of[label] for label in labels.tolist()]
         return ids, int(hashes[-1]) if len(hashes) else 0, more
 
-    def delete_markers(self) -> list[tuple[str, int]]:
+    def delete_markers(self, select: Callable[[np.ndarray], np.ndarray] | None = None) -> list[tuple[str, int]]:
         with self._lock:
-            return list(self._deleted.items())
+            markers = list(self._deleted.items())
+        if select is None or not markers:
+            return markers
+        picked = select(id_hashes([item_id for item_id, _ in markers]))
+        return [marker for marker, keep in zip(markers, picked.tolist()) if keep]
+
+    def checksum(self, select: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Count and checksum per bucket of the live items `select` picks (see shardsearch.topology)."""
+        with self._lock:
+            labels = np.flatnonzero(self._alive[: self._next])
+            hashes = self._hash[labels]
+            picked = select(hashes)
+            labels, hashes = labels[picked], hashes[picked]
+            versions = self._ver[labels]
+            vectors = self._vecs[labels]
+        return topology.checksums(hashes, topology.item_hashes(hashes, versions, vectors))
 
     # ---- introspection ------------------------------------------------------------------------------------
 
@@ -604,6 +825,17 @@ class Collection:
     @property
     def live(self) -> int:
         return self._live
+
+
+def _ivf_candidates(
+    index: faiss.Index | None, chosen: index_params.IndexParams | None, queries: np.ndarray, k: int
+) -> np.ndarray:
+    """Labels of the IVF-PQ candidates an unfiltered `search` at the default nprobe re-ranks."""
+    if index is None or chosen is None or index.ntotal == 0:
+        return np.zeros((len(queries), 0), np.int64)
+    kf = min(k * chosen.refine_factor, int(index.ntotal))
+    probe = min(chosen.default_nprobe, chosen.nlist)
+    return index.search(queries, kf, params=faiss.SearchParametersIVF(nprobe=probe))[1]
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:

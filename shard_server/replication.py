@@ -158,6 +158,8 @@ class Replication:
         servicer = self._servicer
         async with self._connect(peer) as channel:
             stub = shard_pb2_grpc.ShardServiceStub(channel)
+            layout = await stub.GetTopology(shard_pb2.ShardGetTopologyRequest(), metadata=logs.outgoing_metadata())
+            await servicer.adopt_topology(layout)  # a move ran while this replica was away
             coll = None
             export = stub.ExportCollection(shard_pb2.ShardExportRequest(), metadata=logs.outgoing_metadata())
             async for chunk in export:

@@ -6,10 +6,13 @@ Concurrent Search RPCs go through a dynamic batcher: one FAISS call answers ever
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import threading
 from concurrent.futures import Executor
-from typing import Any, AsyncIterator, Callable, Hashable, TypeVar
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Hashable, Iterator, TypeVar
 
 import grpc
 import numpy as np
@@ -18,10 +21,13 @@ from prometheus_client import CollectorRegistry, Gauge
 from shard_server.index import Collection
 from shard_server.maintenance import Maintenance
 from shard_server.writes import Writer
-from shardsearch import codec, logs, validation
+from shard_server.storage import write_atomically
+from shardsearch import codec, logs, topology, validation
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.clock import HybridClock
-from shardsearch.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
+from shardsearch.errors import (
+    Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc,
+)
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 
@@ -30,6 +36,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 30.0  # for a search whose caller set no deadline
 EXPORT_CHUNK_ITEMS = 4096
+DRAIN_TIMEOUT_S = 30.0  # longest SetTopology waits for writes admitted under an older layout
 
 
 class ShardMetrics(RpcMetrics):
@@ -45,8 +52,16 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(
         self, executor: Executor, maintenance: Maintenance, metrics: ShardMetrics, use_gpu: bool,
         batching: BatchingConfig, batch_metrics: BatchMetrics, writer: Writer, name: str = "shard",
+        topology_path: Path | None = None,
     ) -> None:
         self.name = name
+        self.topology = shard_pb2.ShardSetTopologyRequest()
+        """The ring layout this shard last stored, and its name on that ring (version 0: none)."""
+        self.topology_version = 0
+        """Requests routed by an older layout are refused (ABORTED); a request with a newer one raises it."""
+        self._topology_path = topology_path
+        self._writes_by_version: collections.Counter[int] = collections.Counter()
+        self._layout_lock = asyncio.Lock()
         self.catching_up = False
         """While set, reads are refused (UNAVAILABLE) so callers use another replica; writes are still applied."""
         self.on_resync: Callable[[str, int], None] | None = None
@@ -90,6 +105,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             await self._writer.create(spec)  # durable before it is acknowledged
             with self._lock:
                 self._collections[spec.name] = coll = Collection(spec, use_gpu=self._use_gpu)
+                coll.keep = self._keep()
         finally:
             self._creating.discard(spec.name)
         self.metrics.vectors.labels(spec.name).set(0)
@@ -131,7 +147,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument(f"fields: {len(request.fields)} field sets for {len(ids)} ids")
         codec.check_finite(vectors, "vectors_f32")
         self._stamp(request)
-        return shard_pb2.ShardUpsertResponse(upserted=await self.upsert(coll, request, self._deadline(context)))
+        with self._admitted(request.topology_version):
+            upserted = await self.upsert(coll, request, self._deadline(context))
+        return shard_pb2.ShardUpsertResponse(upserted=upserted)
 
     async def upsert(self, coll: Collection, request: shard_pb2.ShardUpsertRequest, timeout: float) -> int:
         """Applies a checked, versioned upsert (from a client write or from a peer while catching up)."""
@@ -158,7 +176,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         coll = self._collection(request.collection)
         validation.check_ids(list(request.ids), "ids")
         self._stamp(request)
-        return shard_pb2.ShardDeleteResponse(deleted=await self.delete(coll, request, self._deadline(context)))
+        with self._admitted(request.topology_version):
+            deleted = await self.delete(coll, request, self._deadline(context))
+        return shard_pb2.ShardDeleteResponse(deleted=deleted)
 
     @staticmethod
     def _deadline(context: Any) -> float:
@@ -166,9 +186,18 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return DEFAULT_TIMEOUT_S if remaining is None else remaining
 
     def recover(self) -> None:
-        """Loads the collections kept in the data directory (before serving)."""
+        """Loads the ring layout and the collections kept in the data directory (before serving); items of ids the
+        layout gives to other shards (replayed from the log after a move dropped them) are dropped again."""
+        if self._topology_path is not None and self._topology_path.exists():
+            self.topology = shard_pb2.ShardSetTopologyRequest.FromString(self._topology_path.read_bytes())
+            self.topology_version = self.topology.topology.version
+            logger.info("ring layout %d (this shard is %s on it)", self.topology_version, self.topology.shard)
+        keep = self._keep()
         for coll in self._writer.recover(self._use_gpu):
             self._collections[coll.spec.name] = coll
+            dropped = coll.set_keep(keep)
+            if dropped:
+                logger.info("collection %s: dropped %d items owned by other shards", coll.spec.name, dropped)
             self._after_write(coll)
 
     async def close(self) -> None:
@@ -181,6 +210,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     @rpc("Get")
     async def Get(self, request: shard_pb2.ShardGetRequest, context: Any) -> Any:
+        self._check_layout(request.topology_version)
         coll = self._collection(request.collection, read=True)
         ids = list(request.ids)
         validation.check_ids(ids, "ids")
@@ -193,6 +223,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     @rpc("Search")
     async def Search(self, request: shard_pb2.ShardSearchRequest, context: Any) -> Any:
+        self._check_layout(request.topology_version)
         coll = self._collection(request.collection, read=True)
         queries = codec.unpack(request.queries_f32, coll.dim, "queries_f32")
         if queries.shape[0] != request.n:
@@ -218,6 +249,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     @rpc("ListIds")
     async def ListIds(self, request: shard_pb2.ShardListIdsRequest, context: Any) -> Any:
+        self._check_layout(request.topology_version)
         coll = self._collection(request.collection, read=True)
         if not 1 <= request.limit <= validation.DEFAULT_LIMITS.max_items:
             raise InvalidArgument(f"limit: {request.limit} must be between 1 and {validation.DEFAULT_LIMITS.max_items}")
@@ -241,16 +273,19 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         else:
             colls = sorted(self._collections.values(), key=lambda c: c.spec.name)
         limit = request.chunk_items or EXPORT_CHUNK_ITEMS
+        select = topology.Selector(request.select).mask if request.HasField("select") else None
         for coll in colls:
             assert coll is not None
             yield shard_pb2.ShardExportChunk(collection=coll.spec)
-            async for chunk in self._export(coll, limit):
+            async for chunk in self._export(coll, limit, select):
                 yield chunk
 
-    async def _export(self, coll: Collection, limit: int) -> AsyncIterator[shard_pb2.ShardExportChunk]:
+    async def _export(
+        self, coll: Collection, limit: int, select: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> AsyncIterator[shard_pb2.ShardExportChunk]:
         name, after = coll.spec.name, -1
         while True:
-            ids, vectors, payloads, versions, after, fields = await self._run(coll.export_chunk, after, limit)
+            ids, vectors, payloads, versions, after, fields = await self._run(coll.export_chunk, after, limit, select)
             if ids:
                 yield shard_pb2.ShardExportChunk(items=shard_pb2.ShardUpsertRequest(
                     collection=name, ids=ids, vectors_f32=codec.pack(vectors),
@@ -259,7 +294,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 ))
             if after < 0:
                 break
-        markers = await self._run(coll.delete_markers)
+        markers = await self._run(coll.delete_markers, select)
         for lo in range(0, len(markers), limit):
             part = markers[lo : lo + limit]
             yield shard_pb2.ShardExportChunk(deletes=shard_pb2.ShardDeleteRequest(
@@ -274,6 +309,112 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         # can see the missed write's absence here.
         self.on_resync(request.reason or "asked by a coordinator", request.missed_version)
         return shard_pb2.ShardResyncResponse()
+
+    # ---- ring layout (resharding) ---------------------------------------------------------------------------
+
+    def _check_layout(self, version: int) -> None:
+        """Refuses a request routed by an older ring layout; a newer one raises this shard's (0: not checked)."""
+        if version and version < self.topology_version:
+            raise Aborted(
+                f"routed by ring layout {version}, but shard {self.name} has layout {self.topology_version}; "
+                "re-read the layout and send the request again"
+            )
+        if version > self.topology_version:
+            self.topology_version = version
+
+    @contextlib.contextmanager
+    def _admitted(self, version: int) -> Iterator[None]:
+        """A write admitted under `version` (counted until applied, so a new layout can wait for it)."""
+        self._check_layout(version)
+        self._writes_by_version[version] += 1
+        try:
+            yield
+        finally:
+            self._writes_by_version[version] -= 1
+            if not self._writes_by_version[version]:
+                del self._writes_by_version[version]
+
+    def _keep(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Which ids this shard keeps under its stored layout (None: all, when none is stored)."""
+        if not self.topology.topology.version:
+            return None
+        layout, name = topology.Layout.of(self.topology.topology), self.topology.shard
+        return lambda hashes: layout.owned(name, hashes)
+
+    @rpc("GetTopology")
+    async def GetTopology(self, request: shard_pb2.ShardGetTopologyRequest, context: Any) -> Any:
+        return shard_pb2.ShardGetTopologyResponse(topology=self.topology.topology, shard=self.topology.shard)
+
+    @rpc("SetTopology")
+    async def SetTopology(self, request: shard_pb2.ShardSetTopologyRequest, context: Any) -> Any:
+        if not request.topology.version or not request.shard:
+            raise InvalidArgument("topology.version and shard are required")
+        return shard_pb2.ShardSetTopologyResponse(dropped=await self.set_topology(request))
+
+    async def set_topology(self, request: shard_pb2.ShardSetTopologyRequest) -> int:
+        """Stores a newer layout, then waits for the writes admitted under older ones, then drops what this shard
+        no longer owns. Setting the stored layout again is a no-op; an older one is refused."""
+        async with self._layout_lock:
+            version = request.topology.version
+            stored = self.topology.topology.version
+            if version < stored or (version == stored and request.SerializeToString(deterministic=True)
+                                    != self.topology.SerializeToString(deterministic=True)):
+                raise Aborted(f"shard {self.name} already has ring layout {stored} (offered {version})")
+            self.topology_version = max(self.topology_version, version)
+            if version == stored:
+                return 0
+            await self._drain(version)
+            if self._topology_path is not None:
+                await self._run(write_atomically, self._topology_path, request.SerializeToString())
+            self.topology = request
+            keep = self._keep()
+            dropped = 0
+            for coll in list(self._collections.values()):
+                dropped += await self._run(coll.set_keep, keep)
+                self._after_write(coll)
+            logger.info("ring layout %d stored (this shard is %s on it); %d items of other shards dropped",
+                        version, request.shard, dropped)
+            return dropped
+
+    async def _drain(self, version: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while any(v < version for v in self._writes_by_version) and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def adopt_topology(self, response: shard_pb2.ShardGetTopologyResponse) -> None:
+        """A peer's layout (while catching up), if newer than this replica's."""
+        if response.topology.version > self.topology.topology.version and response.shard:
+            await self.set_topology(shard_pb2.ShardSetTopologyRequest(topology=response.topology, shard=response.shard))
+
+    @rpc("Checksum")
+    async def Checksum(self, request: shard_pb2.ShardChecksumRequest, context: Any) -> Any:
+        self._check_layout(request.topology_version)
+        coll = self._collection(request.collection, read=True)
+        counts, sums = await self._run(coll.checksum, topology.Selector(request.select).mask)
+        return shard_pb2.ShardChecksumResponse(counts=counts.tolist(), sums=sums.tolist())
+
+    # ---- retraining -----------------------------------------------------------------------------------------
+
+    @rpc("Retrain")
+    async def Retrain(self, request: shard_pb2.ShardRetrainRequest, context: Any) -> Any:
+        """Hands a retrain (where due, or forced) to the maintenance thread and answers at once with the state;
+        one already running or asked for is not started twice."""
+        coll = self._collection(request.collection)
+        try:
+            asked = await self._run(coll.ask_retrain, request.force)
+        except ValueError as exc:
+            raise FailedPrecondition(str(exc)) from exc
+        if asked:
+            self._maintenance.nudge(coll)
+        return shard_pb2.ShardRetrainResponse(status=await self._run(coll.retrain_status))
+
+    @rpc("RetrainStatus")
+    async def RetrainStatus(self, request: shard_pb2.ShardRetrainStatusRequest, context: Any) -> Any:
+        coll = self._collection(request.collection)
+        if request.measure:
+            await self._run(coll.measure_recall)
+        return shard_pb2.ShardRetrainResponse(status=await self._run(coll.retrain_status))
 
 
 def _search_batch(

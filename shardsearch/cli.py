@@ -1,5 +1,5 @@
 """The `shardsearch` command: `local` (a whole cluster on this machine), `coordinator`, `shard`, `bench`, `eval`,
-`ingest`."""
+`ingest`, `admin`."""
 
 from __future__ import annotations
 
@@ -120,6 +120,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ingestion = commands.add_parser("ingest", help="bulk-load vectors, JSONL items or an image folder (resumable)")
     ingest.add_arguments(ingestion)
     ingestion.set_defaults(run=ingest.run)
+
+    from shardsearch import admin
+
+    administration = commands.add_parser("admin", help="operate a cluster: add or remove shards, retrain indexes")
+    admin.add_arguments(administration)
+    administration.set_defaults(run=admin.run)
 
     args = parser.parse_args(argv)
     run = args.run

@@ -53,6 +53,12 @@ class FailedPrecondition(ShardSearchError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Aborted(ShardSearchError):
+    """The request was routed by an older ring layout than the shard's: re-read the layout and send it again."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class AnswerTooLarge(ResourceExhausted):
     """A shard's answer was over the gRPC message size limit: the request asked for too much at once, and asking
     again (or another shard) will not help."""

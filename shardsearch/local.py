@@ -223,6 +223,21 @@ class LocalCluster:
         proc.start(env)
         proc.wait_ready(time.monotonic() + timeout)
 
+    def start_extra_shard(self, name: str, timeout: float = 30.0) -> Process:
+        """Starts one more shard process that no coordinator knows yet (to add to the ring with `admin add-shard`);
+        it is stopped with the cluster."""
+        assert self.run_dir is not None
+        durability = ["--data-dir", str(self.run_dir / f"{name}-data")] if self.durable else []
+        proc = self._process(name, [
+            "shard_server", "--host", "127.0.0.1", "--port", "0", "--name", name,
+            "--metrics-port", "0" if self.metrics else "-1", "--omp-threads", str(self.omp_threads), *durability,
+            *self.shard_args,
+        ])
+        proc.start({**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env})
+        self.shard_procs.append(proc)
+        proc.wait_ready(time.monotonic() + timeout)
+        return proc
+
     def stop(self) -> None:
         """Stops every process; shard data in a temporary run dir is deleted (the logs stay for post-mortems)."""
         procs = self.coordinator_procs + self.shard_procs

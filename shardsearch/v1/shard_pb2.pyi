@@ -9,16 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RingSelection(_message.Message):
-    __slots__ = ("ring", "vnodes", "owners", "buckets")
+    __slots__ = ("ring", "vnodes", "owners", "buckets", "from_ring", "from_owners")
     RING_FIELD_NUMBER: _ClassVar[int]
     VNODES_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
     BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    FROM_RING_FIELD_NUMBER: _ClassVar[int]
+    FROM_OWNERS_FIELD_NUMBER: _ClassVar[int]
     ring: _containers.RepeatedScalarFieldContainer[str]
     vnodes: int
     owners: _containers.RepeatedScalarFieldContainer[str]
     buckets: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, ring: _Optional[_Iterable[str]] = ..., vnodes: _Optional[int] = ..., owners: _Optional[_Iterable[str]] = ..., buckets: _Optional[_Iterable[int]] = ...) -> None: ...
+    from_ring: _containers.RepeatedScalarFieldContainer[str]
+    from_owners: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ring: _Optional[_Iterable[str]] = ..., vnodes: _Optional[int] = ..., owners: _Optional[_Iterable[str]] = ..., buckets: _Optional[_Iterable[int]] = ..., from_ring: _Optional[_Iterable[str]] = ..., from_owners: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardCreateCollectionRequest(_message.Message):
     __slots__ = ("collection",)
@@ -231,10 +235,12 @@ class ShardGetTopologyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ShardGetTopologyResponse(_message.Message):
-    __slots__ = ("topology",)
+    __slots__ = ("topology", "shard")
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     topology: _admin_pb2.Topology
-    def __init__(self, topology: _Optional[_Union[_admin_pb2.Topology, _Mapping]] = ...) -> None: ...
+    shard: str
+    def __init__(self, topology: _Optional[_Union[_admin_pb2.Topology, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class ShardSetTopologyRequest(_message.Message):
     __slots__ = ("topology", "shard")

@@ -99,7 +99,7 @@ def retry_until_ok(call, seconds: float = 15.0):
 
 
 def cluster_owner(stub, item_id: str) -> str:
-    from coordinator.ring import Ring
+    from shardsearch.ring import Ring
 
     return Ring([f"shard-{i}" for i in range(3)]).owner(item_id)
 

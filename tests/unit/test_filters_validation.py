@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from coordinator.ring import Ring
+from coordinator.router import Router
 from coordinator.servicer import route_items
-from shardsearch import codec
+from shardsearch import codec, topology
 from shardsearch.errors import InvalidArgument
 from shardsearch.v1 import search_pb2
 from shardsearch.validation import DEFAULT_LIMITS, check_diversity, check_fields, check_filter
@@ -174,8 +174,9 @@ def test_diversity_settings() -> None:
 def route(items: list[search_pb2.Item], shards: int = 3) -> list:  # type: ignore[type-arg]
     spec = search_pb2.Collection(name="c", dim=2, metric=search_pb2.METRIC_L2)
     names = [f"shard-{i}" for i in range(shards)]
-    pool: Any = SimpleNamespace(shards=names)
-    return route_items(search_pb2.UpsertRequest(collection="c", items=items), spec, Ring(names), pool, DEFAULT_LIMITS)
+    pool: Any = SimpleNamespace(by_name={name: name for name in names})
+    router = Router(pool, topology.bootstrap([(name, ["unused:1"]) for name in names]))
+    return route_items(search_pb2.UpsertRequest(collection="c", items=items), spec, router, DEFAULT_LIMITS)
 
 
 def item(i: int, **values: V) -> search_pb2.Item:

@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from coordinator.ring import Ring, hash64
+from shardsearch.ring import Ring, hash64
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_single_lookup_matches_vectorised(ids: list[str]) -> None:
 
 
 def test_hash_is_stable_across_processes() -> None:
-    code = "from coordinator.ring import hash64; print(hash64('doc-42'))"
+    code = "from shardsearch.ring import hash64; print(hash64('doc-42'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""})
     assert int(other.stdout) == hash64("doc-42")
 

@@ -41,10 +41,18 @@ class Ring:
 
     def owner_indices(self, keys: Sequence[str]) -> np.ndarray:
         """Index into `shards` of each key's owner (vectorised lookup)."""
-        hashes = np.fromiter((hash64(k) for k in keys), dtype=np.uint64, count=len(keys))
+        return self.owners_of_hashes(np.fromiter((hash64(k) for k in keys), dtype=np.uint64, count=len(keys)))
+
+    def owners_of_hashes(self, hashes: np.ndarray) -> np.ndarray:
+        """Index into `shards` of the owner of each 64-bit key hash (uint64 array)."""
         slots = np.searchsorted(self._points, hashes, side="left")
         slots[slots == len(self._points)] = 0  # wrap around the circle
         return self._owners[slots]
+
+    def owns(self, names: Sequence[str], hashes: np.ndarray) -> np.ndarray:
+        """Whether each key hash's owner is one of `names` (bool array; names not on the ring own nothing)."""
+        wanted = np.array([name in names for name in self.shards], dtype=bool)
+        return wanted[self.owners_of_hashes(hashes)]
 
     def with_shard(self, shard: str) -> "Ring":
         return Ring((*self.shards, shard), self.vnodes)
