@@ -58,7 +58,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self.topology = shard_pb2.ShardSetTopologyRequest()
         """The ring layout this shard last stored, and its name on that ring (version 0: none)."""
         self.topology_version = 0
-        """Requests routed by an older layout are refused (ABORTED); a request with a newer one raises it."""
+        """Requests routed by an older layout are refused (ABORTED). It moves only with a stored layout (a request
+        naming a newer one is served: that coordinator read it from another shard, where it was stored first)."""
         self._topology_path = topology_path
         self._writes_by_version: collections.Counter[int] = collections.Counter()
         self._layout_lock = asyncio.Lock()
@@ -313,14 +314,12 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     # ---- ring layout (resharding) ---------------------------------------------------------------------------
 
     def _check_layout(self, version: int) -> None:
-        """Refuses a request routed by an older ring layout; a newer one raises this shard's (0: not checked)."""
+        """Refuses a request routed by an older ring layout than this shard's (0: not checked)."""
         if version and version < self.topology_version:
             raise Aborted(
                 f"routed by ring layout {version}, but shard {self.name} has layout {self.topology_version}; "
                 "re-read the layout and send the request again"
             )
-        if version > self.topology_version:
-            self.topology_version = version
 
     @contextlib.contextmanager
     def _admitted(self, version: int) -> Iterator[None]:
@@ -360,12 +359,16 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             if version < stored or (version == stored and request.SerializeToString(deterministic=True)
                                     != self.topology.SerializeToString(deterministic=True)):
                 raise Aborted(f"shard {self.name} already has ring layout {stored} (offered {version})")
-            self.topology_version = max(self.topology_version, version)
             if version == stored:
                 return 0
-            await self._drain(version)
-            if self._topology_path is not None:
-                await self._run(write_atomically, self._topology_path, request.SerializeToString())
+            previous, self.topology_version = self.topology_version, version  # refuse older writes from now on
+            try:
+                await self._drain(version)
+                if self._topology_path is not None:
+                    await self._run(write_atomically, self._topology_path, request.SerializeToString())
+            except BaseException:
+                self.topology_version = previous  # not stored: GetTopology must still agree with the refusals
+                raise
             self.topology = request
             keep = self._keep()
             dropped = 0

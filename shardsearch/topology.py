@@ -5,8 +5,9 @@ every shard before any coordinator acts on it:
 
 - COPYING: writes go to the owners on A and on B; reads by id go to A (the old owners have everything); searches go
   to every shard of A and B and hits are de-duplicated by id. A shard keeps the ids it owns on A or on B.
-- SWITCHED: reads by id go to B; writes still go to both (a coordinator one phase behind may still search A's
-  copies, so they stay current); a shard keeps only the ids it owns on B, dropping the others at once.
+- SWITCHED: reads by id go to B; a shard keeps only the ids it owns on B, dropping the others as it stores the
+  layout. Writes still go to both rings: while the announcement is under way, a coordinator that already switched
+  still searches old owners that have not, and their copies must stay current until they drop them.
 
 When the move ends, the layout is B alone. Versions only grow; a shard refuses requests routed by an older version
 (ABORTED) so that no coordinator acts on a stale ring once a newer one has been announced.
