@@ -77,6 +77,28 @@ class Router:
             return None
         return answer.topology
 
+    async def store_initial(self, timeout: float = READ_TIMEOUT_S) -> bool:
+        """With no layout stored on any shard yet, stores the flags' layout as version 1 on every replica of every
+        shard, so from then on the stored layout, not each coordinator's flags, decides (a coordinator restarted
+        with other flags keeps routing as before). Coordinators that race store the same layout, or the loser
+        adopts the winner's. Returns whether the layout in use is stored."""
+        if self.layout.version:
+            return True
+        initial = admin_pb2.Topology()
+        initial.CopyFrom(self.layout.topology)
+        initial.version = 1
+        outcomes = await asyncio.gather(*(
+            self._pool.write(shard, "SetTopology", shard_pb2.ShardSetTopologyRequest(topology=initial, shard=shard.name),
+                             timeout, every_replica=True)
+            for shard in self._pool.shards
+        ))
+        if all(o.ok for o in outcomes):
+            self.adopt(initial)
+            logger.info("stored the ring layout from the flags on every shard (version 1)")
+            return True
+        await self.refresh(timeout)  # another coordinator may have stored its own first
+        return bool(self.layout.version)
+
     async def stale(self, outcomes: Sequence[Outcome]) -> bool:
         """True (after re-reading the layout) if a shard refused a request for its stale layout."""
         if not any(o.error is not None and o.error.code == grpc.StatusCode.ABORTED for o in outcomes):
@@ -89,6 +111,8 @@ class Router:
             await asyncio.sleep(self._poll_s)
             with contextlib.suppress(Exception):
                 await self.refresh()
+                if not self.layout.version:
+                    await self.store_initial()
 
     # ---- routing ----------------------------------------------------------------------------------------------
 

@@ -74,8 +74,15 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
         addresses, ShardMetrics(registry), channel_factory=shard_channels, replication=replication, clock=clock.now
     )
     router = Router(pool, topology.bootstrap(addresses, config.vnodes), config.topology_poll_s)
-    if not await router.refresh():  # a layout stored on the shards (after a move) wins over the flags
-        logger.info("ring layout from the flags (no shard has a stored one, or none answered yet)")
+    await router.refresh()  # a layout stored on the shards wins over the flags
+    if router.layout.version:
+        stored = [s.name for s in router.layout.topology.shards]
+        if stored != pool_names(addresses):
+            logger.warning("the shards' stored ring layout %d (%s) differs from the flags (%s); using the stored one "
+                           "(change the ring with `shardsearch admin`)", router.layout.version, ", ".join(stored),
+                           ", ".join(pool_names(addresses)))
+    elif not await router.store_initial():
+        logger.warning("ring layout from the flags, not stored yet (not every shard replica answered); retrying")
     catalog = Catalog(pool)
     executor = ThreadPoolExecutor(2, thread_name_prefix="coordinator")
     result_cache = cache.build(
@@ -157,6 +164,10 @@ async def start_encoders(config: CoordinatorConfig, registry: CollectorRegistry)
     )
     logger.info("embedding cache: %s", cache.kind if cache else "off")
     return encoders
+
+
+def pool_names(addresses: list[tuple[str, list[str]]]) -> list[str]:
+    return [name for name, _ in addresses]
 
 
 def parse_floats(text: str, name: str) -> tuple[float, ...]:

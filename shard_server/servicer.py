@@ -334,8 +334,10 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 del self._writes_by_version[version]
 
     def _keep(self) -> Callable[[np.ndarray], np.ndarray] | None:
-        """Which ids this shard keeps under its stored layout (None: all, when none is stored)."""
-        if not self.topology.topology.version:
+        """Which ids this shard keeps under its stored layout. None (all) before any move: the initial layout
+        (version 1, stored from the first coordinator's flags) cannot tell how data loaded before it was placed, so
+        nothing is dropped on its word."""
+        if self.topology.topology.version <= 1:
             return None
         layout, name = topology.Layout.of(self.topology.topology), self.topology.shard
         return lambda hashes: layout.owned(name, hashes)

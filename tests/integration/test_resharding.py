@@ -250,3 +250,23 @@ def test_refusals(cluster: LocalCluster) -> None:
         assert refused.value.details()
     assert not admin.GetTopology(admin_pb2.GetTopologyRequest()).HasField("move") or \
         admin.GetTopology(admin_pb2.GetTopologyRequest()).move.finished_unix_ms
+
+
+def test_the_stored_layout_wins_over_changed_flags() -> None:
+    """The first coordinator stores its flags' layout on the shards (version 1); a coordinator restarted with other
+    flags (here: one more shard, as after raising SHARD_COUNT in Kubernetes before `admin add-shard`) keeps routing
+    by the stored layout, so no id is looked for on a shard that does not hold it."""
+    with LocalCluster(shards=2, coordinator_args=["--cache", "off"]) as cluster:
+        search, admin = stubs(cluster.address)
+        assert admin.GetTopology(admin_pb2.GetTopologyRequest()).version == 1
+        search.CreateCollection(search_pb2.CreateCollectionRequest(name="kept", dim=4, metric=search_pb2.METRIC_L2))
+        ids = [f"k{i}" for i in range(200)]
+        vectors = np.random.default_rng(0).random((200, 4), dtype=np.float32)
+        upsert(search, "kept", ids, vectors)
+        cluster.start_extra_shard("shard-2")
+        cluster.restart_coordinators(["--cache", "off"])  # its --shards now lists shard-2 too
+        assert "shard-2=" in cluster.coordinator.args[cluster.coordinator.args.index("--shards") + 1]
+        search, admin = stubs(cluster.address)
+        assert [s.name for s in admin.GetTopology(admin_pb2.GetTopologyRequest()).shards] == ["shard-0", "shard-1"]
+        got = search.Get(search_pb2.GetRequest(collection="kept", ids=ids))
+        assert [item.id for item in got.items] == ids

@@ -374,11 +374,13 @@ def test_a_non_empty_joining_shard_and_removing_the_last_shard_are_refused(reque
             assert last.value.code() == grpc.StatusCode.FAILED_PRECONDITION, last.value.details()
             assert "last" in last.value.details()
 
-            # Neither left a trace: same layout, nothing stored on the shards, the cluster serves as before.
+            # Neither left a trace: same layout (the initial one the coordinator stored, version 1), nothing stored
+            # on the refused shard, the cluster serves as before.
             after = admin.GetTopology(admin_pb2.GetTopologyRequest())
-            assert after == before and not after.HasField("move")
+            assert after == before and not after.HasField("move") and after.version == 1
             for proc in cluster.shard_procs:
-                assert shard_stub(proc.address).GetTopology(shard_pb2.ShardGetTopologyRequest()).topology.version == 0
+                stored = shard_stub(proc.address).GetTopology(shard_pb2.ShardGetTopologyRequest()).topology.version
+                assert stored == (0 if proc.address == extra.address else 1), proc.name
             assert KEPT not in {c.name for c in own.ListCollections(shard_pb2.ShardListCollectionsRequest())
                                 .collections}
             upsert(search, KEPT, ["c"], np.ones((1, DIM), np.float32))
@@ -399,6 +401,6 @@ def test_a_request_from_a_future_layout_does_not_wedge_the_shard() -> None:
         upsert(search, KEPT, ids, np.ones((20, DIM), np.float32))
         shard = shard_stub(cluster.shard_procs[0].address)
         shard.Get(shard_pb2.ShardGetRequest(collection=KEPT, ids=["f0"], topology_version=99))
-        assert shard.GetTopology(shard_pb2.ShardGetTopologyRequest()).topology.version == 0  # nothing stored
+        assert shard.GetTopology(shard_pb2.ShardGetTopologyRequest()).topology.version == 1  # the initial one
         got = search.Get(search_pb2.GetRequest(collection=KEPT, ids=ids), timeout=10)
         assert [item.id for item in got.items] == ids
