@@ -178,15 +178,27 @@ class Resharder:
         await self._check_reachable(timeout)
         await self._check_empty(joining, timeout)
         for collection in await self._catalog.refresh(timeout):
-            outcome = await self._pool.write(
-                joining, "CreateCollection", shard_pb2.ShardCreateCollectionRequest(collection=collection), timeout,
-                every_replica=True, benign=grpc.StatusCode.ALREADY_EXISTS,
-            )
-            if not outcome.ok and outcome.error.code != grpc.StatusCode.ALREADY_EXISTS:  # type: ignore[union-attr]
-                raise outcome.error  # type: ignore[misc]
+            await self._create_on(joining, collection, timeout)
+
+    async def _create_on(self, shard: Shard | None, spec: Any, timeout: float = STEP_TIMEOUT_S) -> None:
+        """Creates the collection on every replica of `shard` (None: nothing to do) unless it is there."""
+        if shard is None:
+            return
+        outcome = await self._pool.write(
+            shard, "CreateCollection", shard_pb2.ShardCreateCollectionRequest(collection=spec), timeout,
+            every_replica=True, benign=grpc.StatusCode.ALREADY_EXISTS,
+        )
+        if not outcome.ok and outcome.error.code != grpc.StatusCode.ALREADY_EXISTS:  # type: ignore[union-attr]
+            raise outcome.error  # type: ignore[misc]
 
     async def _check_empty(self, shard: Shard, timeout: float) -> None:
         for replica in shard.replicas:
+            stored = await replica.stub.GetTopology(shard_pb2.ShardGetTopologyRequest(), timeout=timeout)
+            if stored.topology.version:
+                raise FailedPrecondition(
+                    f"shard {shard.name} ({replica.address}) was on a ring before (it stores layout "
+                    f"{stored.topology.version}); a joining shard must start with an empty data directory"
+                )
             listed = await replica.stub.ListCollections(shard_pb2.ShardListCollectionsRequest(), timeout=timeout)
             for spec in listed.collections:
                 stats = await replica.stub.Stats(shard_pb2.ShardStatsRequest(collection=spec.name), timeout=timeout)
@@ -276,6 +288,9 @@ class Resharder:
         else:
             pairs = [(move.shard, target) for target in layout.ring.shards]
         collections = await self._catalog.refresh(STEP_TIMEOUT_S)
+        for spec in collections:  # created meanwhile by a coordinator that did not know the move yet
+            await self._create_on(self._pool.by_name[move.shard] if move.kind == admin_pb2.Move.KIND_ADD else None,
+                                  spec)
         ranges = {(r.collection, r.source, r.target): r for r in progress.ranges}
         for spec in collections:
             for source, target in pairs:
@@ -294,15 +309,16 @@ class Resharder:
 
         await asyncio.gather(*(one(r) for r in list(progress.ranges)))
 
-    async def _copy(self, layout: Layout, r: admin_pb2.MoveRange, buckets: list[int] | None = None) -> None:
-        """Streams the range from the old owner (any replica that answers) to every replica of the new one."""
+    async def _copy(self, layout: Layout, r: admin_pb2.MoveRange, buckets: list[int] | None = None) -> bool:
+        """Streams the range from every replica of the old owner (with the default write quorum of 1 an
+        acknowledged write may be on one replica only; versions make the copies idempotent) to every replica of
+        the new one. False if the collection was dropped meanwhile."""
         source, target = self._pool.by_name[r.source], self._pool.by_name[r.target]
         request = shard_pb2.ShardExportRequest(
             collection=r.collection, chunk_items=EXPORT_CHUNK_ITEMS,
             select=topology.move_range(layout, r.source, r.target, buckets or ()),
         )
-        last: Exception | None = None
-        for replica in sorted(source.replicas, key=lambda rep: rep.fenced):
+        for replica in source.replicas:
             try:
                 async for chunk in replica.stub.ExportCollection(request, metadata=logs.outgoing_metadata()):
                     if chunk.HasField("items") and chunk.items.ids:
@@ -315,12 +331,12 @@ class Resharder:
                         await self._apply(target, "Delete", chunk.deletes)
                         r.copied += len(chunk.deletes.ids)
                         self._metrics.copied.inc(len(chunk.deletes.ids))
-                return
             except grpc.aio.AioRpcError as exc:
-                last = exc
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return  # the collection was dropped meanwhile
-        raise Unavailable(f"copying {r.collection} from {r.source}: no replica could export it ({last})")
+                    return False  # the collection was dropped meanwhile
+                raise Unavailable(f"copying {r.collection} from {r.source} ({replica.address}): "
+                                  f"{exc.code().name} {exc.details()}") from None
+        return True
 
     async def _apply(self, shard: Shard, method: str, request: Any) -> None:
         outcome = await self._pool.write(shard, method, request, STEP_TIMEOUT_S, every_replica=True)
@@ -328,38 +344,54 @@ class Resharder:
             raise outcome.error  # type: ignore[misc]
 
     async def _verify(self, layout: Layout, r: admin_pb2.MoveRange) -> None:
-        """Compares per-bucket counts and checksums on both sides; copies differing buckets again until none is
-        left (concurrent writes can make a bucket differ for a moment, never for long)."""
+        """Compares per-bucket counts and checksums on every replica of both sides; a bucket is done once they all
+        agree (from then on every write reaches both sides), and the others are copied again and re-checked
+        (writes in flight make a bucket differ for a moment, never for long)."""
+        pending = list(range(topology.BUCKETS))
         for _ in range(VERIFY_ROUNDS):
-            source, target = await asyncio.gather(
-                self._checksum(layout, r.source, r), self._checksum(layout, r.target, r)
+            answers = await asyncio.gather(
+                *(self._checksums(layout, name, r) for name in (r.source, r.target))
             )
-            differing = [
-                b for b in range(topology.BUCKETS)
-                if source.counts[b] != target.counts[b] or source.sums[b] != target.sums[b]
-            ]
-            r.items = sum(source.counts)
-            if not differing:
+            if any(answer is None for answer in answers):
+                r.verified = True  # the collection was dropped meanwhile: nothing to move
+                return
+            source, target = answers
+            assert source is not None and target is not None
+            r.items = sum(source[0].counts)
+            every = [*source, *target]
+            pending = [b for b in pending if len({(a.counts[b], a.sums[b]) for a in every}) > 1]
+            if not pending:
                 r.verified = True
                 return
             r.mismatched_rounds += 1
-            self._metrics.mismatches.inc(len(differing))
+            self._metrics.mismatches.inc(len(pending))
             await asyncio.sleep(VERIFY_PAUSE_S)
-            await self._copy(layout, r, differing)
+            await self._copy(layout, r, pending)
         raise ShardSearchError(
-            f"{r.collection}: the copy from {r.source} to {r.target} still differs after {VERIFY_ROUNDS} rounds; "
-            "the move will retry it", grpc.StatusCode.DATA_LOSS,
+            f"{r.collection}: the copy from {r.source} to {r.target} still differs in {len(pending)} buckets after "
+            f"{VERIFY_ROUNDS} rounds (a replica catching up?); the move will retry it", grpc.StatusCode.DATA_LOSS,
         )
 
-    async def _checksum(self, layout: Layout, shard: str, r: admin_pb2.MoveRange) -> shard_pb2.ShardChecksumResponse:
+    async def _checksums(
+        self, layout: Layout, shard: str, r: admin_pb2.MoveRange
+    ) -> list[shard_pb2.ShardChecksumResponse] | None:
+        """The range's checksums on every replica of `shard` (None if the collection is gone)."""
         request = shard_pb2.ShardChecksumRequest(
             collection=r.collection, select=topology.move_range(layout, r.source, r.target),
             topology_version=self._router.version,
         )
-        outcome = await self._pool.call(self._pool.by_name[shard], "Checksum", request, STEP_TIMEOUT_S)
-        if not outcome.ok:
-            raise outcome.error  # type: ignore[misc]
-        return outcome.response
+        answers = []
+        for replica in self._pool.by_name[shard].replicas:
+            try:
+                answers.append(await replica.stub.Checksum(
+                    request, timeout=STEP_TIMEOUT_S, metadata=logs.outgoing_metadata()
+                ))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise Unavailable(f"checksum of {r.collection} on {shard} ({replica.address}): "
+                                  f"{exc.code().name} {exc.details()}") from None
+        return answers
 
 
 def _next(current: admin_pb2.Topology, phase: int | None = None) -> admin_pb2.Topology:

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUT_RETRIES = 3  # a request refused for a stale layout is routed again and re-sent this many times
 READ_TIMEOUT_S = 2.0
+STALE_PAUSE_S = 0.05
 
 
 class Router:
@@ -103,7 +104,9 @@ class Router:
         """True (after re-reading the layout) if a shard refused a request for its stale layout."""
         if not any(o.error is not None and o.error.code == grpc.StatusCode.ABORTED for o in outcomes):
             return False
-        await self.refresh()
+        if not await self.refresh():
+            await asyncio.sleep(STALE_PAUSE_S)  # a shard is still storing the new layout
+            await self.refresh()
         return True
 
     async def poll(self) -> None:

@@ -166,6 +166,7 @@ class Searcher:
         for _ in range(LAYOUT_RETRIES):
             request.topology_version = self._router.version
             shards = self._router.search_shards()
+            dedupe = len(shards) > 1 and self._router.dedupe
             outcomes = await self._pool.fan_out(
                 "Search", [(shard, request) for shard in shards], max(0.001, deadline - loop.time())
             )
@@ -176,7 +177,7 @@ class Searcher:
         higher_is_better = spec.metric == search_pb2.METRIC_INNER_PRODUCT
         results = await self._run(
             assemble, answered, opts.k, higher_is_better, opts.include_payload, missing, opts.include_fields,
-            len(shards) > 1 and self._router.dedupe,
+            dedupe,
         )
         if missing:
             self._metrics.partial.inc()

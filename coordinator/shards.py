@@ -276,6 +276,9 @@ class ShardPool:
         the outcome is that error.
         """
         outcomes = await asyncio.gather(*(self._attempt(r, method, request, timeout) for r in shard.replicas))
+        refused = [o for o in outcomes if o.error is not None and o.error.code == grpc.StatusCode.ABORTED]
+        if refused:  # routed by a stale ring layout: nobody missed anything; the caller routes it again
+            return Outcome(shard, error=refused[0].error)
         took = [o.ok or (benign is not None and o.error.code == benign) for o in outcomes]  # type: ignore[union-attr]
         applied = [o for o, t in zip(outcomes, took) if t]
         missed = [o for o, t in zip(outcomes, took) if not t]

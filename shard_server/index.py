@@ -41,6 +41,7 @@ COMPACT_DEAD_FRACTION = 0.2  # remove dead codes from the IVF lists past this fr
 MAX_TRAIN_SAMPLE = 200_000
 DELETE_MARKER_RETENTION_NS = 7 * 24 * 3600 * 10**9  # a replica down longer than this must be re-seeded
 ADD_CHUNK = 65_536
+EXPORT_WINDOW = 65_536  # labels scanned per step of an export
 EXACT_FILTER_MAX = 20_000  # a filter matching at most this many items is answered by exact search over them
 MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items probes min(1/f, this) times more lists
 
@@ -743,13 +744,22 @@ class Collection:
         versions, the last label looked at (for the next call; -1 when done) and serialised fields. Items written
         meanwhile get higher labels, so a scan sees them too."""
         with self._lock:
-            start = after + 1
-            stop = self._next
-            alive = start + np.flatnonzero(self._alive[start:stop])
-            if select is not None:
-                alive = alive[select(self._hash[alive])]
-            labels = alive[:limit]
-            last = int(labels[-1]) if len(alive) > limit else -1
+            start, stop = after + 1, self._next
+            picked: list[np.ndarray] = []
+            found, last = 0, -1
+            while start < stop:  # label windows, so a sparse selection does not rescan the rest every chunk
+                end = min(stop, start + max(EXPORT_WINDOW, 4 * limit))
+                alive = start + np.flatnonzero(self._alive[start:end])
+                if select is not None and len(alive):
+                    alive = alive[select(self._hash[alive])]
+                if found + len(alive) >= limit:  # full: the next call goes on after the last item taken
+                    picked.append(alive[: limit - found])
+                    last = int(picked[-1][-1])
+                    break
+                picked.append(alive)
+                found += len(alive)
+                start = end
+            labels = np.concatenate(picked) if picked else np.zeros(0, np.int64)
             ids = [self._id_of[label] for label in labels.tolist()]
             payloads = [self._payloads.get(label, b"") for label in labels.tolist()]
             fields = [self._fields.get(label, b"") for label in labels.tolist()]
@@ -791,8 +801,12 @@ class Collection:
             picked = select(hashes)
             labels, hashes = labels[picked], hashes[picked]
             versions = self._ver[labels]
-            vectors = self._vecs[labels]
-        return topology.checksums(hashes, topology.item_hashes(hashes, versions, vectors))
+            vecs = self._vecs  # rows below `next` never change: read outside the lock, a slice at a time
+        items = np.empty(len(labels), dtype=np.uint64)
+        for lo in range(0, len(labels), ADD_CHUNK):
+            part = slice(lo, lo + ADD_CHUNK)
+            items[part] = topology.item_hashes(hashes[part], versions[part], vecs[labels[part]])
+        return topology.checksums(hashes, items)
 
     # ---- introspection ------------------------------------------------------------------------------------
 

@@ -61,6 +61,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         """Requests routed by an older layout are refused (ABORTED). It moves only with a stored layout (a request
         naming a newer one is served: that coordinator read it from another shard, where it was stored first)."""
         self._topology_path = topology_path
+        self._pending: shard_pb2.ShardSetTopologyRequest | None = None
+        """A layout being stored (writes under older ones are already refused, so GetTopology shows it)."""
         self._writes_by_version: collections.Counter[int] = collections.Counter()
         self._layout_lock = asyncio.Lock()
         self.catching_up = False
@@ -344,7 +346,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     @rpc("GetTopology")
     async def GetTopology(self, request: shard_pb2.ShardGetTopologyRequest, context: Any) -> Any:
-        return shard_pb2.ShardGetTopologyResponse(topology=self.topology.topology, shard=self.topology.shard)
+        shown = self._pending or self.topology
+        return shard_pb2.ShardGetTopologyResponse(topology=shown.topology, shard=shown.shard)
 
     @rpc("SetTopology")
     async def SetTopology(self, request: shard_pb2.ShardSetTopologyRequest, context: Any) -> Any:
@@ -364,6 +367,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             if version == stored:
                 return 0
             previous, self.topology_version = self.topology_version, version  # refuse older writes from now on
+            self._pending = request
             try:
                 await self._drain(version)
                 if self._topology_path is not None:
@@ -371,6 +375,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             except BaseException:
                 self.topology_version = previous  # not stored: GetTopology must still agree with the refusals
                 raise
+            finally:
+                self._pending = None
             self.topology = request
             keep = self._keep()
             dropped = 0

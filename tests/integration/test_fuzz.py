@@ -765,6 +765,10 @@ def check_log(name: str, log: str, expected: list[str]) -> None:
     errors = [line for line in lines if " ERROR " in line or " CRITICAL " in line]
     unexpected = [line for line in errors if not any(re.search(e, line) for e in expected)]
     assert not unexpected, f"{name} logged errors:\n" + "\n".join(unexpected[:20])
-    tracebacks = sum(line.startswith("Traceback") for line in lines)
+    # A chained exception prints one traceback per link ("During handling of the above exception...").
+    tracebacks = sum(line.startswith("Traceback") for line in lines) - sum(
+        line.startswith(("During handling of the above exception", "The above exception was the direct cause"))
+        for line in lines
+    )
     assert tracebacks == len(errors), f"{name} printed a traceback of its own:\n{log[-5000:]}"
 
