@@ -11,7 +11,7 @@ import pytest
 
 from shardsearch import codec
 from shardsearch.local import LocalCluster
-from shardsearch.v1 import search_pb2, search_pb2_grpc
+from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,14 @@ def create(stub: search_pb2_grpc.SearchServiceStub, name: str, dim: int, metric:
     stub.CreateCollection(search_pb2.CreateCollectionRequest(
         name=name, dim=dim, metric=metric, index=search_pb2.IndexOptions(**index)
     ))
+
+
+def wait_for_move(admin: admin_pb2_grpc.AdminServiceStub, timeout: float = 60.0) -> admin_pb2.Topology:
+    """Polls GetTopology until the move this coordinator drives has finished; returns that layout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        layout = admin.GetTopology(admin_pb2.GetTopologyRequest())
+        if layout.move.finished_unix_ms:
+            return layout
+        assert time.monotonic() < deadline, f"the move did not finish in {timeout}s: {layout}"
+        time.sleep(0.05)

@@ -19,7 +19,7 @@ from shardsearch import codec, topology
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
 from tests.conftest import load_dataset, recall_at_10
-from tests.integration.conftest import batch_search, upsert
+from tests.integration.conftest import batch_search, upsert, wait_for_move
 
 COLLECTION = "moving"
 NPROBE = 16
@@ -114,16 +114,6 @@ class Traffic:
                     self.bad_answers.append(f"partial={answer.partial} ids={ids}")
 
 
-def wait_for_move(admin: admin_pb2_grpc.AdminServiceStub, timeout: float = 240.0) -> admin_pb2.Topology:
-    deadline = time.monotonic() + timeout
-    while True:
-        layout = admin.GetTopology(admin_pb2.GetTopologyRequest())
-        if layout.move.finished_unix_ms:
-            return layout
-        assert time.monotonic() < deadline, f"the move did not finish in {timeout}s: {layout}"
-        time.sleep(0.2)
-
-
 def shard_ids(address: str) -> list[str]:
     """Every id a shard holds (straight from the shard, past the coordinator)."""
     stub = shard_pb2_grpc.ShardServiceStub(grpc.insecure_channel(address))
@@ -163,12 +153,12 @@ def test_add_then_remove_a_shard_under_traffic(cluster: LocalCluster) -> None:
         with pytest.raises(grpc.RpcError) as busy:  # one move at a time
             other_admin.RemoveShard(admin_pb2.RemoveShardRequest(name="shard-0"))
         assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        added = wait_for_move(admin)
+        added = wait_for_move(admin, 240)
         add_s = time.monotonic() - started
         time.sleep(1)
         started = time.monotonic()
         admin.RemoveShard(admin_pb2.RemoveShardRequest(name="shard-1"))
-        removed = wait_for_move(admin)
+        removed = wait_for_move(admin, 240)
         remove_s = time.monotonic() - started
         time.sleep(1)
 

@@ -20,7 +20,7 @@ from shardsearch import codec
 from shardsearch.local import LocalCluster, Process
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
-from tests.integration.conftest import upsert
+from tests.integration.conftest import upsert, wait_for_move
 
 DIM = 16
 KEPT = "kept"
@@ -73,16 +73,6 @@ def assert_on_owners(layout: admin_pb2.Topology, collection: str, expected: set[
     ids = list(seen)
     wrong = [(i, seen[i], ring.shards[o]) for i, o in zip(ids, ring.owner_indices(ids)) if ring.shards[o] != seen[i]]
     assert not wrong, f"{collection}: {len(wrong)} ids off their ring owner, e.g. (id, on, owner) {wrong[:3]}"
-
-
-def wait_for_move(admin: admin_pb2_grpc.AdminServiceStub, timeout: float = 60.0) -> admin_pb2.Topology:
-    deadline = time.monotonic() + timeout
-    while True:
-        layout = admin.GetTopology(admin_pb2.GetTopologyRequest())
-        if layout.move.finished_unix_ms:
-            return layout
-        assert time.monotonic() < deadline, f"the move did not finish in {timeout}s: {layout}"
-        time.sleep(0.05)
 
 
 def restart_with_original_flags(cluster: LocalCluster, proc: Process, timeout: float = 60.0) -> None:
