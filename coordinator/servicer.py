@@ -23,7 +23,7 @@ from coordinator.router import LAYOUT_RETRIES, Router
 from coordinator.search import Searcher, SearchOptions
 from coordinator.shards import Outcome, ShardPool
 from encoder_client import Encoders
-from shardsearch import codec, logs, validation
+from shardsearch import codec, logs, topology, validation
 from shardsearch.errors import (
     AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ShardSearchError, rpc,
 )
@@ -529,12 +529,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             raise InvalidArgument(f"page_size: {size} exceeds {self._limits.max_items}")
         shards = self._router.list_shards()
         layout = self._router.version
+        read_ring = self._router.layout.read_ring() if self._router.layout.moving else None
         cursor = PageCursor.decode(request.page_token, spec.name, layout)
         ids: list[str] = []
         while cursor.shard < len(shards) and len(ids) < size:
             outcome = await self._pool.call(shards[cursor.shard], "ListIds", shard_pb2.ShardListIdsRequest(
                 collection=spec.name, after=cursor.after, resume=cursor.resume, limit=size - len(ids),
                 topology_version=layout,
+                select=topology.selection(read_ring, [shards[cursor.shard].name]) if read_ring else None,
             ), timeout)
             if outcome.error is not None:
                 if outcome.error.code == grpc.StatusCode.ABORTED:

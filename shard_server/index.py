@@ -765,13 +765,18 @@ class Collection:
             fields = [self._fields.get(label, b"") for label in labels.tolist()]
             return ids, self._vecs[labels], payloads, self._ver[labels], last, fields
 
-    def list_ids(self, after: int | None, limit: int) -> tuple[list[str], int, bool]:
+    def list_ids(
+        self, after: int | None, limit: int, select: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> tuple[list[str], int, bool]:
         """Up to `limit` live ids in id_hash order, past `after` (a hash; None = from the start): (ids, the last
         one's hash, whether more follow). Replicas agree on the order, so a listing may hop between them. (Two
         ids with one 64-bit hash that straddle a page boundary would lose the second: odds ~n^2 / 2^65.)"""
         with self._lock:
             labels = np.flatnonzero(self._alive[: self._next])
             hashes = self._hash[labels]
+        if select is not None:
+            picked = select(hashes)
+            labels, hashes = labels[picked], hashes[picked]
         if after is not None:
             keep = hashes > np.uint64(after)
             labels, hashes = labels[keep], hashes[keep]

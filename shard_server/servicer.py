@@ -257,7 +257,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if not 1 <= request.limit <= validation.DEFAULT_LIMITS.max_items:
             raise InvalidArgument(f"limit: {request.limit} must be between 1 and {validation.DEFAULT_LIMITS.max_items}")
         after = request.after if request.resume else None
-        ids, last, more = await self._run(coll.list_ids, after, request.limit)
+        select = topology.Selector(request.select).mask if request.HasField("select") else None
+        ids, last, more = await self._run(coll.list_ids, after, request.limit, select)
         return shard_pb2.ShardListIdsResponse(ids=ids, next_after=last, more=more)
 
     # ---- replication ----------------------------------------------------------------------------------------

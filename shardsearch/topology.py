@@ -91,6 +91,11 @@ class Layout:
         return mask
 
 
+def selection(ring: Ring, owners: Sequence[str]) -> shard_pb2.RingSelection:
+    """The ids whose owner on `ring` is one of `owners`."""
+    return shard_pb2.RingSelection(ring=list(ring.shards), vnodes=ring.vnodes, owners=list(owners))
+
+
 def move_range(layout: Layout, source: str, target: str, buckets: Sequence[int] = ()) -> shard_pb2.RingSelection:
     """The ids a move takes from `source` (their owner on the old ring) to `target` (their owner on the new one)."""
     assert layout.previous is not None

@@ -163,18 +163,20 @@ class ShardSearchResponse(_message.Message):
     def __init__(self, n: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., scores_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
 
 class ShardListIdsRequest(_message.Message):
-    __slots__ = ("collection", "after", "resume", "limit", "topology_version")
+    __slots__ = ("collection", "after", "resume", "limit", "topology_version", "select")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     after: int
     resume: bool
     limit: int
     topology_version: int
-    def __init__(self, collection: _Optional[str] = ..., after: _Optional[int] = ..., resume: _Optional[bool] = ..., limit: _Optional[int] = ..., topology_version: _Optional[int] = ...) -> None: ...
+    select: RingSelection
+    def __init__(self, collection: _Optional[str] = ..., after: _Optional[int] = ..., resume: _Optional[bool] = ..., limit: _Optional[int] = ..., topology_version: _Optional[int] = ..., select: _Optional[_Union[RingSelection, _Mapping]] = ...) -> None: ...
 
 class ShardListIdsResponse(_message.Message):
     __slots__ = ("ids", "next_after", "more")

@@ -458,3 +458,20 @@ def test_checksums_agree_for_the_same_writes_in_any_order() -> None:
     counts, sums = apply(missed_overwrite, [2, 3]).checksum(everything)
     assert np.array_equal(counts, forward[0])
     assert [b for b in range(topology.BUCKETS) if sums[b] != forward[1][b]] == [first_bucket]
+
+
+def test_list_ids_with_a_selection_lists_only_the_selected_ids_in_hash_order() -> None:
+    coll = collection()
+    ids = [f"id{i}" for i in range(300)]
+    coll.upsert(ids, np.ones((300, 8), np.float32), versions=np.arange(1, 301, dtype=np.uint64))
+    ring = topology.Layout.of(admin_pb2.Topology(shards=[admin_pb2.ShardSpec(name=n) for n in "abc"])).ring
+    select = Selector(topology.selection(ring, ["b"])).mask
+    listed, after, more = [], None, True
+    while more:
+        page, last, more = coll.list_ids(after, 40, select)
+        listed.extend(page)
+        after = last
+    owners = ring.owner_indices(ids)
+    assert sorted(listed) == sorted(i for i, o in zip(ids, owners) if ring.shards[o] == "b")
+    hashes = id_hashes(listed).tolist()
+    assert hashes == sorted(hashes) and len(set(listed)) == len(listed)
