@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from coordinator import retraining
 from coordinator.catalog import Catalog
 from coordinator.resharding import Resharder
 from coordinator.shards import ShardPool
@@ -44,12 +45,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc("Retrain")
     async def Retrain(self, request: Any, context: Any) -> Any:
-        from coordinator import retraining
-
         return await retraining.retrain(self._pool, self._catalog, request, self._timeout(context))
 
     @rpc("GetRetrainStatus")
     async def GetRetrainStatus(self, request: Any, context: Any) -> Any:
-        from coordinator import retraining
-
         return await retraining.status(self._pool, self._catalog, request, self._timeout(context))

@@ -17,7 +17,7 @@ import numpy as np
 
 from coordinator.shards import Outcome, Shard, ShardPool
 from shardsearch import logs
-from shardsearch.ring import hash64
+from shardsearch.ring import key_hashes
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, shard_pb2
 
@@ -157,6 +157,3 @@ class Router:
         """Whether an id may come back from two shards (during a move)."""
         return self.layout.moving
 
-
-def key_hashes(ids: Sequence[str]) -> np.ndarray:
-    return np.fromiter((hash64(i) for i in ids), dtype=np.uint64, count=len(ids))

@@ -18,7 +18,6 @@ Callers run these methods off the event loop (an executor or a batcher thread).
 from __future__ import annotations
 
 import array
-import hashlib
 import logging
 import math
 import threading
@@ -31,6 +30,7 @@ import numpy as np
 
 from shard_server import device, params as index_params, retrain as retraining
 from shardsearch import topology
+from shardsearch.ring import key_hashes
 from shardsearch.v1 import admin_pb2, search_pb2
 
 logger = logging.getLogger(__name__)
@@ -857,12 +857,7 @@ def _ivf_candidates(
     return index.search(queries, kf, params=faiss.SearchParametersIVF(nprobe=probe))[1]
 
 
-def id_hashes(ids: list[str]) -> np.ndarray:
-    """64-bit BLAKE2b of each id (stable across processes; the ring's hash too): the order of ListIds."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "big") for i in ids),
-        dtype=np.uint64, count=len(ids),
-    )
+id_hashes = key_hashes  # each id's ring hash: the order of ListIds, and what ownership is decided by
 
 
 def _pack_strings(name: str, items: list[bytes]) -> dict[str, np.ndarray]:

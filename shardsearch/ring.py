@@ -19,6 +19,11 @@ def hash64(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
+def key_hashes(keys: Sequence[str]) -> np.ndarray:
+    """hash64 of each key, as a uint64 array (what owners_of_hashes takes; the shards' ListIds order)."""
+    return np.fromiter((hash64(k) for k in keys), dtype=np.uint64, count=len(keys))
+
+
 class Ring:
     def __init__(self, shards: Sequence[str], vnodes: int = DEFAULT_VNODES) -> None:
         if not shards:
@@ -41,7 +46,7 @@ class Ring:
 
     def owner_indices(self, keys: Sequence[str]) -> np.ndarray:
         """Index into `shards` of each key's owner (vectorised lookup)."""
-        return self.owners_of_hashes(np.fromiter((hash64(k) for k in keys), dtype=np.uint64, count=len(keys)))
+        return self.owners_of_hashes(key_hashes(keys))
 
     def owners_of_hashes(self, hashes: np.ndarray) -> np.ndarray:
         """Index into `shards` of the owner of each 64-bit key hash (uint64 array)."""
