@@ -154,14 +154,18 @@ def raw_faiss(base: np.ndarray, queries: np.ndarray, gt: np.ndarray, batch: int,
 
 # ---- cluster ------------------------------------------------------------------------------------------------------
 
-def load(address: str, base: np.ndarray, refine_factor: int = 0, batch: int = 5_000) -> float:
-    """Creates the collection, upserts `base` (ids str(i)) and waits for every shard to train; returns seconds."""
+def load(
+    address: str, base: np.ndarray, refine_factor: int = 0, batch: int = 5_000, train_threshold: int = 0
+) -> float:
+    """Creates the collection, upserts `base` (ids str(i)) and waits for every shard to train; returns seconds.
+
+    A `train_threshold` above a shard's share of `base` keeps every shard on exact (flat) search."""
     started = time.perf_counter()
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 256 << 20)]) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
         stub.CreateCollection(search_pb2.CreateCollectionRequest(
             name=COLLECTION, dim=DIM, metric=search_pb2.METRIC_INNER_PRODUCT,
-            index=search_pb2.IndexOptions(refine_factor=refine_factor)))
+            index=search_pb2.IndexOptions(refine_factor=refine_factor, train_threshold=train_threshold)))
         futures = []
         for lo in range(0, len(base), batch):
             items = [search_pb2.Item(id=str(i), vector_f32=codec.pack(base[i]))
