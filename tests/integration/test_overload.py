@@ -1,0 +1,66 @@
+"""Overload through real processes: past its adaptive cap the coordinator refuses searches itself, at once, with
+RESOURCE_EXHAUSTED and a message, serves every search it admitted, and cuts the cap once they came back late.
+
+A stopped shard (SIGSTOP) plays the saturated shard tier: admitted searches pile up in flight behind it.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import grpc
+import numpy as np
+
+from shardsearch import codec
+from shardsearch.local import LocalCluster
+from shardsearch.v1 import search_pb2
+from tests.integration.conftest import connect, create, upsert
+from tests.integration.test_batching import value, wait_until
+
+NAME = "flooded"
+DIM = 8
+TARGET_MS = 100
+INITIAL_CAP = 256  # coordinator/admission.py INITIAL_LIMIT
+FLOOD = INITIAL_CAP + 44
+
+
+def test_a_flood_past_the_cap_is_refused_at_once_and_every_admitted_search_is_served() -> None:
+    # Queue-time shedding off: only the adaptive cap refuses here (test_batching covers the queue limits).
+    args = ["--search-latency-target-ms", str(TARGET_MS), "--batch-max-queue-time-ms", "0", "--cache", "off"]
+    with LocalCluster(shards=2, metrics=True, coordinator_args=args) as cluster:
+        coordinator = cluster.coordinator
+        assert coordinator is not None
+        stub = connect(cluster)
+        create(stub, NAME, DIM)
+        vectors = np.random.default_rng(9).standard_normal((100, DIM)).astype(np.float32)
+        upsert(stub, NAME, [str(i) for i in range(100)], vectors)
+        assert value(coordinator, "shardsearch_coordinator_search_concurrency_limit") == INITIAL_CAP
+
+        cluster.shard_procs[1].signal(signal.SIGSTOP)
+        try:
+            futures = [
+                stub.Search.future(search_pb2.SearchRequest(
+                    collection=NAME, vector_f32=codec.pack(vectors[i % 100]), k=5), timeout=60)
+                for i in range(FLOOD)
+            ]
+            wait_until(lambda: sum(f.done() for f in futures) >= FLOOD - INITIAL_CAP, "the refusals")
+            time.sleep(0.3)  # nothing else may finish while the shard is stopped
+            refused = [f for f in futures if f.done()]
+            assert len(refused) == FLOOD - INITIAL_CAP
+            for future in refused:
+                assert future.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "adaptive limit" in future.details() and "retry with backoff" in future.details()
+            assert value(coordinator, "shardsearch_coordinator_inflight_requests") >= INITIAL_CAP
+        finally:
+            cluster.shard_procs[1].signal(signal.SIGCONT)
+        admitted = [f for f in futures if f not in refused]
+        for future in admitted:
+            assert len(future.result().hits) == 5
+        assert value(coordinator, "shardsearch_coordinator_searches_shed_total") == FLOOD - INITIAL_CAP
+        # They all came back later than the target: the cap was cut (by a tenth, at most once per target interval,
+        # so once or a few times, however the answers spread out in time).
+        assert value(coordinator, "shardsearch_coordinator_search_concurrency_limit") <= INITIAL_CAP * 0.9
+        # And the coordinator serves at once afterwards.
+        assert len(stub.Search(search_pb2.SearchRequest(
+            collection=NAME, vector_f32=codec.pack(vectors[0]), k=5), timeout=10).hits) == 5
