@@ -114,10 +114,10 @@ def h2load_result(proc: subprocess.Popen[str]) -> tuple[float, int]:
     return (float(rate.group(1)) if rate else 0.0), (int(done.group(1)) if done else 0)
 
 
-def renice(pid: int, increment: int) -> None:
-    """Lowers the priority of every thread of `pid` (Linux niceness is per thread)."""
+def renice(pid: int, niceness: int) -> None:
+    """Sets the niceness of every thread of `pid` (on Linux it is per thread)."""
     for tid in Path(f"/proc/{pid}/task").iterdir():
-        os.setpriority(os.PRIO_PROCESS, int(tid.name), increment)
+        os.setpriority(os.PRIO_PROCESS, int(tid.name), niceness)
 
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
