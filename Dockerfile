@@ -14,12 +14,12 @@ COPY coordinator ./coordinator
 COPY shard_server ./shard_server
 COPY encoder_client ./encoder_client
 # Wheels for the package and every dependency (faiss-cpu bundles its OpenMP and BLAS libraries).
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels '.[cpu]'
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels shardsearch \
+    pip install --no-index --find-links /wheels 'shardsearch[cpu]' \
     && groupadd --system --gid 10001 shardsearch \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin shardsearch

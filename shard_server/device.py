@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from importlib import metadata
 
 import faiss
 
@@ -44,3 +45,22 @@ def can_remove(index: faiss.Index) -> bool:
 
 def name(use_gpu: bool) -> str:
     return "GPU" if use_gpu and gpu_available() else "CPU"
+
+
+FAISS_DISTRIBUTIONS = ("faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-cpu")
+
+
+def build(use_gpu: bool) -> str:
+    """Which FAISS build this process loaded and where it searches, for the start-up log."""
+    distributions = []
+    for dist in FAISS_DISTRIBUTIONS:
+        try:
+            distributions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    options = faiss.get_compile_options().split() if hasattr(faiss, "get_compile_options") else []
+    simd = next((o for o in options if o.startswith(("AVX", "SSE", "NEON", "SVE", "GENERIC"))), "generic")
+    return (
+        f"FAISS {faiss.__version__} ({', '.join(distributions) or 'built from source'}, {simd}); "
+        f"{gpu_count()} GPU(s) visible; searching on the {name(use_gpu)}"
+    )

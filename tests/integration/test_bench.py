@@ -10,7 +10,7 @@ import pytest
 
 from shardsearch import cli
 from shardsearch.bench import BenchConfig, read_workload, run_bench
-from tests.conftest import DATA
+from tests.conftest import write_dataset
 from tests.integration.conftest import create, upsert
 
 NAME = "bench"
@@ -99,16 +99,15 @@ def test_command_exits_non_zero_when_every_request_fails(cluster, files, tmp_pat
 
 
 def test_command_loads_a_dataset_and_writes_json(cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not (DATA / "bigann10k").exists():
-        pytest.skip(f"real vector data not found at {DATA}")
+    dataset = write_dataset(tmp_path / "dataset")
     out = tmp_path / "result.json"
-    cli.main(["bench", "--address", cluster.address, "--collection", "bench-sift", "--dataset",
-              str(DATA / "bigann10k"), "--load", "--requests", "300", "--concurrency", "4", "--skip-cache",
+    cli.main(["bench", "--address", cluster.address, "--collection", "bench-vectors", "--dataset",
+              str(dataset), "--load", "--requests", "300", "--concurrency", "4", "--skip-cache",
               "--json", str(out)])
     result = json.loads(out.read_text())
     assert set(result) == RESULT_KEYS
     assert set(result["latency_s"]) == {"p50", "p90", "p99", "p99.9", "max", "mean"}
-    assert result["config"]["dataset"] == str(DATA / "bigann10k") and result["config"]["skip_cache"] is True
+    assert result["config"]["dataset"] == str(dataset) and result["config"]["skip_cache"] is True
     assert (result["queries"], result["answered"], result["errors"]) == (300, 300, {})
     assert result["recall_at_10"] >= 0.99  # 2,500 vectors a shard: exact search
     assert result["late"] == 0 and result["dropped"] == 0

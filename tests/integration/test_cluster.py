@@ -1,4 +1,4 @@
-"""The cluster through its public API: recall on real data, freshness, deletes, overwrites, all search forms."""
+"""The cluster through its public API: recall on embedding-like data, freshness, deletes, overwrites, all search forms."""
 
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ from shardsearch.v1 import search_pb2
 from tests.conftest import load_dataset, recall_at_10
 from tests.integration.conftest import batch_search, create, upsert, wait_trained
 
-SIFT = "sift"
+VECTORS = "vectors"
 
 
 @pytest.fixture(scope="module")
-def sift(stub):
-    """bigann10k in a 4-shard collection, trained into IVF-PQ on every shard."""
-    base, queries, gt = load_dataset("bigann10k")
-    create(stub, SIFT, 128, train_threshold=1_000)
-    upsert(stub, SIFT, [str(i) for i in range(len(base))], base)
-    info = wait_trained(stub, SIFT)
+def vectors(stub):
+    """10k embedding-like 128-d vectors in a 4-shard collection, trained into IVF-PQ on every shard."""
+    base, queries, gt = load_dataset("l2-10k-128")
+    create(stub, VECTORS, 128, train_threshold=1_000)
+    upsert(stub, VECTORS, [str(i) for i in range(len(base))], base)
+    info = wait_trained(stub, VECTORS)
     return base, queries, gt, info
 
 
@@ -33,23 +33,23 @@ def ids_of(response: search_pb2.SearchResponse) -> list[int]:
     return [int(h.id) for h in response.hits]
 
 
-def test_recall_through_four_trained_shards(stub, sift) -> None:
-    base, queries, gt, info = sift
+def test_recall_through_four_trained_shards(stub, vectors) -> None:
+    base, queries, gt, info = vectors
     assert len(info.shards) == 4 and info.total_vectors == len(base)
     for shard in info.shards:
         assert shard.trained and shard.index_description.startswith("IVF"), shard
         assert shard.indexed_vectors > 0 and 0.2 < shard.vectors / (len(base) / 4) < 1.8
-    found = [ids_of(stub.Search(search_pb2.SearchRequest(collection=SIFT, vector=q.tolist(), k=10))) for q in queries]
+    found = [ids_of(stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector=q.tolist(), k=10))) for q in queries]
     recall = recall_at_10(found, gt)
     assert recall >= 0.95, recall
 
 
-def test_batch_and_stream_agree_with_unary(stub, sift) -> None:
-    _, queries, gt, _ = sift
-    batch = batch_search(stub, SIFT, queries[:20])
-    unary = [stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(q), k=10)) for q in queries[:20]]
+def test_batch_and_stream_agree_with_unary(stub, vectors) -> None:
+    _, queries, gt, _ = vectors
+    batch = batch_search(stub, VECTORS, queries[:20])
+    unary = [stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(q), k=10)) for q in queries[:20]]
     assert [ids_of(r) for r in batch.results] == [ids_of(r) for r in unary]
-    requests = (search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(q), k=10, request_id=f"q{i}")
+    requests = (search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(q), k=10, request_id=f"q{i}")
                 for i, q in enumerate(queries[:20]))
     streamed = {r.request_id: r for r in stub.StreamSearch(requests)}
     assert sorted(streamed) == sorted(f"q{i}" for i in range(20))
@@ -57,11 +57,11 @@ def test_batch_and_stream_agree_with_unary(stub, sift) -> None:
     assert [ids_of(streamed[f"q{i}"].response) for i in range(20)] == [ids_of(r) for r in unary]
 
 
-def test_a_stream_survives_a_bad_request(stub, sift) -> None:
-    _, queries, _, _ = sift
+def test_a_stream_survives_a_bad_request(stub, vectors) -> None:
+    _, queries, _, _ = vectors
     requests = [
-        search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(queries[0]), k=5, request_id="good"),
-        search_pb2.SearchRequest(collection=SIFT, vector=[1.0, 2.0], k=5, request_id="bad"),
+        search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(queries[0]), k=5, request_id="good"),
+        search_pb2.SearchRequest(collection=VECTORS, vector=[1.0, 2.0], k=5, request_id="bad"),
         search_pb2.SearchRequest(collection="nope", vector=[1.0], k=5, request_id="missing"),
     ]
     replies = {r.request_id: r for r in stub.StreamSearch(iter(requests))}
@@ -71,42 +71,43 @@ def test_a_stream_survives_a_bad_request(stub, sift) -> None:
     assert replies["missing"].error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
-def test_upserted_vector_is_its_own_top_hit_at_once(stub, sift) -> None:
+def test_upserted_vector_is_its_own_top_hit_at_once(stub, vectors) -> None:
     rng = np.random.default_rng(11)
     for round_ in range(5):
         vector = rng.uniform(0, 255, 128).astype(np.float32)
-        stub.Upsert(search_pb2.UpsertRequest(collection=SIFT, items=[
+        stub.Upsert(search_pb2.UpsertRequest(collection=VECTORS, items=[
             search_pb2.Item(id=f"fresh-{round_}", vector_f32=codec.pack(vector), payload=b"fresh")
         ]))
-        reply = stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(vector), k=3, include_payload=True))
+        reply = stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(vector), k=3, include_payload=True))
         assert reply.hits[0].id == f"fresh-{round_}" and reply.hits[0].score == pytest.approx(0.0, abs=1e-3)
         assert reply.hits[0].payload == b"fresh"
 
 
-def test_delete_and_overwrite_are_exact(stub, sift) -> None:
-    base, queries, gt, _ = sift
+def test_delete_and_overwrite_are_exact(stub, vectors) -> None:
+    base, queries, gt, _ = vectors
+    before = stub.DescribeCollection(search_pb2.DescribeCollectionRequest(name=VECTORS)).total_vectors
     victims = [str(int(gt[i, 0])) for i in range(5)]
-    assert stub.Delete(search_pb2.DeleteRequest(collection=SIFT, ids=victims + ["never-existed"])).deleted == 5
+    assert stub.Delete(search_pb2.DeleteRequest(collection=VECTORS, ids=victims + ["never-existed"])).deleted == 5
     for i in range(5):
-        reply = stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(queries[i]), k=100))
+        reply = stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(queries[i]), k=100))
         assert victims[i] not in [h.id for h in reply.hits]
-    assert stub.Get(search_pb2.GetRequest(collection=SIFT, ids=victims)).items == []
+    assert stub.Get(search_pb2.GetRequest(collection=VECTORS, ids=victims)).items == []
 
     target = str(int(gt[10, 0]))
     moved = np.full(128, 300.0, np.float32)
-    stub.Upsert(search_pb2.UpsertRequest(collection=SIFT, items=[search_pb2.Item(id=target, vector_f32=codec.pack(moved))]))
-    old = stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(base[int(target)]), k=100))
+    stub.Upsert(search_pb2.UpsertRequest(collection=VECTORS, items=[search_pb2.Item(id=target, vector_f32=codec.pack(moved))]))
+    old = stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(base[int(target)]), k=100))
     assert target not in [h.id for h in old.hits]
-    new = stub.Search(search_pb2.SearchRequest(collection=SIFT, vector_f32=codec.pack(moved), k=1))
+    new = stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(moved), k=1))
     assert new.hits[0].id == target
-    (item,) = stub.Get(search_pb2.GetRequest(collection=SIFT, ids=[target])).items
+    (item,) = stub.Get(search_pb2.GetRequest(collection=VECTORS, ids=[target])).items
     assert np.array_equal(np.frombuffer(item.vector_f32, np.float32), moved)
-    described = stub.DescribeCollection(search_pb2.DescribeCollectionRequest(name=SIFT))
-    assert described.total_vectors == len(base) - 5 + 5  # 5 deleted, 5 fresh ones from the test above
+    described = stub.DescribeCollection(search_pb2.DescribeCollectionRequest(name=VECTORS))
+    assert described.total_vectors == before - 5  # 5 deleted; the overwrite replaced one in place
 
 
 def test_four_shards_answer_exactly_like_one(stub) -> None:
-    base, queries, _ = load_dataset("fmnist1k")
+    base, queries, _ = load_dataset("l2-1k-784")
     create(stub, "fmnist", base.shape[1])
     ids = [str(i) for i in range(len(base))]
     upsert(stub, "fmnist", ids, base, batch=250)
@@ -153,13 +154,13 @@ def test_every_server_has_health_and_reflection(cluster) -> None:
             assert {service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
 
 
-def test_metrics_endpoint_counts_requests_by_method_and_code(cluster, stub, sift) -> None:
+def test_metrics_endpoint_counts_requests_by_method_and_code(cluster, stub, vectors) -> None:
     with pytest.raises(grpc.RpcError):
-        stub.Search(search_pb2.SearchRequest(collection=SIFT, vector=[1.0], k=1))
+        stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector=[1.0], k=1))
     text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.coordinator.metrics_port}/metrics").read().decode()
     assert 'shardsearch_coordinator_requests_total{code="OK",method="Search"}' in text
     assert 'shardsearch_coordinator_requests_total{code="INVALID_ARGUMENT",method="Search"}' in text
     assert "shardsearch_coordinator_request_duration_seconds_bucket" in text
     assert 'shardsearch_coordinator_shard_request_duration_seconds_count{method="Search",shard="shard-0"}' in text
     shard_text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.shard_procs[0].metrics_port}/metrics").read().decode()
-    assert 'shardsearch_shard_vectors{collection="sift"}' in shard_text
+    assert 'shardsearch_shard_vectors{collection="vectors"}' in shard_text

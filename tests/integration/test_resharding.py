@@ -128,7 +128,7 @@ def shard_ids(address: str) -> list[str]:
 
 
 def test_add_then_remove_a_shard_under_traffic(cluster: LocalCluster) -> None:
-    base, queries, gt = load_dataset("bigann10k")
+    base, queries, gt = load_dataset("l2-10k-128")
     main, admin = stubs(cluster.addresses[0])
     other, other_admin = stubs(cluster.addresses[1])
     main.CreateCollection(search_pb2.CreateCollectionRequest(

@@ -59,7 +59,7 @@ def wait_retrained(
 
 def test_retrain_on_request_while_searching(cluster: LocalCluster, stubs) -> None:
     search, admin = stubs
-    base, queries, gt = load_dataset("bigann10k")
+    base, queries, gt = load_dataset("l2-10k-128")
     create(search, COLLECTION, base.shape[1], train_threshold=2_000)
     upsert(search, COLLECTION, [str(i) for i in range(len(base))], base)
     wait_trained(search, COLLECTION)
@@ -131,11 +131,12 @@ def test_retrain_on_request_while_searching(cluster: LocalCluster, stubs) -> Non
 
 
 def test_refusals(cluster: LocalCluster, stubs) -> None:
-    _, admin = stubs
+    search, admin = stubs
+    create(search, "refusals", 4)  # its own collection: this test must pass alone
     for call, request, code in [
         (admin.Retrain, admin_pb2.RetrainRequest(collection="nope"), grpc.StatusCode.NOT_FOUND),
         (admin.GetRetrainStatus, admin_pb2.GetRetrainStatusRequest(collection="nope"), grpc.StatusCode.NOT_FOUND),
-        (admin.Retrain, admin_pb2.RetrainRequest(collection=COLLECTION, shards=["shard-9"]),
+        (admin.Retrain, admin_pb2.RetrainRequest(collection="refusals", shards=["shard-9"]),
          grpc.StatusCode.INVALID_ARGUMENT),
     ]:
         with pytest.raises(grpc.RpcError) as err:

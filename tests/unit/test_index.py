@@ -80,7 +80,7 @@ def test_get_returns_exact_vectors_and_payloads(rng: np.random.Generator) -> Non
 
 
 def test_trained_ivfpq_reaches_recall_on_real_data() -> None:
-    base, queries, gt = load_dataset("bigann10k")
+    base, queries, gt = load_dataset("l2-10k-128")
     coll = make(dim=128, threshold=2_000)
     coll.upsert([str(i) for i in range(len(base))], base)
     coll.maintain()
