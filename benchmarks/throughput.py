@@ -34,6 +34,7 @@ import numpy as np
 from shard_server import params as index_params
 from shardsearch import codec
 from shardsearch.bench import BenchConfig, BenchResult, run_bench
+from shardsearch.datasets import embedding_like
 from shardsearch.local import LocalCluster, RedisServer
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 
@@ -66,23 +67,6 @@ ANALYSIS = """## What limits these figures (profiled with py-spy)
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
-
-def embedding_like(n: int, dim: int, seed: int = 1, clusters: int = 1000, intrinsic: int = 16) -> np.ndarray:
-    """A seeded Gaussian mixture shaped like real embeddings: 1000 clusters, each spread over its own 16-d subspace
-    plus a little isotropic noise, unit-normalised. (An isotropic mixture in 128-d makes every point of a cluster
-    almost equidistant, so no compressed index can rank it; real embeddings have a low intrinsic dimension.)"""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    spans = rng.standard_normal((clusters, intrinsic, dim)).astype(np.float32) / np.sqrt(intrinsic)
-    out = np.empty((n, dim), np.float32)
-    for lo in range(0, n, 100_000):
-        m = min(100_000, n - lo)
-        which = rng.integers(0, clusters, m)
-        z = rng.standard_normal((m, intrinsic)).astype(np.float32)
-        noise = rng.standard_normal((m, dim)).astype(np.float32)
-        out[lo : lo + m] = centres[which] + 0.8 * np.einsum("ni,nid->nd", z, spans[which]) + 0.1 * noise
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
-
 
 def make_data(n: int, nq: int, folder: Path) -> tuple[np.ndarray, Path, Path]:
     """base (n x 128), and .npy paths of the queries and their exact top-10 (cached in `folder`)."""

@@ -121,6 +121,8 @@ class ShardPool:
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._connect = channel_factory or _insecure_channel
+        self._configured = {name: list(addresses) for name, addresses in shards}
+        """Addresses from this coordinator's flags, by shard name: they win over the ones a stored layout names."""
         self.shards: list[Shard] = [self._shard(name, addresses) for name, addresses in shards]
         self.by_name = {shard.name: shard for shard in self.shards}
         self._metrics = metrics
@@ -146,9 +148,14 @@ class ShardPool:
     def set_members(self, shards: Sequence[tuple[str, Sequence[str]]]) -> None:
         """Makes these the pool's shards (a new ring layout): shards kept as they were keep their channels and
         state, new ones are dialled, and the channels of the others are closed when the pool closes (calls may
-        still be in flight on them)."""
+        still be in flight on them).
+
+        A ring layout identifies shards by name; the addresses it carries are the last ones it was told. Where this
+        coordinator's flags name a shard, the flags' addresses are used instead: addresses change when pods move or
+        a local cluster restarts on new ports, names do not."""
         members = []
         for name, addresses in shards:
+            addresses = self._configured.get(name, addresses)
             shard = self.by_name.get(name)
             if shard is None or [r.address for r in shard.replicas] != list(addresses):
                 if shard is not None:

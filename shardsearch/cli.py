@@ -7,12 +7,13 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
 
 def _local(args: argparse.Namespace) -> None:
-    from shardsearch.local import LocalCluster, RedisServer, TritonServer
+    from shardsearch.local import CrashLoop, LocalCluster, RedisServer, RestartPolicy, TritonServer
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -35,6 +36,7 @@ def _local(args: argparse.Namespace) -> None:
         reuse_port=args.coordinators > 1, coordinator_args=coordinator_args, replicas=args.replicas,
     )
     print(f"starting {args.shards} shards and {args.coordinators} coordinator(s)...", flush=True)
+    failed = False
     try:
         cluster.start()
     except BaseException:
@@ -60,7 +62,12 @@ def _local(args: argparse.Namespace) -> None:
             print(f"\ntry: grpcurl -plaintext -d '{{\"name\": \"demo\"}}' {cluster.address} "
                   "shardsearch.v1.SearchService/DescribeCollection")
         print("ready; Ctrl-C stops the cluster", flush=True)
-        stop.wait()
+        try:
+            cluster.supervise(stop, RestartPolicy(max_restarts=args.max_restarts),
+                              say=lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", flush=True))
+        except CrashLoop as exc:
+            print(f"shardsearch local: {exc}", file=sys.stderr, flush=True)
+            failed = True
     finally:
         print("stopping...", flush=True)
         cluster.stop()
@@ -68,9 +75,13 @@ def _local(args: argparse.Namespace) -> None:
             redis.stop()
         if triton:
             triton.stop()
+    if failed:
+        sys.exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from shardsearch.local import RestartPolicy
+
     parser = argparse.ArgumentParser(prog="shardsearch", description="A gRPC sharded vector-search cluster.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -91,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                        help="start a Triton server with the test encoders (needs scripts/setup_triton.sh) for "
                        "SearchByText/SearchByImage")
     local.add_argument("--demo", action="store_true", help="load a demo collection and run an example query")
+    local.add_argument("--max-restarts", type=int, default=RestartPolicy.max_restarts,
+                       help="a process that exits is restarted with backoff; after this many crashes in "
+                       f"{RestartPolicy.window_s:.0f}s the launcher stops and exits 1 (default %(default)s)")
     local.set_defaults(run=_local)
 
     from coordinator import __main__ as coordinator_main

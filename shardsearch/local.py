@@ -15,10 +15,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -130,7 +131,7 @@ class LocalCluster:
             self.run_dir = Path(tempfile.mkdtemp(prefix="shardsearch-"))
             self._owns_data = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env}
+        env = self._env()
         metrics_port = "0" if self.metrics else "-1"
         try:
             for i in range(self.shards):
@@ -183,7 +184,7 @@ class LocalCluster:
             self.port = old[0].port
         self.coordinator_procs = []
         self.coordinator_args = coordinator_args
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env}
+        env = self._env()
         self._start_coordinators(env, time.monotonic() + timeout)
 
     def _process(self, name: str, args: list[str]) -> Process:
@@ -216,12 +217,50 @@ class LocalCluster:
     def restart_shard(self, index: int, timeout: float = 30.0) -> None:
         """Starts a stopped shard process (index into shard_procs) again on the same port, so the coordinator's
         address for it stays valid; returns once it serves (with peers: once it has caught up)."""
-        proc = self.shard_procs[index]
+        self._restart(self.shard_procs[index], timeout)
+
+    def _restart(self, proc: Process, timeout: float) -> None:
         proc.stop()
-        proc.args[proc.args.index("--port") + 1] = str(proc.port)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env}
-        proc.start(env)
+        if proc.port:  # the same port, so that every address for it (the coordinators', the peers') stays valid
+            proc.args[proc.args.index("--port") + 1] = str(proc.port)
+        proc.start(self._env())
         proc.wait_ready(time.monotonic() + timeout)
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env}
+
+    def supervise(self, stop: threading.Event, policy: "RestartPolicy | None" = None,
+                  say: Callable[[str], None] = print) -> None:
+        """Watches every process until `stop` is set: one that exits is reaped, logged and started again on the
+        same port with the same data dir, after a backoff that doubles with each crash. A process that crashes
+        more than `policy.max_restarts` times within `policy.window_s` raises CrashLoop with its log tail.
+
+        Run it in the thread that started the cluster and outlives it (children die with the thread that forked
+        them: PR_SET_PDEATHSIG)."""
+        policy = policy or RestartPolicy()
+        crashes: dict[str, list[float]] = {}
+        while not stop.wait(policy.poll_s):
+            for proc in self.coordinator_procs + self.shard_procs:
+                code = proc.popen.poll() if proc.popen is not None else None
+                if code is None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in crashes.get(proc.name, []) if now - t < policy.window_s] + [now]
+                crashes[proc.name] = recent
+                if len(recent) > policy.max_restarts:
+                    raise CrashLoop(proc, code, len(recent), policy.window_s)
+                delay = min(policy.backoff_s * 2 ** (len(recent) - 1), policy.max_backoff_s)
+                say(f"{proc.name} exited with {describe_exit(code)}; restarting it on port {proc.port or 'any'} "
+                    f"in {delay:.1f}s (crash {len(recent)} of at most {policy.max_restarts} in "
+                    f"{policy.window_s:.0f}s)")
+                if stop.wait(delay):
+                    return
+                try:
+                    self._restart(proc, policy.start_timeout_s)
+                except (RuntimeError, TimeoutError) as exc:
+                    say(f"{proc.name} did not come back: {str(exc).splitlines()[0]}")
+                    continue  # counted when it is seen dead again
+                say(f"{proc.name} restarted (pid {proc.popen.pid if proc.popen else '?'}), serving on {proc.address}")
 
     def start_extra_shard(self, name: str, timeout: float = 30.0) -> Process:
         """Starts one more shard process that no coordinator knows yet (to add to the ring with `admin add-shard`);
@@ -233,7 +272,7 @@ class LocalCluster:
             "--metrics-port", "0" if self.metrics else "-1", "--omp-threads", str(self.omp_threads), *durability,
             *self.shard_args,
         ])
-        proc.start({**os.environ, "OMP_NUM_THREADS": str(self.omp_threads), **self.env})
+        proc.start(self._env())
         self.shard_procs.append(proc)
         proc.wait_ready(time.monotonic() + timeout)
         return proc
@@ -258,6 +297,38 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How `LocalCluster.supervise` restarts processes that exit."""
+
+    max_restarts: int = 5
+    """Crashes of one process tolerated within window_s; one more and the launcher gives up."""
+    window_s: float = 60.0
+    backoff_s: float = 0.5
+    """Wait before the first restart; it doubles with each crash in the window."""
+    max_backoff_s: float = 10.0
+    poll_s: float = 0.2
+    start_timeout_s: float = 60.0
+
+
+class CrashLoop(RuntimeError):
+    """A supervised process crashed too often: the launcher stops and exits non-zero with the process's log tail."""
+
+    def __init__(self, proc: Process, code: int, crashes: int, window_s: float) -> None:
+        super().__init__(
+            f"{proc.name} exited with {describe_exit(code)}, its crash {crashes} within {window_s:.0f}s: giving up. "
+            f"Last lines of {proc.log_path}:\n{proc.log_tail()}"
+        )
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"code {code}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
