@@ -30,13 +30,16 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from PIL import Image
-from tritonclient.grpc import InferInput, InferRequestedOutput
-
 from report import save
+from tritonclient.grpc import InferInput, InferRequestedOutput
 
 from encoder_client.preprocess import InputLimits, PixelSpec, preprocess_image
 from shardsearch.local import (
-    TRITON_IMAGE_MODEL, TRITON_TEXT_MODEL, LocalCluster, RedisServer, TritonServer,
+    TRITON_IMAGE_MODEL,
+    TRITON_TEXT_MODEL,
+    LocalCluster,
+    RedisServer,
+    TritonServer,
 )
 from shardsearch.v1 import search_pb2 as pb
 from shardsearch.v1 import search_pb2_grpc

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from report import save
 from throughput import COLLECTION, load, machine, make_data, ms
 

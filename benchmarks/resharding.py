@@ -31,9 +31,12 @@ from throughput import embedding_like  # noqa: E402
 
 from shardsearch import codec  # noqa: E402
 from shardsearch.local import LocalCluster  # noqa: E402
-from shardsearch.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
+from shardsearch.v1 import (  # noqa: E402
+    admin_pb2,
+    admin_pb2_grpc,
+    search_pb2_grpc,  # noqa: E402
+)
 from shardsearch.v1 import search_pb2 as pb  # noqa: E402
-from shardsearch.v1 import search_pb2_grpc  # noqa: E402
 
 SECTION = "## Resharding"
 DIM = 128

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
+from shardsearch import batching, security
 from shardsearch.batching import BatchingConfig, from_settings
-from shardsearch.config import ServerSettings, from_env
+from shardsearch.config import ConfigError, ServerSettings, from_env
 
 ENV_PREFIX = "SHARDSEARCH_COORDINATOR_"
 
+# max_in_flight 1 lets batches grow with load: measured on 2 cores, 64 concurrent unary searches ran at ~2.5x the rate
+# of 4 in flight (fewer, larger batches: fewer shard RPCs per query).
+BATCHING = BatchingConfig(
+    max_batch_size=256, max_queue_delay_us=500, max_queue_size=4096, max_in_flight=1, max_queue_time_ms=250.0
+)
+
 
 @dataclass(frozen=True)
-class CoordinatorConfig(ServerSettings):
+class CoordinatorConfig(
+    ServerSettings, batching.settings("RPC per shard", BATCHING),  # type: ignore[misc]
+    security.client_settings("shard_", "the shards"),  # type: ignore[misc]
+):
     host: str = "127.0.0.1"
     """Interface to bind gRPC on (0.0.0.0 in containers)."""
     port: int = 50051
@@ -36,9 +47,9 @@ class CoordinatorConfig(ServerSettings):
     vnodes: int = 1024
     """Virtual nodes per shard on the consistent-hash ring."""
     topology_poll_s: float = 2.0
-    """How often the ring layout is re-read from the shards. The shards and their ring come from `shards` (or
-    `shard_pattern`) until a shard is added or removed (`shardsearch admin`): the layout is then stored on the
-    shards and wins over the flags."""
+    """How often the ring layout is re-read from the shards. The first coordinator stores the ring of its `shards`
+    (or `shard_pattern`) on the shards; from then on the stored layout decides which shard names own which ids (it
+    changes with `shardsearch admin`), and the flags only give the addresses of the shards they name."""
     default_timeout_s: float = 10.0
     """Deadline for a call whose client set none."""
     deadline_margin_s: float = 0.02
@@ -49,34 +60,9 @@ class CoordinatorConfig(ServerSettings):
     """If set, the bound ports are written here as JSON once serving (for launchers)."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT so several coordinator processes share one port (one event loop per core)."""
-    shard_tls_ca_file: str = ""
-    """CA that signed the shards' certificates; set (or shard_tls_cert_file) to dial the shards over TLS."""
-    shard_tls_cert_file: str = ""
-    """Client certificate presented to the shards (mutual TLS), with shard_tls_key_file."""
-    shard_tls_key_file: str = ""
-    """Private key of shard_tls_cert_file."""
-    shard_tls_server_name: str = ""
-    """Name the shards' certificates are checked against instead of the dialled host (e.g. when dialling IPs)."""
-    shard_token_file: str = ""
-    """Bearer token sent to the shards with every call (the file's first token)."""
-
-    batching: bool = True
-    """Gather concurrent searches with the same collection and options into one RPC per shard."""
-    batch_max_size: int = 256
-    """Query rows per batch."""
-    batch_max_queue_delay_us: int = 500
-    """Longest a search waits for company while other batches are in flight (never when the coordinator is idle)."""
-    batch_max_queue_size: int = 4096
-    """Searches allowed to queue; beyond it new ones get RESOURCE_EXHAUSTED."""
     search_latency_target_ms: float = 250.0
     """Adaptive admission: the cap on searches in flight grows while they finish within this and shrinks when they
     do not; searches past the cap get RESOURCE_EXHAUSTED at once. 0 = no cap (only the queue limits)."""
-    batch_max_queue_time_ms: float = 250.0
-    """Shed new searches (RESOURCE_EXHAUSTED) while the oldest queued one has waited longer than this: past
-    capacity, fail some fast rather than make all of them late. 0 = off (only batch_max_queue_size bounds it)."""
-    batch_max_in_flight: int = 1
-    """Batches sent to the shards at once. 1 lets batches grow with load: measured on 2 cores, 64 concurrent unary
-    searches ran at ~2.5x the rate of 4 in flight (fewer, larger batches: fewer shard RPCs per query)."""
 
     cache: str = "auto"
     """Result cache: auto (Redis if redis_url is set, else an in-process LRU), redis, local or off."""
@@ -135,37 +121,54 @@ class CoordinatorConfig(ServerSettings):
     embedding_cache_max_bytes: int = 128 * 1024 * 1024
     """Size of the in-process embedding LRU."""
 
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
+
     def batching_config(self) -> BatchingConfig:
         return from_settings(self)
+
+    def validate(self) -> None:
+        """Every check that needs no file or network: a bad value stops the start with ConfigError."""
+        super().validate()
+        self.shard_addresses()
+        for name in ("cache", "embedding_cache"):
+            if getattr(self, name) not in ("auto", "redis", "local", "off"):
+                raise ConfigError(f"{self.setting(name)}: {getattr(self, name)!r} is not auto, redis, local or off")
+            if getattr(self, name) == "redis" and not self.redis_url:
+                raise ConfigError(f"{self.setting(name)}=redis needs {self.setting('redis_url')}")
+        if self.image_preprocess not in ("auto", "client", "server"):
+            raise ConfigError(f"{self.setting('image_preprocess')}: {self.image_preprocess!r} is not auto, client or "
+                              "server")
 
     def shard_addresses(self) -> list[tuple[str, list[str]]]:
         """(name, replica addresses) per shard, in ring order."""
         if self.shards and self.shard_pattern:
-            raise ValueError("set either shards or shard_pattern, not both")
+            raise ConfigError(f"set either {self.setting('shards')} or {self.setting('shard_pattern')}, not both")
         if self.replicas < 1:
-            raise ValueError("replicas must be at least 1")
+            raise ConfigError(f"{self.setting('replicas')} must be at least 1")
         if self.shard_pattern:
             if self.shard_count <= 0:
-                raise ValueError("shard_pattern needs shard_count > 0")
+                raise ConfigError(f"{self.setting('shard_pattern')} needs {self.setting('shard_count')} > 0")
             if self.replicas > 1 and "{r}" not in self.shard_pattern and "{n}" not in self.shard_pattern:
-                raise ValueError("with replicas > 1, shard_pattern needs {r} or {n}")
+                raise ConfigError(f"with {self.setting('replicas')} > 1, {self.setting('shard_pattern')} needs {{r}} "
+                                  "or {n}")
             return [
                 (f"shard-{i}", [self.shard_pattern.format(i=i, r=r, n=i * self.replicas + r)
                                 for r in range(self.replicas)])
                 for i in range(self.shard_count)
             ]
         if not self.shards:
-            raise ValueError("no shards configured: set shards or shard_pattern + shard_count")
+            raise ConfigError(f"no shards configured: set {self.setting('shards')}, or {self.setting('shard_pattern')} "
+                              f"with {self.setting('shard_count')}")
         pairs = []
         for i, entry in enumerate(self.shards):
             name, _, addresses = entry.rpartition("=")
             replicas = [a.strip() for a in addresses.split("|") if a.strip()]
             if not replicas:
-                raise ValueError(f"shard entry {entry!r} has no address")
+                raise ConfigError(f"{self.setting('shards')}: shard entry {entry!r} has no address")
             pairs.append((name or f"shard-{i}", replicas))
         names = [name for name, _ in pairs]
         if len(set(names)) != len(names):
-            raise ValueError(f"duplicate shard names in {list(self.shards)}")
+            raise ConfigError(f"{self.setting('shards')}: duplicate shard names in {list(self.shards)}")
         return pairs
 
     @classmethod

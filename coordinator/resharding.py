@@ -30,7 +30,14 @@ from coordinator.catalog import Catalog
 from coordinator.router import Router
 from coordinator.shards import Shard, ShardPool
 from shardsearch import logs, topology
-from shardsearch.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ShardSearchError, Unavailable
+from shardsearch.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ShardSearchError,
+    Unavailable,
+)
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, shard_pb2
 

@@ -21,9 +21,9 @@ from coordinator.router import Router
 from coordinator.search import Searcher, SearchMetrics
 from coordinator.servicer import SearchServicer
 from coordinator.shards import Replication, ShardMetrics, ShardPool
-from encoder_client import Encoders, EncoderOptions, InputLimits
+from encoder_client import EncoderOptions, Encoders, InputLimits
 from encoder_client import cache as embedding_cache
-from shardsearch import grpcserver, security, topology
+from shardsearch import grpcserver, metrics, security, topology
 from shardsearch.batching import BatchMetrics
 from shardsearch.clock import HybridClock
 from shardsearch.metrics import RpcMetrics
@@ -61,6 +61,7 @@ class RunningCoordinator:
 
 async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = None) -> RunningCoordinator:
     registry = registry or CollectorRegistry()
+    metrics.register_process_metrics(registry, "coordinator")
     addresses = config.shard_addresses()
     port_security = security.ServerSecurity.from_config(config, registry)  # read every file before starting
     shard_channels = security.client_channel_factory(

@@ -18,14 +18,21 @@ import numpy as np
 
 from coordinator.admission import AdaptiveLimit
 from coordinator.catalog import Catalog
-from coordinator.diversity import depth as diversity_depth, diversify, strip_fields
+from coordinator.diversity import depth as diversity_depth
+from coordinator.diversity import diversify, strip_fields
 from coordinator.router import LAYOUT_RETRIES, Router
 from coordinator.search import Searcher, SearchOptions
 from coordinator.shards import Outcome, ShardPool
 from encoder_client import Encoders
 from shardsearch import codec, logs, topology, validation
 from shardsearch.errors import (
-    AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ShardSearchError, rpc,
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ShardSearchError,
+    rpc,
 )
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import search_pb2, search_pb2_grpc, shard_pb2

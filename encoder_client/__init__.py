@@ -22,7 +22,7 @@ from shardsearch.errors import FailedPrecondition, Unavailable
 
 __all__ = [
     "Encoded", "Encoder", "EncoderMetrics", "EncoderNotReady", "EncoderOptions", "Encoders", "InputLimits",
-    "ModelInfo", "ModelRef",
+    "ModelInfo", "ModelRef", "EmbeddingCache", "EmbeddingCacheMetrics",
 ]
 
 logger = logging.getLogger(__name__)

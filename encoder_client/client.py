@@ -27,12 +27,24 @@ from tritonclient.utils import InferenceServerException
 from encoder_client.cache import EmbeddingCache, content_key
 from encoder_client.model import ModelInfo, ModelRef, describe
 from encoder_client.preprocess import (
-    CLIP_MEAN, CLIP_STD, InputLimits, PixelSpec, check_image, check_image_size, normalize_text, preprocess_image,
+    CLIP_MEAN,
+    CLIP_STD,
+    InputLimits,
+    PixelSpec,
+    check_image,
+    check_image_size,
+    normalize_text,
+    preprocess_image,
 )
 from shardsearch import logs
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.errors import (
-    DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, ShardSearchError, Unavailable,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    ShardSearchError,
+    Unavailable,
 )
 from shardsearch.metrics import LATENCY_BUCKETS
 
@@ -196,7 +208,7 @@ class Encoder:
             first = [rows[0] for rows in todo.values()]
             inputs = await self._model_inputs([contents[i] for i in first], [fields[i] for i in first])
             outputs = await self._batcher.submit(self.info.name, inputs, len(first), timeout)
-            for (key, rows), embedding in zip(todo.items(), outputs, strict=True):
+            for rows, embedding in zip(todo.values(), outputs, strict=True):
                 vectors[rows] = embedding
             if self._cache:
                 self._cache.put_many([(key, outputs[j].tobytes()) for j, key in enumerate(todo)])

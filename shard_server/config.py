@@ -5,15 +5,25 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
+from shardsearch import batching, security
 from shardsearch.batching import BatchingConfig, from_settings
-from shardsearch.config import ServerSettings, from_env
+from shardsearch.config import ConfigError, ServerSettings, from_env
 
 ENV_PREFIX = "SHARDSEARCH_SHARD_"
 
+# One FAISS search call at a time: FAISS spreads a call over omp_threads itself, and batches grow while it runs.
+BATCHING = BatchingConfig(
+    max_batch_size=1024, max_queue_delay_us=200, max_queue_size=8192, max_in_flight=1, max_queue_time_ms=250.0
+)
+
 
 @dataclass(frozen=True)
-class ShardConfig(ServerSettings):
+class ShardConfig(
+    ServerSettings, batching.settings("FAISS call", BATCHING),  # type: ignore[misc]
+    security.client_settings("peer_", "the peers (the other replicas of this shard, when catching up)"),  # type: ignore[misc]
+):
     host: str = "127.0.0.1"
     """Interface to bind gRPC on (0.0.0.0 in containers)."""
     port: int = 50061
@@ -30,15 +40,6 @@ class ShardConfig(ServerSettings):
     """Worker threads running FAISS searches and writes off the event loop."""
     use_gpu: bool = True
     """Clone trained indexes to the GPU when faiss.get_num_gpus() > 0."""
-    peer_tls_ca_file: str = ""
-    """Dial the peers (other replicas, when catching up) over TLS, trusting this CA."""
-    peer_tls_cert_file: str = ""
-    """Client certificate for the peers (their tls_client_ca_file must have signed it)."""
-    peer_tls_key_file: str = ""
-    peer_tls_server_name: str = ""
-    """Check the peers' certificates for this name instead of the dialled host."""
-    peer_token_file: str = ""
-    """Bearer token for the peers (it must be in their auth_token_file)."""
     data_dir: str = ""
     """Where the write-ahead log and snapshots live; empty keeps everything in memory (lost on restart)."""
     snapshot_wal_bytes: int = 256 * 1024 * 1024
@@ -61,22 +62,19 @@ class ShardConfig(ServerSettings):
     """This pod's StatefulSet ordinal, with peer_pattern; -1 = the number after the last '-' of the host name
     (a StatefulSet pod's host name is its pod name: shard-7 -> 7)."""
 
-    batching: bool = True
-    """Gather concurrent Search RPCs into one FAISS call."""
-    batch_max_size: int = 1024
-    """Query rows per FAISS call."""
-    batch_max_queue_delay_us: int = 200
-    """Longest a search waits for company while another batch runs (only with batch_max_in_flight > 1)."""
-    batch_max_queue_size: int = 8192
-    """Search RPCs allowed to queue; beyond it new ones get RESOURCE_EXHAUSTED."""
-    batch_max_queue_time_ms: float = 250.0
-    """Shed new searches (RESOURCE_EXHAUSTED) while the oldest queued one has waited longer than this: past
-    capacity, fail some fast rather than make all of them late. 0 = off (only batch_max_queue_size bounds it)."""
-    batch_max_in_flight: int = 1
-    """FAISS search calls at once (FAISS itself spreads one call over omp_threads)."""
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
 
     def batching_config(self) -> BatchingConfig:
         return from_settings(self)
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("search_threads", "replicas"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{self.setting(name)} must be at least 1")
+        if self.omp_threads < 0:
+            raise ConfigError(f"{self.setting('omp_threads')} must be >= 0 (0 = FAISS's default)")
+        self.with_topology()
 
     def with_topology(self, hostname: str | None = None) -> "ShardConfig":
         """This config with `name` and `peers` derived from `peer_pattern` (returned unchanged without one).
@@ -87,15 +85,15 @@ class ShardConfig(ServerSettings):
         if not self.peer_pattern:
             return self
         if self.peers:
-            raise ValueError("set either peers or peer_pattern, not both")
+            raise ConfigError(f"set either {self.setting('peers')} or {self.setting('peer_pattern')}, not both")
         if self.replicas < 1:
-            raise ValueError("replicas must be at least 1")
+            raise ConfigError(f"{self.setting('replicas')} must be at least 1")
         if self.replicas > 1 and "{r}" not in self.peer_pattern and "{n}" not in self.peer_pattern:
-            raise ValueError("with replicas > 1, peer_pattern needs {r} or {n}")
+            raise ConfigError(f"with {self.setting('replicas')} > 1, {self.setting('peer_pattern')} needs {{r}} or {{n}}")
         n = self.ordinal if self.ordinal >= 0 else ordinal_of(socket.gethostname() if hostname is None else hostname)
         pods = self.shard_count * self.replicas
         if self.shard_count > 0 and n >= pods:
-            raise ValueError(
+            raise ConfigError(
                 f"pod ordinal {n} is past shard_count * replicas = {self.shard_count} * {self.replicas}: the "
                 "StatefulSet has more pods than the topology the coordinator uses (no reads would reach this one)"
             )
@@ -114,5 +112,6 @@ def ordinal_of(hostname: str) -> int:
     """The StatefulSet ordinal at the end of a pod's host name: `shard-7` -> 7."""
     match = re.fullmatch(r".*-(\d+)", hostname.split(".", 1)[0])
     if match is None:
-        raise ValueError(f"cannot read a StatefulSet ordinal from host name {hostname!r}; set ordinal explicitly")
+        raise ConfigError(f"cannot read a StatefulSet ordinal from host name {hostname!r}: set --ordinal / "
+                          f"{ENV_PREFIX}ORDINAL")
     return int(match.group(1))

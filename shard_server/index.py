@@ -28,7 +28,9 @@ from typing import Callable, Sequence
 import faiss
 import numpy as np
 
-from shard_server import device, params as index_params, retrain as retraining
+from shard_server import device
+from shard_server import params as index_params
+from shard_server import retrain as retraining
 from shardsearch import topology
 from shardsearch.ring import key_hashes
 from shardsearch.v1 import admin_pb2, search_pb2
@@ -377,7 +379,6 @@ class Collection:
 
     def _exact_subset(self, queries: np.ndarray, k: int, labels: np.ndarray) -> SearchResult:
         """Exact top-k among `labels` (rows below `next` never change: safe outside the lock)."""
-        n = queries.shape[0]
         kk = min(k, len(labels))
         scores, found = faiss.knn(queries, self._vecs[labels], kk, metric=self.metric)
         out_labels = np.where(found >= 0, labels[np.maximum(found, 0)], -1)

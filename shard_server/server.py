@@ -18,7 +18,7 @@ from shard_server.replication import Replication, ReplicationMetrics
 from shard_server.servicer import ShardMetrics, ShardServicer
 from shard_server.storage import Storage
 from shard_server.writes import Writer
-from shardsearch import grpcserver, security
+from shardsearch import grpcserver, metrics, security
 from shardsearch.batching import BatchMetrics
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
@@ -56,6 +56,7 @@ class RunningShard:
 async def start(config: ShardConfig, registry: CollectorRegistry | None = None) -> RunningShard:
     config = config.with_topology()  # in a StatefulSet: name and peers from --peer-pattern and the pod ordinal
     registry = registry or CollectorRegistry()
+    metrics.register_process_metrics(registry, "shard")
     init = lambda: set_faiss_threads(config.omp_threads)  # noqa: E731
     init()
     executor = ThreadPoolExecutor(config.search_threads, thread_name_prefix="faiss", initializer=init)

@@ -20,13 +20,19 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from shard_server.index import Collection
 from shard_server.maintenance import Maintenance
-from shard_server.writes import Writer
 from shard_server.storage import write_atomically
+from shard_server.writes import Writer
 from shardsearch import codec, logs, topology, validation
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.clock import HybridClock
 from shardsearch.errors import (
-    Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc,
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    rpc,
 )
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc

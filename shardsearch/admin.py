@@ -22,7 +22,7 @@ DONE_POLL_S = 1.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator", default="127.0.0.1:50051", help="coordinator address (default 127.0.0.1:50051)")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each call, seconds (default 60)")
-    security.add_client_arguments(parser, "", "the coordinator")
+    security.ClientSecurity.add_arguments(parser)
     actions = parser.add_subparsers(dest="action", required=True)
 
     actions.add_parser("topology", help="show the ring layout and the move in progress")

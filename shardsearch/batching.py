@@ -22,10 +22,10 @@ cancelled caller is skipped, so no compute is spent on answers nobody will read.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable, Generic, Hashable, Sequence, TypeVa
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shardsearch import logs
+from shardsearch import config, logs
 from shardsearch.errors import DeadlineExceeded, ResourceExhausted
 
 logger = logging.getLogger(__name__)
@@ -48,17 +48,20 @@ QUEUE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 @dataclass(frozen=True)
 class BatchingConfig:
     enabled: bool = True
-    """False sends every request on its own (still bounded by max_queue_size requests in flight)."""
+    """Gather concurrent requests with the same collection and options into one batch; off sends every request on
+    its own (still bounded by max_queue_size requests in flight)."""
     max_batch_size: int = 256
     """Query rows per batch."""
     max_queue_delay_us: int = 500
-    """Longest a request waits for company while other batches run; 0 = never wait."""
+    """Longest a request waits for company while other batches run (never when nothing is in flight); 0 = never
+    wait."""
     max_queue_size: int = 4096
     """Requests allowed to wait; beyond it new requests get RESOURCE_EXHAUSTED."""
     max_in_flight: int = 2
-    """Batches running at once."""
+    """Batches running at once; 1 lets batches grow with load."""
     max_queue_time_ms: float = 0.0
-    """Shed new requests while the oldest queued one has waited longer than this; 0 = off."""
+    """Shed new requests (RESOURCE_EXHAUSTED) while the oldest queued one has waited longer than this: past
+    capacity, fail some fast rather than make all of them late. 0 = off (only max_queue_size bounds it)."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_in_flight < 1 or self.max_queue_delay_us < 0:
@@ -67,30 +70,29 @@ class BatchingConfig:
             raise ValueError(f"invalid batching config {self}: max_queue_time_ms must be >= 0")
 
 
+# A server config's batching fields and the BatchingConfig field each one sets.
+SETTINGS = {
+    "batching": "enabled", "batch_max_size": "max_batch_size", "batch_max_queue_delay_us": "max_queue_delay_us",
+    "batch_max_queue_size": "max_queue_size", "batch_max_in_flight": "max_in_flight",
+    "batch_max_queue_time_ms": "max_queue_time_ms",
+}
+
+
+def settings(unit: str, defaults: BatchingConfig) -> type:
+    """A frozen dataclass mixin holding a server config's batching fields (`batching`, `batch_max_size`, ...; see
+    SETTINGS) with this server's defaults and BatchingConfig's docs: declared once, here, for both servers."""
+    docs = config.settings_help(BatchingConfig)
+    fields = []
+    for name, knob in SETTINGS.items():
+        doc = docs[knob] + (f" A batch is one {unit}." if knob == "enabled" else "")
+        fields.append((name, type(getattr(defaults, knob)),
+                       dataclasses.field(default=getattr(defaults, knob), metadata={"help": doc})))
+    return dataclasses.make_dataclass("BatchSettings", fields, frozen=True)
+
+
 def from_settings(settings: Any) -> BatchingConfig:
-    """Reads the `batching` and `batch_*` fields both server configs share."""
-    return BatchingConfig(
-        enabled=settings.batching, max_batch_size=settings.batch_max_size,
-        max_queue_delay_us=settings.batch_max_queue_delay_us, max_queue_size=settings.batch_max_queue_size,
-        max_in_flight=settings.batch_max_in_flight, max_queue_time_ms=settings.batch_max_queue_time_ms,
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser, unit: str, defaults: BatchingConfig) -> None:
-    """The `--batch-*` flags, for a server whose batch is one `unit` (a shard RPC, a FAISS call)."""
-    group = parser.add_argument_group("dynamic batching")
-    group.add_argument("--no-batching", dest="batching", action="store_const", const=False,
-                       help=f"one {unit} per request")
-    group.add_argument("--batch-max-size", type=int, help=f"query rows per {unit} (default {defaults.max_batch_size})")
-    group.add_argument("--batch-max-queue-delay-us", type=int,
-                       help=f"max wait for company under load (default {defaults.max_queue_delay_us})")
-    group.add_argument("--batch-max-queue-size", type=int,
-                       help=f"queued requests before RESOURCE_EXHAUSTED (default {defaults.max_queue_size})")
-    group.add_argument("--batch-max-in-flight", type=int,
-                       help=f"batches running at once (default {defaults.max_in_flight})")
-    group.add_argument("--batch-max-queue-time-ms", type=float,
-                       help="shed new requests while the oldest queued one has waited this long "
-                            f"(default {defaults.max_queue_time_ms:g}; 0 = off)")
+    """The BatchingConfig of a server config made with `settings`."""
+    return BatchingConfig(**{knob: getattr(settings, name) for name, knob in SETTINGS.items()})
 
 
 class BatchMetrics:

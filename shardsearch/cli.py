@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from shardsearch import __version__
+
 
 def _local(args: argparse.Namespace) -> None:
     from shardsearch.local import CrashLoop, LocalCluster, RedisServer, RestartPolicy, TritonServer
@@ -83,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from shardsearch.local import RestartPolicy
 
     parser = argparse.ArgumentParser(prog="shardsearch", description="A gRPC sharded vector-search cluster.")
+    parser.add_argument("--version", action="version", version=f"shardsearch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     local = commands.add_parser("local", help="run a coordinator and N shards on this machine")

@@ -436,7 +436,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--timeout", type=float, default=5.0, help="per-call deadline in seconds (default 5)")
     arg("--json", type=Path, help="write the result as JSON here")
     arg("--per-query", action="store_true", help="with --json: add each query's own metrics")
-    security.add_client_arguments(parser, "", "the coordinator")
+    security.ClientSecurity.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:

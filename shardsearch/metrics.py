@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import platform
+
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from shardsearch import __version__
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -25,6 +32,17 @@ class RpcMetrics:
     def observe_request(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         self.requests.labels(method, code.name).inc()
         self.latency.labels(method).observe(seconds)
+
+
+def register_process_metrics(registry: CollectorRegistry, component: str) -> None:
+    """What the default registry has and a bare `CollectorRegistry()` leaves out (`process_resident_memory_bytes`,
+    `process_cpu_seconds_total`, `python_gc_*`, `python_info`), plus `shardsearch_build_info{version,component}`."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Info("shardsearch_build", "The running shardsearch build.", registry=registry).info(
+        {"version": __version__, "component": component, "python": platform.python_version()}
+    )
 
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> int:

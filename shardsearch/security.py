@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
+from shardsearch import config
 from shardsearch.grpcserver import channel_options
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ EXEMPT_SERVICES = (
 )
 
 
-class SecurityConfigError(ValueError):
+class SecurityConfigError(config.ConfigError):
     """A TLS or token setting that cannot work; the message names the setting or path, never a file's contents."""
 
 
@@ -84,25 +85,41 @@ def server_credentials(
     return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=bool(client_ca))
 
 
-def add_server_arguments(parser: argparse.ArgumentParser, client_note: str = "") -> None:
-    """The flags protecting a server's gRPC port (fields tls_cert_file, tls_key_file, tls_client_ca_file,
-    auth_token_file)."""
-    group = parser.add_argument_group("gRPC port security (files as a Kubernetes secret mounts them; default off)")
-    group.add_argument("--tls-cert-file", help="PEM certificate chain: the port speaks TLS only")
-    group.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file")
-    group.add_argument("--tls-client-ca-file", help=f"require client certificates signed by this CA{client_note}")
-    group.add_argument("--auth-token-file", help="accepted bearer tokens, one a line (health and reflection exempt)")
+CLIENT_SETTINGS = {
+    "tls_ca_file": "Dial {peer} over TLS, trusting this CA (set it, or {prefix}tls_cert_file, to use TLS).",
+    "tls_cert_file": "Client certificate presented to {peer} (mutual TLS), with {prefix}tls_key_file.",
+    "tls_key_file": "Private key of {prefix}tls_cert_file.",
+    "tls_server_name": "Check the certificates of {peer} for this name instead of the dialled host (e.g. when dialling IPs).",
+    "token_file": "Bearer token sent to {peer} with every call (the file's first token).",
+}
 
 
-def add_client_arguments(parser: argparse.ArgumentParser, prefix: str = "", peer: str = "the server") -> None:
-    """A client's flags: --<prefix>tls-ca-file, --<prefix>tls-cert-file, ...-tls-key-file, ...-tls-server-name and
-    --<prefix>token-file (fields <prefix>tls_ca_file, ...)."""
-    group = parser.add_argument_group(f"security of the calls to {peer}")
-    group.add_argument(f"--{prefix}tls-ca-file", help=f"dial {peer} over TLS, trusting this CA")
-    group.add_argument(f"--{prefix}tls-cert-file", help="client certificate (mutual TLS)")
-    group.add_argument(f"--{prefix}tls-key-file", help="private key of the client certificate")
-    group.add_argument(f"--{prefix}tls-server-name", help="check the certificate for this name, not the dialled host")
-    group.add_argument(f"--{prefix}token-file", help="bearer token sent with every call (the file's first token)")
+def client_settings(prefix: str, peer: str) -> type:
+    """A frozen dataclass mixin with the security settings of calls to `peer`: `<prefix>tls_ca_file`,
+    `<prefix>tls_cert_file`, `<prefix>tls_key_file`, `<prefix>tls_server_name`, `<prefix>token_file`. Declared once,
+    here, for the coordinator (to its shards), the shards (to their peers) and the tools (to the coordinator)."""
+    fields = [
+        (prefix + name, str, field(default="", metadata={"help": doc.format(peer=peer, prefix=prefix)}))
+        for name, doc in CLIENT_SETTINGS.items()
+    ]
+    return make_dataclass(f"{prefix.title().strip('_')}ClientSettings", fields, frozen=True)
+
+
+def check_files(settings: Any, client_prefix: str) -> None:
+    """Reads every certificate, key and token file a server config names (its port's and its calls' to
+    `client_prefix` peers), so that a missing or bad one stops the start with one line naming it, before serving."""
+    server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    if settings.auth_token_file:
+        load_tokens(settings.auth_token_file)
+    values = [getattr(settings, client_prefix + name) for name in CLIENT_SETTINGS]
+    if any(values):
+        client_channel_factory(*values)
+
+
+def client_factory_of(settings: Any, prefix: str) -> ChannelFactory:
+    """The channel factory for the `client_settings(prefix, ...)` fields of `settings`."""
+    values = [getattr(settings, prefix + name) for name in CLIENT_SETTINGS]
+    return client_channel_factory(*values)
 
 
 class AuthMetrics:
@@ -271,16 +288,10 @@ class ChannelFactory:
 
 
 @dataclass(frozen=True)
-class ClientSecurity:
-    """How a command dials the coordinator (the fields of `add_client_arguments`' flags): TLS trusting
-    `tls_ca_file`, a client certificate and key for mutual TLS, a server name to check instead of the dialled host,
-    and the first token of `token_file` sent as `authorization: Bearer <token>` with every call."""
-
-    tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    tls_server_name: str = ""
-    token_file: str = ""
+class ClientSecurity(client_settings("", "the coordinator")):  # type: ignore[misc]
+    """How a command dials the coordinator: TLS trusting `tls_ca_file`, a client certificate and key for mutual TLS,
+    a server name to check instead of the dialled host, and the first token of `token_file` sent as
+    `authorization: Bearer <token>` with every call."""
 
     def channel_factory(self, options: Sequence[tuple[str, Any]] | None = None) -> ChannelFactory:
         return client_channel_factory(
@@ -289,8 +300,12 @@ class ClientSecurity:
         )
 
     @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        config.add_config_arguments(parser, ClientSecurity, title="security of the calls to the coordinator")
+
+    @staticmethod
     def from_args(args: argparse.Namespace) -> dict[str, str]:
-        """The fields as keyword arguments, from flags added with add_client_arguments(parser, "")."""
+        """The fields as keyword arguments, from the flags of `add_arguments`."""
         return {name: getattr(args, name) or "" for name in ClientSecurity.__dataclass_fields__}
 
 

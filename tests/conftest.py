@@ -13,6 +13,7 @@ import pytest
 from shardsearch.datasets import Dataset
 
 # name -> (n, queries, dim, seed): small enough to generate in well under a second, big enough to train IVF-PQ shards.
+# Scaled to norm 512, the scale of SIFT descriptors, which tests place other vectors against (far-off traffic).
 DATASETS = {
     "l2-10k-128": (10_000, 100, 128, 7),  # the shape of a 10k SIFT subset, L2
     "l2-1k-784": (1_000, 500, 784, 8),  # the shape of a 1k Fashion-MNIST subset, L2
@@ -22,7 +23,7 @@ DATASETS = {
 @functools.cache
 def _generated(name: str) -> Dataset:
     n, nq, dim, seed = DATASETS[name]
-    return Dataset.generate(n, nq, dim, metric="l2", seed=seed, clusters=max(10, n // 20))
+    return Dataset.generate(n, nq, dim, metric="l2", seed=seed, clusters=max(10, n // 20), scale=512.0)
 
 
 def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--wait-trained", action="store_true", help="wait until every shard has trained before the run")
     arg("--json", type=Path, help="write the result as JSON here")
     arg("--quiet", action="store_true", help="no progress line")
-    security.add_client_arguments(parser, "", "the coordinator")
+    security.ClientSecurity.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:

@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from shardsearch.ingest.cli import add_arguments, run
 from shardsearch.ingest.loader import IngestError, IngestOptions, ingest
-from shardsearch.ingest.sources import Record, Source, SourceError, image_source, jsonl_source, open_source, \
-    vector_source
+from shardsearch.ingest.sources import (
+    Record,
+    Source,
+    SourceError,
+    image_source,
+    jsonl_source,
+    open_source,
+    vector_source,
+)
 from shardsearch.ingest.summary import IngestSummary
 
 __all__ = [

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--overwrite", action="store_true", help="upsert every item (default: skip ids already stored, i.e. resume)")
     arg("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     arg("--json", help="also write the summary as JSON to this file ('-': stdout; the text summary goes to stderr)")
-    security.add_client_arguments(parser, "", "the coordinator")
+    security.ClientSecurity.add_arguments(parser)
 
 
 def source_from_args(args: argparse.Namespace) -> Source:

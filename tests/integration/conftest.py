@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -65,6 +65,14 @@ def create(stub: search_pb2_grpc.SearchServiceStub, name: str, dim: int, metric:
     stub.CreateCollection(search_pb2.CreateCollectionRequest(
         name=name, dim=dim, metric=metric, index=search_pb2.IndexOptions(**index)
     ))
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
+    """Polls `condition` until it holds: tests wait for a state, never for a guessed time."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def wait_for_move(admin: admin_pb2_grpc.AdminServiceStub, timeout: float = 60.0) -> admin_pb2.Topology:

@@ -6,9 +6,8 @@ A stopped shard (SIGSTOP) holds a batch in flight, so the tests decide exactly w
 from __future__ import annotations
 
 import signal
-import time
 import urllib.request
-from typing import Callable, Iterator
+from typing import Iterator
 
 import grpc
 import numpy as np
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shardsearch import codec
 from shardsearch.local import LocalCluster, Process
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
-from tests.integration.conftest import connect, create, upsert
+from tests.integration.conftest import connect, create, upsert, wait_until
 
 NAME = "batched"
 DIM = 8
@@ -49,13 +48,6 @@ def metrics(proc: Process) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
 
 def value(proc: Process, name: str, **labels: str) -> float:
     return metrics(proc).get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_until(condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def search(stub, vector: np.ndarray, timeout: float = 30.0, k: int = 5):

@@ -13,8 +13,8 @@ import pytest
 from shardsearch import codec
 from shardsearch.local import LocalCluster, RedisServer
 from shardsearch.v1 import search_pb2
-from tests.integration.conftest import connect, create
-from tests.integration.test_batching import value, wait_until
+from tests.integration.conftest import connect, create, wait_until
+from tests.integration.test_batching import value
 
 NAME = "cached"
 DIM = 8

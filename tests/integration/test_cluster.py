@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 import grpc
@@ -10,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from shardsearch import codec
+from shardsearch import __version__, codec
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2
 from tests.conftest import load_dataset, recall_at_10
@@ -155,6 +156,7 @@ def test_every_server_has_health_and_reflection(cluster) -> None:
 
 
 def test_metrics_endpoint_counts_requests_by_method_and_code(cluster, stub, vectors) -> None:
+    stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(vectors[1][0]), k=1))
     with pytest.raises(grpc.RpcError):
         stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector=[1.0], k=1))
     text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.coordinator.metrics_port}/metrics").read().decode()
@@ -164,3 +166,22 @@ def test_metrics_endpoint_counts_requests_by_method_and_code(cluster, stub, vect
     assert 'shardsearch_coordinator_shard_request_duration_seconds_count{method="Search",shard="shard-0"}' in text
     shard_text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.shard_procs[0].metrics_port}/metrics").read().decode()
     assert 'shardsearch_shard_vectors{collection="vectors"}' in shard_text
+
+
+def test_every_server_exports_its_build_and_process_metrics(cluster) -> None:
+    for proc in (cluster.coordinator, cluster.shard_procs[0]):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics").read().decode()
+        component = "coordinator" if proc is cluster.coordinator else "shard"
+        assert re.search(rf'^shardsearch_build_info{{[^}}]*component="{component}"[^}}]*version="{__version__}"'
+                         r'[^}]*} 1\.0$', text, re.M), text[:2000]
+        resident = re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M)
+        assert resident and float(resident.group(1)) > 10 * 2**20
+        assert re.search(r"^process_cpu_seconds_total \S+$", text, re.M)
+        assert "python_gc_collections_total" in text
+
+
+def test_a_shard_says_at_start_which_faiss_build_it_loaded(cluster) -> None:
+    log = cluster.shard_procs[0].log_path.read_text()
+    line = next(line for line in log.splitlines() if "serving gRPC" in line)
+    assert re.search(r"FAISS \d+\.\d+\.\d+ \(faiss-(cpu|gpu)[^)]*\); \d+ GPU\(s\) visible; searching on the (CPU|GPU)",
+                     line), line

@@ -29,7 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shardsearch import codec
 from shardsearch.local import (
-    TRITON_DIM, TRITON_IMAGE_BYTES_MODEL, LocalCluster, RedisServer, TritonServer, free_port,
+    TRITON_DIM,
+    TRITON_IMAGE_BYTES_MODEL,
+    LocalCluster,
+    RedisServer,
+    TritonServer,
+    free_port,
 )
 from shardsearch.v1 import search_pb2 as pb
 from shardsearch.v1 import search_pb2_grpc

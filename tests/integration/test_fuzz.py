@@ -9,8 +9,8 @@ exploration set SHARDSEARCH_FUZZ_SCALE=10 (10x the examples, random: reproduce w
 
 from __future__ import annotations
 
-import collections
 import base64
+import collections
 import io
 import os
 import re
@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from shardsearch import codec
 from shardsearch.local import LocalCluster

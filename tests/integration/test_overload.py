@@ -15,8 +15,8 @@ import numpy as np
 from shardsearch import codec
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2
-from tests.integration.conftest import connect, create, upsert
-from tests.integration.test_batching import value, wait_until
+from tests.integration.conftest import connect, create, upsert, wait_until
+from tests.integration.test_batching import value
 
 NAME = "flooded"
 DIM = 8
@@ -26,8 +26,11 @@ FLOOD = INITIAL_CAP + 44
 
 
 def test_a_flood_past_the_cap_is_refused_at_once_and_every_admitted_search_is_served() -> None:
-    # Queue-time shedding off: only the adaptive cap refuses here (test_batching covers the queue limits).
-    args = ["--search-latency-target-ms", str(TARGET_MS), "--batch-max-queue-time-ms", "0", "--cache", "off"]
+    # Queue-time shedding off: only the adaptive cap refuses here (test_batching covers the queue limits). gRPC
+    # core's own pending-call limit off too: the flood arrives at once, and on a busy machine more than
+    # max_pending_rpcs calls can wait for the event loop, which core would refuse as CANCELLED before the cap sees them.
+    args = ["--search-latency-target-ms", str(TARGET_MS), "--batch-max-queue-time-ms", "0", "--cache", "off",
+            "--max-pending-rpcs", "0"]
     with LocalCluster(shards=2, metrics=True, coordinator_args=args) as cluster:
         coordinator = cluster.coordinator
         assert coordinator is not None
@@ -45,7 +48,7 @@ def test_a_flood_past_the_cap_is_refused_at_once_and_every_admitted_search_is_se
                 for i in range(FLOOD)
             ]
             wait_until(lambda: sum(f.done() for f in futures) >= FLOOD - INITIAL_CAP, "the refusals")
-            time.sleep(0.3)  # nothing else may finish while the shard is stopped
+            time.sleep(0.3)  # a window in which nothing else may finish (a negative: there is no state to wait for)
             refused = [f for f in futures if f.done()]
             assert len(refused) == FLOOD - INITIAL_CAP
             for future in refused:

@@ -18,7 +18,7 @@ import pytest
 from shardsearch import codec
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
-from tests.integration.conftest import connect, create, upsert
+from tests.integration.conftest import connect, create, upsert, wait_until
 
 NAME = "rep"
 DIM = 24
@@ -62,6 +62,11 @@ class SearchLoad:
             except grpc.RpcError as exc:
                 self.codes[exc.code().name] += 1
 
+    def wait_for_more(self, when: str, calls: int = 20) -> None:
+        """Waits until the load has made `calls` more searches (answered or not)."""
+        done = sum(self.codes.values())
+        wait_until(lambda: sum(self.codes.values()) >= done + calls, f"{calls} more searches {when}")
+
     def __enter__(self) -> "SearchLoad":
         for thread in self._threads:
             thread.start()
@@ -98,7 +103,7 @@ def test_killed_replica_fails_over_then_catches_up(replicated) -> None:
     cluster, stub, vectors = replicated
     rng = np.random.default_rng(9)
     with SearchLoad(stub, vectors) as load:
-        time.sleep(1.0)
+        load.wait_for_more("before the kill")
         victim = cluster.replica(0, 0)
         victim.signal(signal.SIGKILL)
         victim.popen.wait()  # type: ignore[union-attr]
@@ -109,9 +114,9 @@ def test_killed_replica_fails_over_then_catches_up(replicated) -> None:
         upsert(stub, NAME, [f"id{i}" for i in range(200)], overwritten, batch=100)
         deleted = [f"id{i}" for i in range(200, 500)]
         stub.Delete(search_pb2.DeleteRequest(collection=NAME, ids=deleted))
-        time.sleep(1.0)
+        load.wait_for_more("while the replica is down")
         cluster.restart_shard(cluster.shard_procs.index(victim))  # returns once it has caught up and serves
-        time.sleep(1.0)
+        load.wait_for_more("after the restart")
     assert load.codes["OK"] > 50
     assert load.codes == Counter(OK=load.codes["OK"]), f"failed searches: {load.codes}"
     assert load.partial == 0

@@ -19,7 +19,7 @@ from shardsearch import codec, topology
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
 from tests.conftest import load_dataset, recall_at_10
-from tests.integration.conftest import batch_search, upsert, wait_for_move
+from tests.integration.conftest import batch_search, upsert, wait_for_move, wait_trained, wait_until
 
 COLLECTION = "moving"
 NPROBE = 16
@@ -62,6 +62,12 @@ class Traffic:
         for thread in self._threads:
             thread.start()
         return self
+
+    def wait_for_more(self, when: str, calls: int = 5) -> None:
+        """Waits until both kinds of traffic have made `calls` more calls."""
+        writes, searches = self.writes, self.searches
+        wait_until(lambda: self.writes >= writes + calls and self.searches >= searches + calls,
+                   f"{calls} more writes and searches {when}", seconds=60)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -141,11 +147,11 @@ def test_add_then_remove_a_shard_under_traffic(cluster: LocalCluster) -> None:
         answer = batch_search(main, COLLECTION, queries, nprobe=NPROBE)
         return recall_at_10([[int(h.id) for h in r.hits] for r in answer.results], gt)
 
-    time.sleep(3)  # let the shards train and absorb
+    wait_trained(main, COLLECTION)
     before = recall()
     extra = cluster.start_extra_shard("shard-4")
     with Traffic(other, main, queries) as traffic:
-        time.sleep(1)
+        traffic.wait_for_more("before the move")
         started = time.monotonic()
         layout = admin.AddShard(admin_pb2.AddShardRequest(shard=admin_pb2.ShardSpec(
             name="shard-4", addresses=[extra.address])))
@@ -155,12 +161,12 @@ def test_add_then_remove_a_shard_under_traffic(cluster: LocalCluster) -> None:
         assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         added = wait_for_move(admin, 240)
         add_s = time.monotonic() - started
-        time.sleep(1)
+        traffic.wait_for_more("after adding shard-4")
         started = time.monotonic()
         admin.RemoveShard(admin_pb2.RemoveShardRequest(name="shard-1"))
         removed = wait_for_move(admin, 240)
         remove_s = time.monotonic() - started
-        time.sleep(1)
+        traffic.wait_for_more("after removing shard-1")
 
     assert traffic.search_errors == []
     assert traffic.bad_answers[:3] == []

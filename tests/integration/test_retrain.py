@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from shardsearch.local import LocalCluster
-from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc
+from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2_grpc
 from tests.conftest import load_dataset, recall_at_10
 from tests.integration.conftest import batch_search, create, upsert, wait_trained
 

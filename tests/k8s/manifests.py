@@ -4,10 +4,10 @@ way the process in it would (its flags through the real argparse, its environmen
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import re
-import importlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,9 +163,11 @@ def environment(objs: list[Obj], c: Container, extra: dict[str, str] | None = No
 def server_config(objs: list[Obj], c: Container, extra_env: dict[str, str] | None = None) -> Any:
     """The CoordinatorConfig or ShardConfig the process in this container builds (image entrypoint: shardsearch)."""
     from coordinator import __main__ as coordinator_main
-    from coordinator.config import ENV_PREFIX as COORDINATOR_PREFIX, CoordinatorConfig
+    from coordinator.config import ENV_PREFIX as COORDINATOR_PREFIX
+    from coordinator.config import CoordinatorConfig
     from shard_server import __main__ as shard_main
-    from shard_server.config import ENV_PREFIX as SHARD_PREFIX, ShardConfig
+    from shard_server.config import ENV_PREFIX as SHARD_PREFIX
+    from shard_server.config import ShardConfig
     from shardsearch.config import from_env
 
     command, *flags = c.spec["args"]

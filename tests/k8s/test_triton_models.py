@@ -5,7 +5,6 @@ them (its encoder settings, the triton Service, NetworkPolicy and Deployment).""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 import types

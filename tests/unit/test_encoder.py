@@ -19,7 +19,13 @@ from encoder_client.cache import EmbeddingCacheMetrics, LocalEmbeddingCache, con
 from encoder_client.client import Encoder, EncoderMetrics, EncoderOptions, map_error
 from encoder_client.model import ModelInfo, ModelRef, describe
 from encoder_client.preprocess import (
-    CLIP_MEAN, CLIP_STD, InputLimits, PixelSpec, normalize_text, open_image, preprocess_image,
+    CLIP_MEAN,
+    CLIP_STD,
+    InputLimits,
+    PixelSpec,
+    normalize_text,
+    open_image,
+    preprocess_image,
 )
 from shardsearch.batching import BatchMetrics
 from shardsearch.errors import FailedPrecondition, InvalidArgument, ShardSearchError

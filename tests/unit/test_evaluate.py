@@ -11,8 +11,20 @@ import pytest
 
 from shardsearch import cli, codec
 from shardsearch.evaluate import (
-    EvalConfig, Metrics, QueryResult, QuerySetError, add_arguments, average_precision_at, config_from_args, cutoffs,
-    load_queries, metrics_at, precision_at, recall_at, reciprocal_rank_at, score,
+    EvalConfig,
+    Metrics,
+    QueryResult,
+    QuerySetError,
+    add_arguments,
+    average_precision_at,
+    config_from_args,
+    cutoffs,
+    load_queries,
+    metrics_at,
+    precision_at,
+    recall_at,
+    reciprocal_rank_at,
+    score,
 )
 
 

@@ -119,7 +119,7 @@ def test_selective_filter_on_the_ivf_path_still_returns_k(data, monkeypatch: pyt
     queries = vectors[:20] + 0.05
     result = coll.search(queries, 10, nprobe=1, flt=flt)
     truth = exact(vectors, items, set(range(N)), flt, queries, 10)
-    for row, want in zip(result.labels, truth):
+    for row in result.labels:
         got = [int(x) for x in row if x >= 0]
         assert len(got) == 10 and all(passes(items[label], flt) for label in got)
     recall = np.mean([len(set(r[r >= 0].tolist()) & set(w)) / 10 for r, w in zip(result.labels, truth)])

@@ -151,8 +151,8 @@ class FakeServer:
     """Upsert and Get over a dict, rejecting (INVALID_ARGUMENT) any request holding an id in `bad`, failing the first
     `flaky` calls with UNAVAILABLE; records each upsert's ids."""
 
-    def __init__(self, bad: dict[str, str] = {}, flaky: int = 0, code: grpc.StatusCode | None = None) -> None:
-        self.bad, self.flaky, self.code = bad, flaky, code
+    def __init__(self, bad: dict[str, str] | None = None, flaky: int = 0, code: grpc.StatusCode | None = None) -> None:
+        self.bad, self.flaky, self.code = bad or {}, flaky, code
         self.stored: dict[str, search_pb2.Item] = {}
         self.calls: list[list[str]] = []
 

@@ -51,7 +51,7 @@ def test_an_explicit_ordinal_beats_the_host_name() -> None:
     [
         (ShardConfig(peer_pattern=PATTERN, replicas=2, shard_count=2), "shard-4", "past shard_count"),
         (ShardConfig(peer_pattern="shard-{i}.shard:50061", replicas=2), "shard-0", "needs {r} or {n}"),
-        (ShardConfig(peer_pattern=PATTERN, peers=("a:1",)), "shard-0", "either peers or peer_pattern"),
+        (ShardConfig(peer_pattern=PATTERN, peers=("a:1",)), "shard-0", "either --peers .* or --peer-pattern"),
         (ShardConfig(peer_pattern=PATTERN, replicas=0), "shard-0", "at least 1"),
         (ShardConfig(peer_pattern=PATTERN), "laptop", "ordinal"),
     ],

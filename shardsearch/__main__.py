@@ -1,0 +1,5 @@
+"""`python -m shardsearch`: the `shardsearch` command."""
+
+from shardsearch.cli import main
+
+main()
