@@ -117,14 +117,16 @@ def test_a_search_after_an_acknowledged_write_sees_it_through_either_coordinator
 
 def test_skip_cache_neither_reads_nor_fills_the_cache(two) -> None:
     _, stubs = two
+    name = "skip-cache"  # its own collection: the test passes alone
+    create(stubs[0], name, DIM)
     query = np.full(DIM, 0.25, dtype=np.float32)
-    stubs[0].Upsert(search_pb2.UpsertRequest(collection=NAME, items=[
+    stubs[0].Upsert(search_pb2.UpsertRequest(collection=name, items=[
         search_pb2.Item(id="skip-probe", vector_f32=codec.pack(query))]), timeout=10)
-    assert [search(stubs[0], query, skip_cache=True).cached for _ in range(2)] == [False, False]
-    assert [search(stubs[0], query).cached for _ in range(2)] == [False, True]
-    assert not search(stubs[0], query, skip_cache=True).cached
+    assert [search(stubs[0], query, name, skip_cache=True).cached for _ in range(2)] == [False, False]
+    assert [search(stubs[0], query, name).cached for _ in range(2)] == [False, True]
+    assert not search(stubs[0], query, name, skip_cache=True).cached
     batch = stubs[1].BatchSearch(search_pb2.BatchSearchRequest(
-        collection=NAME, vectors_f32=codec.pack(np.stack([query, query + 1])), k=K), timeout=10)
+        collection=name, vectors_f32=codec.pack(np.stack([query, query + 1])), k=K), timeout=10)
     assert [r.cached for r in batch.results] == [True, False]  # per query: a filled one hits, a new one misses
 
 

@@ -36,6 +36,8 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
 def stub(cluster: LocalCluster) -> search_pb2_grpc.SearchServiceStub:
     stub = search_pb2_grpc.SearchServiceStub(grpc.insecure_channel(cluster.address))
     create(stub, "traced", DIM)
+    stub.Upsert(search_pb2.UpsertRequest(collection="traced", items=[  # something to find, for any test alone
+        search_pb2.Item(id=f"seed-{i}", vector_f32=codec.pack(v)) for i, v in enumerate(vectors(40, 0))]))
     return stub
 
 

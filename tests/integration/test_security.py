@@ -6,6 +6,7 @@ log or an error message can only mean it leaked.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from dataclasses import dataclass
@@ -117,11 +118,29 @@ async def test_a_client_with_the_ca_and_a_token_can_write_and_search(secured: Se
         assert streamed.request_id == "q" and streamed.response.hits[0].id == "id7"
 
 
+@pytest.fixture(scope="module")
+def bench_collection(secured: Secured) -> str:
+    """A collection of its own for the load generator's tests (each passes alone)."""
+    vectors = np.random.default_rng(1).standard_normal((200, DIM)).astype(np.float32)
+
+    async def make() -> None:
+        async with secured.client(CLIENT_TOKEN) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            await stub.CreateCollection(
+                search_pb2.CreateCollectionRequest(name="sec-bench", dim=DIM, metric=search_pb2.METRIC_L2), timeout=10)
+            await stub.Upsert(search_pb2.UpsertRequest(collection="sec-bench", items=[
+                search_pb2.Item(id=f"id{i}", vector_f32=codec.pack(v)) for i, v in enumerate(vectors)]), timeout=10)
+
+    asyncio.run(make())
+    return "sec-bench"
+
+
 @pytest.mark.parametrize("call", ["unary", "stream"])
-def test_the_load_generator_drives_a_secured_coordinator(secured: Secured, call: str,
+def test_the_load_generator_drives_a_secured_coordinator(secured: Secured, bench_collection: str, call: str,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = secured.files / f"bench-{call}.json"
-    flags = ["bench", "--address", secured.cluster.address, "--collection", "sec", "--call", call, "--requests", "40",
+    flags = ["bench", "--address", secured.cluster.address, "--collection", bench_collection, "--call", call,
+             "--requests", "40",
              "--concurrency", "4", "--quiet", "--json", str(out), "--tls-ca-file", str(secured.pki.ca),
              "--tls-server-name", "localhost"]
     cli.main([*flags, "--token-file", secured.token_file("bench-token", CLIENT_TOKEN)])
@@ -190,19 +209,24 @@ async def test_shards_accept_only_the_coordinators_credentials(secured: Secured)
         await shard_pb2_grpc.ShardServiceStub(channel).ListCollections(request, timeout=5)
 
 
-async def test_a_restarted_replica_catches_up_from_its_peer_over_mutual_tls(secured: Secured) -> None:
+async def test_a_restarted_replica_catches_up_from_its_peer_over_mutual_tls(
+    secured: Secured, bench_collection: str
+) -> None:
     ids = [f"cu{i}" for i in range(100)]
     vectors = np.random.default_rng(4).standard_normal((100, DIM)).astype(np.float32)
     async with secured.client(CLIENT_TOKEN) as channel:
-        await search_pb2_grpc.SearchServiceStub(channel).Upsert(search_pb2.UpsertRequest(collection="sec", items=[
-            search_pb2.Item(id=i, vector_f32=codec.pack(v)) for i, v in zip(ids, vectors)]), timeout=10)
+        await search_pb2_grpc.SearchServiceStub(channel).Upsert(search_pb2.UpsertRequest(
+            collection=bench_collection,
+            items=[search_pb2.Item(id=i, vector_f32=codec.pack(v)) for i, v in zip(ids, vectors)]), timeout=10)
     async with secured.shard(SHARD_TOKEN, index=1) as channel:  # shard-0's other replica
-        held = await shard_pb2_grpc.ShardServiceStub(channel).Get(shard_pb2.ShardGetRequest(collection="sec", ids=ids))
+        held = await shard_pb2_grpc.ShardServiceStub(channel).Get(
+            shard_pb2.ShardGetRequest(collection=bench_collection, ids=ids))
     assert 0 < len(held.ids) < len(ids)
     # Memory only: shard-0-0 comes back empty, and is ready only once it has copied its peer (TLS + token).
     secured.cluster.restart_shard(0)
     async with secured.shard(SHARD_TOKEN) as channel:
-        copied = await shard_pb2_grpc.ShardServiceStub(channel).Get(shard_pb2.ShardGetRequest(collection="sec", ids=ids))
+        copied = await shard_pb2_grpc.ShardServiceStub(channel).Get(
+            shard_pb2.ShardGetRequest(collection=bench_collection, ids=ids))
     assert list(copied.ids) == list(held.ids) and copied.vectors_f32 == held.vectors_f32
 
 
