@@ -16,7 +16,7 @@ from coordinator.servicer import fuse_rrf
 from shardsearch import codec
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
-from tests.integration.conftest import connect, create, wait_trained
+from tests.integration.conftest import connect, create, wait_trained, wait_until
 
 DIM = 16
 N = 3000
@@ -510,6 +510,16 @@ def test_bad_diversity_and_bad_fields_are_invalid_argument(cluster: LocalCluster
 # ---- durability: fields travel in the write-ahead log, snapshots and replica catch-up ----------------------------
 
 
+def reaches_every_shard(stub: Any, ids: list[str]) -> bool:
+    try:
+        stub.Get(search_pb2.GetRequest(collection="durable", ids=ids), timeout=5)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        return False
+    return True
+
+
 def check_after_restart(data: Data, collection: str) -> None:
     sample = data.ids[::37]
     reply = data.stub.Get(search_pb2.GetRequest(collection=collection, ids=sample), timeout=30)
@@ -533,6 +543,9 @@ def test_fields_and_filters_survive_restarting_every_shard_from_its_log_and_snap
             proc.popen.wait()  # type: ignore[union-attr]
         for index in range(2):
             cluster.restart_shard(index)
+        # The coordinator's channels may still be in their reconnect backoff from while the shards were down (it
+        # answers UNAVAILABLE, "retrying the whole call is safe"): wait until it reaches both shards again.
+        wait_until(lambda: reaches_every_shard(stub, data.ids[:50]), "the coordinator to reach the restarted shards")
         check_after_restart(data, "durable")
 
 
