@@ -64,10 +64,7 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     metrics.register_process_metrics(registry, "coordinator")
     addresses = config.shard_addresses()
     port_security = security.ServerSecurity.from_config(config, registry)  # read every file before starting
-    shard_channels = security.client_channel_factory(
-        config.shard_tls_ca_file, config.shard_tls_cert_file, config.shard_tls_key_file, config.shard_tls_server_name,
-        config.shard_token_file,
-    )
+    shard_channels = security.client_factory_of(config, "shard_")
     logger.info("calls to the shards: %s", shard_channels.description)
     clock = HybridClock()
     replication = Replication(write_quorum=config.write_quorum, hedge_delay_s=config.hedge_delay_ms / 1000)

@@ -91,10 +91,7 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
     )
     replication = None
     if config.peers:
-        peer_channels = security.client_channel_factory(
-            config.peer_tls_ca_file, config.peer_tls_cert_file, config.peer_tls_key_file, config.peer_tls_server_name,
-            config.peer_token_file,
-        )
+        peer_channels = security.client_factory_of(config, "peer_")
         logger.info("calls to the peers (%s): %s", ", ".join(config.peers), peer_channels.description)
         replication = Replication(
             servicer, config.peers, peer_channels, config.catch_up_wait_s, ReplicationMetrics(registry),

@@ -111,9 +111,8 @@ def check_files(settings: Any, client_prefix: str) -> None:
     server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
     if settings.auth_token_file:
         load_tokens(settings.auth_token_file)
-    values = [getattr(settings, client_prefix + name) for name in CLIENT_SETTINGS]
-    if any(values):
-        client_channel_factory(*values)
+    if any(getattr(settings, client_prefix + name) for name in CLIENT_SETTINGS):
+        client_factory_of(settings, client_prefix)
 
 
 def client_factory_of(settings: Any, prefix: str) -> ChannelFactory:
