@@ -6,7 +6,8 @@ shard RPC or one FAISS call. The knobs:
 
 - `max_batch_size`: rows per batch (a single larger request forms a batch of its own);
 - `max_queue_delay_us`: how long a request may wait for company while other batches are running. When nothing is in
-  flight the queue is dispatched at once, so a lone query under light load never waits for the delay; under load,
+  flight and nothing waits, a request runs at once in its caller's task (no queue hop), so a lone query under light
+  load never waits for the delay; under load,
   batches form naturally while the running ones occupy the `max_in_flight` slots;
 - `max_queue_size`: requests allowed to wait; beyond it `submit` fails fast with RESOURCE_EXHAUSTED instead of
   queueing without bound;
@@ -165,6 +166,8 @@ class Batcher(Generic[Item, Result]):
             )
         if not self.config.enabled:
             return await self._run_alone(key, item, rows, timeout)
+        if not self._waiting and not self._in_flight:
+            return await self._run_now(key, item, rows, timeout)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         if self.config.max_queue_time_ms and self._waiting:
@@ -190,6 +193,27 @@ class Batcher(Generic[Item, Result]):
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch_forever(), name=f"{self.name}-dispatcher")
         return await pending.future
+
+    async def _run_now(self, key: Hashable, item: Item, rows: int, timeout: float) -> Result:
+        """The fast path: nothing waits and nothing runs, so the request is a batch of its own, run in the
+        caller's task (no queue, no dispatcher or batch task hop). Requests that arrive meanwhile queue up as usual
+        and form the next batch."""
+        self._in_flight += 1
+        self._metrics.size.observe(rows)
+        self._metrics.queue_time.observe(0.0)
+        started = time.monotonic()
+        try:
+            (result,) = await self._run(key, [item], timeout)
+        finally:
+            elapsed = time.monotonic() - started
+            self._metrics.compute_time.observe(elapsed)
+            self._compute_s += 0.2 * (elapsed - self._compute_s)
+            self._in_flight -= 1
+            self._slot_free.set()
+            self._arrival.set()
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def _run_alone(self, key: Hashable, item: Item, rows: int, timeout: float) -> Result:
         self._in_flight += 1
@@ -221,12 +245,14 @@ class Batcher(Generic[Item, Result]):
     async def _dispatch_forever(self) -> None:
         logs.bind_request_id("")  # this task was started inside some request's context: it works for none
         while True:
-            while self._in_flight >= self.config.max_in_flight:
+            if self._in_flight >= self.config.max_in_flight:
                 self._slot_free.clear()
                 await self._slot_free.wait()
-            while not self._queues:
+                continue
+            if not self._queues:  # a fast-path request may take the slot while this waits: check both again
                 self._arrival.clear()
                 await self._arrival.wait()
+                continue
             key = min(self._queues, key=lambda k: self._queues[k][0].enqueued)
             if self._in_flight > 0:
                 await self._wait_for_company(key)

@@ -175,3 +175,25 @@ async def test_a_queue_that_stopped_draining_sheds_new_requests_fast() -> None:
     recorder.gate.set()  # the queue drains: what was admitted is answered, and new requests are taken again
     assert await first == 0 and await queued == 20
     assert await batcher.submit("k", 6, 1, 60) == 60
+
+
+async def test_a_lone_request_runs_in_its_callers_task_and_the_idle_dispatcher_still_honours_max_in_flight() -> None:
+    recorder = Recorder()
+    batcher, _ = make(recorder, max_in_flight=1, max_batch_size=100)
+    first = await block_first(batcher, recorder)  # starts the dispatcher: one request queues behind the first
+    second = asyncio.create_task(batcher.submit("k", 2, 1, 60))
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert (await first, await second) == (0, 20)
+    await asyncio.sleep(0)  # the dispatcher now idles, waiting for an arrival
+    recorder.gate.clear()
+    recorder.started.clear()
+    third = asyncio.create_task(batcher.submit("k", 4, 1, 60))  # nothing waits or runs: the fast path
+    await recorder.started.wait()
+    fourth = asyncio.create_task(batcher.submit("k", 6, 1, 60))
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+    assert [items for _, items in recorder.batches] == [[0], [2], [4]]  # the fourth waits for the only slot
+    recorder.gate.set()
+    assert (await third, await fourth) == (40, 60)
+    assert [items for _, items in recorder.batches] == [[0], [2], [4], [6]]
