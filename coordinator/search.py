@@ -26,6 +26,7 @@ from shardsearch.v1 import search_pb2, shard_pb2
 
 T = TypeVar("T")
 LOOKUP_BATCH_ROWS = 1024
+SMALL_MERGE_HITS = 160  # candidates (queries x shards x k) up to which a merge runs inline, in plain Python (~100 us)
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,8 @@ class Searcher:
         missing = self._check_failures(spec.name, outcomes, opts)
         answered = [o.response for o in outcomes if o.ok]
         higher_is_better = spec.metric == search_pb2.METRIC_INNER_PRODUCT
-        results = await self._run(
-            assemble, answered, opts.k, higher_is_better, opts.include_payload, missing, opts.include_fields,
-            dedupe,
-        )
+        args = (answered, opts.k, higher_is_better, opts.include_payload, missing, opts.include_fields, dedupe)
+        results = assemble_small(*args) if small(answered) else await self._run(assemble, *args)
         if missing:
             self._metrics.partial.inc()
         return SearchOutcome(results, missing)
@@ -236,11 +235,28 @@ def to_hits(response: shard_pb2.ShardSearchResponse) -> ShardHits:
     return ShardHits(ids, scores, payloads, fields)
 
 
+def small(responses: Sequence[shard_pb2.ShardSearchResponse]) -> bool:
+    """Whether merging these answers costs less than an executor hop (measured: one query over 4 shards at k 10 is
+    ~15 us in plain Python, ~110 us through numpy; a thread-pool hop is 100-200 us on these machines)."""
+    return bool(responses) and sum(r.n * r.k for r in responses) <= SMALL_MERGE_HITS
+
+
 def assemble(
     responses: Sequence[shard_pb2.ShardSearchResponse], k: int, higher_is_better: bool, include_payload: bool,
     missing: list[str], include_fields: bool = False, dedupe: bool = False,
 ) -> list[search_pb2.SearchResponse]:
-    """Merges the shards' n x k answers and builds one SearchResponse per query (runs in the executor)."""
+    """Merges the shards' n x k answers and builds one SearchResponse per query: small merges in plain Python
+    (inline on the event loop), large ones with numpy (in the executor)."""
+    if small(responses):
+        return assemble_small(responses, k, higher_is_better, include_payload, missing, include_fields, dedupe)
+    return assemble_large(responses, k, higher_is_better, include_payload, missing, include_fields, dedupe)
+
+
+def assemble_large(
+    responses: Sequence[shard_pb2.ShardSearchResponse], k: int, higher_is_better: bool, include_payload: bool,
+    missing: list[str], include_fields: bool = False, dedupe: bool = False,
+) -> list[search_pb2.SearchResponse]:
+    """`assemble` with numpy (coordinator.merge): for many queries, in the executor."""
     merged = merge([to_hits(r) for r in responses], k, higher_is_better, dedupe)
     partial = bool(missing)
     results = []
@@ -257,5 +273,43 @@ def assemble(
             for hit, fields in zip(hits, merged.fields[row, :count].tolist()):
                 if fields is not None and fields.values:
                     hit.fields.MergeFrom(fields.values)
+        results.append(search_pb2.SearchResponse(hits=hits, partial=partial, missing_shards=missing))
+    return results
+
+
+def assemble_small(
+    responses: Sequence[shard_pb2.ShardSearchResponse], k: int, higher_is_better: bool, include_payload: bool,
+    missing: list[str], include_fields: bool = False, dedupe: bool = False,
+) -> list[search_pb2.SearchResponse]:
+    """`assemble` for a few dozen candidates, without numpy: the same answer (best first; ties in shard order, then
+    rank order; with `dedupe` each id once, at its best score)."""
+    n = responses[0].n
+    sign = -1.0 if higher_is_better else 1.0
+    payloads = include_payload and all(len(r.payloads) for r in responses)
+    scores = [np.frombuffer(r.scores_f32, dtype=codec.F32).tolist() for r in responses]
+    partial = bool(missing)
+    results = []
+    for row in range(n):
+        candidates = []
+        for s, response in enumerate(responses):
+            width, ids, row_scores = response.k, response.ids, scores[s]
+            for j in range(row * width, (row + 1) * width):
+                if ids[j]:
+                    candidates.append((sign * row_scores[j], s, j))
+        candidates.sort()
+        hits, seen = [], set()
+        for _, s, j in candidates:
+            response = responses[s]
+            item_id = response.ids[j]
+            if dedupe:
+                if item_id in seen:
+                    continue
+                seen.add(item_id)
+            hit = search_pb2.Hit(id=item_id, score=scores[s][j], payload=response.payloads[j] if payloads else b"")
+            if include_fields and len(response.fields) == response.n * response.k and response.fields[j].values:
+                hit.fields.MergeFrom(response.fields[j].values)
+            hits.append(hit)
+            if len(hits) == k:
+                break
         results.append(search_pb2.SearchResponse(hits=hits, partial=partial, missing_shards=missing))
     return results
