@@ -264,7 +264,11 @@ class ShardPool:
             self._metrics.latency.labels(replica.shard, method).observe(time.perf_counter() - start)
 
     async def fan_out(self, method: str, requests: Sequence[tuple[Shard, Any]], timeout: float) -> list[Outcome]:
-        """Reads: each (shard, request) concurrently; outcomes in the same order."""
+        """Reads: each (shard, request) concurrently; outcomes in the same order. A single read is awaited in the
+        caller's task (gather would wrap it in a task of its own: one event-loop hop more)."""
+        if len(requests) == 1:
+            (shard, request), = requests
+            return [await self.call(shard, method, request, timeout)]
         return list(await asyncio.gather(*(self.call(s, method, r, timeout) for s, r in requests)))
 
     async def broadcast(self, method: str, request: Any, timeout: float) -> list[Outcome]:
