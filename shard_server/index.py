@@ -304,30 +304,57 @@ class Collection:
         again, wider, for queries that found fewer than k matches while more exist.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        n = queries.shape[0]
         if flt is not None and flt.WhichOneof("kind") is not None:
             return self._search_filtered(queries, k, nprobe, flt)
         with self._lock:
-            candidates = []
-            if self._ivf is not None and self._ivf.ntotal > 0:
-                assert self._params is not None
-                kf = min(k * self._params.refine_factor, int(self._ivf.ntotal))
-                probe = min(nprobe or self._params.default_nprobe, self._params.nlist)
-                _, found = self._ivf.search(queries, kf, params=faiss.SearchParametersIVF(nprobe=probe))
-                candidates.append(found)
-            start, stop = self._ivf_upto, self._next
-            if stop > start:
-                dead = (stop - start) - int(np.count_nonzero(self._alive[start:stop]))
-                kb = min(stop - start, k + dead)
-                _, found = faiss.knn(queries, self._vecs[start:stop], kb, metric=self.metric)
-                candidates.append(np.where(found >= 0, found + start, -1))
-            if not candidates:
-                return SearchResult(np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32))
-            labels = np.concatenate(candidates, axis=1)
-            valid = labels >= 0
-            safe = np.where(valid, labels, 0)
-            valid &= self._alive[safe]
-            vecs = self._vecs  # rows below `next` never change, and a resize makes a new array: safe outside the lock
+            found = self._candidates(queries, k, nprobe)
+        return self._rank(queries, k, found)
+
+    def try_search(self, queries: np.ndarray, k: int, nprobe: int = 0) -> SearchResult | None:
+        """`search` without a filter, or None at once if a write or maintenance holds the collection (for a caller
+        on an event loop, which must not wait for the lock)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            found = self._candidates(queries, k, nprobe)
+        finally:
+            self._lock.release()
+        return self._rank(queries, k, found)
+
+    def _candidates(
+        self, queries: np.ndarray, k: int, nprobe: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Under the lock: the IVF-PQ and fresh-buffer candidates (labels, valid, safe labels, the vectors), or None."""
+        candidates = []
+        if self._ivf is not None and self._ivf.ntotal > 0:
+            assert self._params is not None
+            kf = min(k * self._params.refine_factor, int(self._ivf.ntotal))
+            probe = min(nprobe or self._params.default_nprobe, self._params.nlist)
+            _, found = self._ivf.search(queries, kf, params=faiss.SearchParametersIVF(nprobe=probe))
+            candidates.append(found)
+        start, stop = self._ivf_upto, self._next
+        if stop > start:
+            dead = (stop - start) - int(np.count_nonzero(self._alive[start:stop]))
+            kb = min(stop - start, k + dead)
+            _, found = faiss.knn(queries, self._vecs[start:stop], kb, metric=self.metric)
+            candidates.append(np.where(found >= 0, found + start, -1))
+        if not candidates:
+            return None
+        labels = np.concatenate(candidates, axis=1)
+        valid = labels >= 0
+        safe = np.where(valid, labels, 0)
+        valid &= self._alive[safe]
+        return labels, valid, safe, self._vecs  # rows below `next` never change; a resize makes a new array
+
+    def _rank(
+        self, queries: np.ndarray, k: int, found: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
+    ) -> SearchResult:
+        """Outside the lock: exact scores of the candidates, the top k."""
+        if found is None:
+            n = queries.shape[0]
+            return SearchResult(np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32))
+        labels, valid, safe, vecs = found
         return self._rerank(labels, valid, self._exact_scores(queries, safe, vecs), k)
 
     def _search_filtered(self, queries: np.ndarray, k: int, nprobe: int, flt: search_pb2.Filter) -> SearchResult:

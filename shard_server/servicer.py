@@ -1,6 +1,8 @@
-"""ShardService RPCs: thin handlers over `index.Collection`, with all FAISS and numpy work in an executor.
+"""ShardService RPCs: thin handlers over `index.Collection`, with FAISS and numpy work in an executor.
 
 Concurrent Search RPCs go through a dynamic batcher: one FAISS call answers every request queued at that moment.
+A batch of a few queries whose search was measured to cost less than an executor hop runs on the event loop
+(`InlinePolicy`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import collections
 import contextlib
 import logging
 import threading
+import time
+import weakref
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Hashable, Iterator, TypeVar
@@ -43,6 +47,34 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 30.0  # for a search whose caller set no deadline
 EXPORT_CHUNK_ITEMS = 4096
 DRAIN_TIMEOUT_S = 30.0  # longest SetTopology waits for writes admitted under an older layout
+# A search batch of at most INLINE_MAX_ROWS queries, without filter, payloads or fields, whose recent searches took
+# at most INLINE_MAX_S of CPU runs on the event loop. Measured on 2 shared cores (benchmarks/latency.py): an executor
+# hop costs ~0.1 ms of CPU per batch plus GIL hand-offs and a wake-up, and one query over 30-100K vectors at nprobe 8
+# costs 0.2-0.5 ms. Holding the loop that long costs little: the shard runs one FAISS call at a time
+# (max_in_flight 1), so requests that arrive meanwhile would wait for it anyway. The bound keeps a big index or a
+# high nprobe in the executor.
+INLINE_MAX_ROWS = 4
+INLINE_MAX_S = 0.001
+
+
+class InlinePolicy:
+    """Whether a small search batch runs on the event loop: by the measured cost of the collection's recent small
+    searches (an exponential mean of the searching thread's CPU time, which waiting for a core does not inflate;
+    unknown until one ran in the executor), never on a GPU."""
+
+    def __init__(self, enabled: bool, max_rows: int = INLINE_MAX_ROWS, max_s: float = INLINE_MAX_S) -> None:
+        self.enabled = enabled
+        self.max_rows = max_rows
+        self.max_s = max_s
+        self._cost: weakref.WeakKeyDictionary[Collection, float] = weakref.WeakKeyDictionary()
+
+    def allows(self, coll: Collection, rows: int) -> bool:
+        return self.enabled and rows <= self.max_rows and self._cost.get(coll, float("inf")) <= self.max_s
+
+    def record(self, coll: Collection, rows: int, seconds: float) -> None:
+        if rows <= self.max_rows:
+            last = self._cost.get(coll)
+            self._cost[coll] = seconds if last is None else last + 0.2 * (seconds - last)
 
 
 class ShardMetrics(RpcMetrics):
@@ -83,6 +115,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self._maintenance = maintenance
         self.metrics = metrics
         self._use_gpu = use_gpu
+        self._inline = InlinePolicy(enabled=not use_gpu)
         self._collections: dict[str, Collection] = {}
         self._creating: set[str] = set()
         self._lock = threading.Lock()
@@ -248,8 +281,26 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def _run_batch(
         self, key: Hashable, items: list[tuple[np.ndarray, int, Any]], timeout: float
     ) -> list[shard_pb2.ShardSearchResponse]:
-        coll, nprobe, include_payload, include_fields, _ = key  # type: ignore[misc]
-        return await self._run(_search_batch, coll, items, nprobe, include_payload, include_fields)
+        coll, nprobe, include_payload, include_fields, flt = key  # type: ignore[misc]
+        rows = sum(queries.shape[0] for queries, _, _ in items)
+        if not (include_payload or include_fields or flt) and self._inline.allows(coll, rows):
+            started = time.thread_time()
+            responses = _search_batch(coll, items, nprobe, False, False, wait=False)
+            if responses is not None:  # None: a write or maintenance holds the collection; wait in the executor
+                self._inline.record(coll, rows, time.thread_time() - started)
+                return responses
+        return await self._run(self._timed_search_batch, coll, items, nprobe, include_payload, include_fields, rows)
+
+    def _timed_search_batch(
+        self, coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
+        include_fields: bool, rows: int,
+    ) -> list[shard_pb2.ShardSearchResponse]:
+        started = time.thread_time()
+        responses = _search_batch(coll, items, nprobe, include_payload, include_fields)
+        assert responses is not None
+        if not (include_payload or include_fields or items[0][2] is not None):
+            self._inline.record(coll, rows, time.thread_time() - started)
+        return responses
 
     @rpc("Stats")
     async def Stats(self, request: shard_pb2.ShardStatsRequest, context: Any) -> Any:
@@ -437,16 +488,23 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
 def _search_batch(
     coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
-    include_fields: bool = False,
-) -> list[shard_pb2.ShardSearchResponse]:
-    """Runs in the executor: one FAISS call for every request in the batch, split back into one response each.
+    include_fields: bool = False, wait: bool = True,
+) -> list[shard_pb2.ShardSearchResponse] | None:
+    """One FAISS call for every request in the batch, split back into one response each (in the executor; with
+    `wait` False on the event loop, unfiltered: None if the collection's lock is held).
 
     Requests may ask for different k: the batch searches the largest, and each keeps its own top k (results are
     sorted, so a prefix of the top-K is the top-k).
     """
     queries = items[0][0] if len(items) == 1 else np.concatenate([q for q, _, _ in items])
     k_max = max(k for _, k, _ in items)
-    result = coll.search(queries, k_max, nprobe, items[0][2])  # one batch, one filter (it is in the batch key)
+    if wait:
+        result = coll.search(queries, k_max, nprobe, items[0][2])  # one batch, one filter (it is in the batch key)
+    else:
+        found = coll.try_search(queries, k_max, nprobe)
+        if found is None:
+            return None
+        result = found
     responses, offset = [], 0
     for rows, k, _ in items:
         n = rows.shape[0]
