@@ -119,7 +119,7 @@ def conc(address: str, request: Callable[[int], Any], threads: int, seconds: flo
     for w in workers:
         w.join()
     flat = [x for per in latencies for x in per]
-    return {"qps": len(flat) / elapsed, "errors": len(errors), **percentiles(flat)}
+    return {"qps": len(flat) / elapsed, "seconds": elapsed, "errors": len(errors), **percentiles(flat)}
 
 
 def batch(address: str, queries: np.ndarray, nprobe: int, seconds: float, threads: int = 4, rows: int = 100) -> dict:
@@ -184,16 +184,24 @@ def stream(address: str, request: Callable[[int], Any], seconds: float, window: 
 # ---- the servers ----------------------------------------------------------------------------------------------
 
 class NoopServer:
+    def __init__(self, forward: str | None = None) -> None:
+        self._forward = ["--forward", forward] if forward else []
+
     def __enter__(self) -> str:
         self._dir = tempfile.mkdtemp(prefix="noop-")
         port_file = Path(self._dir) / "port.json"
         self._proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("noop_server.py")), "--port-file", str(port_file)])
+            [sys.executable, str(Path(__file__).with_name("noop_server.py")), "--port-file", str(port_file),
+             *self._forward])
         deadline = time.monotonic() + 30
         while not port_file.exists():
             assert time.monotonic() < deadline and self._proc.poll() is None, "the no-op server did not start"
             time.sleep(0.05)
         return f"127.0.0.1:{json.loads(port_file.read_text())['grpc']}"
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     def __exit__(self, *exc: object) -> None:
         self._proc.terminate()
@@ -308,16 +316,48 @@ def measure_cluster(shards: int, base: np.ndarray, queries: np.ndarray, gt: np.n
         nprobe, sweep = cluster_nprobe(address, queries, gt)
         print(f"  {shards} shard(s): loaded and trained in {load_s:.0f}s; nprobe {nprobe}: {sweep}", flush=True)
         request = unary_request(queries, nprobe)
+        pids = {"coordinator": cluster.coordinator_procs[0].popen.pid}  # type: ignore[union-attr]
+        pids.update({f"shard-{i}": p.popen.pid for i, p in enumerate(cluster.shard_procs)})  # type: ignore[union-attr]
         seq_result, stage = stages(cluster, lambda: seq(address, request))
         out = {
             "shards": shards, "nprobe": nprobe, "recall": sweep[nprobe], "sweep": sweep, "load_s": load_s,
             "seq": seq_result, "stages_ms": stage,
-            "conc8": conc(address, request, 8, seconds), "conc64": conc(address, request, 64, seconds),
+            "conc8": with_cpu(pids, lambda: conc(address, request, 8, seconds)),
+            "conc64": conc(address, request, 64, seconds),
             "batch": batch(address, queries, nprobe, seconds), "stream": stream(address, request, seconds),
             "h2load": h2load(address, queries[0], nprobe, True, h2load_seconds) if h2load_seconds else None,
         }
+        if shards == 1:  # the same shard behind a no-logic grpc.aio forwarder: the floor of a two-tier design
+            forwarder = NoopServer(forward=cluster.shard_procs[0].address)
+            with forwarder as floor:
+                out["floor"] = {"seq": seq(floor, request),
+                                "conc8": with_cpu({"forwarder": forwarder.pid, "shard-0": pids["shard-0"]},
+                                                  lambda: conc(floor, request, 8, seconds))}
         print(f"  {json.dumps(out)}", flush=True)
         return out
+
+
+def fmt_qps(qps: float | None) -> str:
+    return f"{qps:,.0f} q/s" if qps else "n/a"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(pids: dict[str, int], run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Runs a closed-loop measurement and adds each process's CPU per answered query (ms), the client's too."""
+    before, client = {name: cpu_seconds(pid) for name, pid in pids.items()}, os.times()
+    result = run()
+    after, client_after = {name: cpu_seconds(pid) for name, pid in pids.items()}, os.times()
+    answered = result["qps"] * result.get("seconds", 0) or 1
+    spent = {name: after[name] - before[name] for name in pids}
+    spent["client"] = client_after.user + client_after.system - client.user - client.system
+    result["cpu_ms_per_query"] = {name: round(1000 * s / answered, 3) for name, s in spent.items()}
+    return result
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -331,23 +371,32 @@ def report(results: dict[str, Any], command: str) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| no-op grpc.aio SearchService (transport ceiling) | | {noop['seq']['p50_ms']:.2f} ms | "
         f"{noop['seq']['p99_ms']:.2f} ms | {noop['conc8']['qps']:,.0f} q/s | {noop['conc64']['qps']:,.0f} q/s | | | "
-        f"{(noop.get('h2load') or {}).get('qps') or 'n/a'} |",
+        f"{fmt_qps((noop.get('h2load') or {}).get('qps'))} |",
         f"| raw FAISS in-process, `{raw['factory']}` nprobe {raw['nprobe']} (refine x{raw['refine_factor']}) | "
         f"{raw['recall']:.3f} | {raw['seq']['p50_ms']:.2f} ms | {raw['seq']['p99_ms']:.2f} ms | | | "
         f"{raw['batched_qps']:,.0f} q/s (batches of {results['queries']}, {raw['batched_threads']} threads) | | |",
     ]
+    for c in results["clusters"]:
+        if "floor" in c:
+            f = c["floor"]
+            rows.append(f"| no-logic grpc.aio forwarder -> the 1-shard cluster's shard (two-hop floor) | | "
+                        f"{f['seq']['p50_ms']:.2f} ms | {f['seq']['p99_ms']:.2f} ms | {f['conc8']['qps']:,.0f} q/s | | "
+                        "| | |")
     for c in results["clusters"]:
         h2 = (c.get("h2load") or {}).get("qps")
         rows.append(
             f"| shardsearch, {c['shards']} shard(s), nprobe {c['nprobe']} | {c['recall']:.3f} | "
             f"{c['seq']['p50_ms']:.2f} ms | {c['seq']['p99_ms']:.2f} ms | {c['conc8']['qps']:,.0f} q/s | "
             f"{c['conc64']['qps']:,.0f} q/s | {c['batch']['qps']:,.0f} q/s | {c['stream']['qps']:,.0f} q/s | "
-            f"{f'{h2:,.0f} q/s' if h2 else 'n/a'} |")
-    ratios = ["| cluster | conc(8) / ceiling | seq p50 / ceiling's | BatchSearch / raw FAISS |", "|---|---:|---:|---:|"]
+            f"{fmt_qps(h2)} |")
+    ratios = ["| cluster | conc(8) / ceiling | conc(64) / ceiling | seq p50 / ceiling's | BatchSearch / raw FAISS | "
+              "h2load / ceiling's |", "|---|---:|---:|---:|---:|---:|"]
     for c in results["clusters"]:
         ratios.append(f"| {c['shards']} shard(s) | {ratio(c['conc8']['qps'], noop['conc8']['qps'])} | "
+                      f"{ratio(c['conc64']['qps'], noop['conc64']['qps'])} | "
                       f"{ratio(c['seq']['p50_ms'], noop['seq']['p50_ms'])} | "
-                      f"{ratio(c['batch']['qps'], raw['batched_qps'])} |")
+                      f"{ratio(c['batch']['qps'], raw['batched_qps'])} | "
+                      f"{ratio((c.get('h2load') or {}).get('qps'), (noop.get('h2load') or {}).get('qps'))} |")
     stage_rows = ["| stage (mean per query, seq run) | " + " | ".join(f"{c['shards']} shard(s)" for c in results["clusters"])
                   + " |", "|---|" + "---:|" * len(results["clusters"])]
     for name in results["clusters"][0]["stages_ms"]:
@@ -355,9 +404,24 @@ def report(results: dict[str, Any], command: str) -> str:
                           + " |")
     stage_rows.append("| client round trip (seq mean) | " + " | ".join(
         f"{1000 / c['seq']['qps']:.2f} ms" for c in results["clusters"]) + " |")
+    cpu_rows = ["| system (conc 8) | CPU ms per query: server side | of which the coordinator | the shards | "
+                "the client |", "|---|---:|---:|---:|---:|"]
+    nc = noop["conc8"]["cpu_ms_per_query"]
+    cpu_rows.append(f"| no-op server | {nc['server']:.2f} | | | {nc['client']:.2f} |")
+    for c in results["clusters"]:
+        if "floor" in c:
+            fc = c["floor"]["conc8"]["cpu_ms_per_query"]
+            cpu_rows.append(f"| two-hop floor (forwarder + shard) | {fc['forwarder'] + fc['shard-0']:.2f} | "
+                            f"{fc['forwarder']:.2f} | {fc['shard-0']:.2f} | {fc['client']:.2f} |")
+        cc = c["conc8"]["cpu_ms_per_query"]
+        shards = sum(v for name, v in cc.items() if name.startswith("shard-"))
+        cpu_rows.append(f"| {c['shards']} shard(s) | {cc['coordinator'] + shards:.2f} | {cc['coordinator']:.2f} | "
+                        f"{shards:.2f} | {cc['client']:.2f} |")
     return "\n".join([
         HEADING, "",
-        f"`{command}`: {results['n']:,} x {DIM} embedding-like vectors (seeded, unit-normalised, inner product), "
+        f"`{command}`: {results['n']:,} x {DIM} embedding-like vectors (`shardsearch.datasets.embedding_like`, seed 5, "
+        f"{results['data']['clusters']} components of intrinsic dimension {results['data']['intrinsic']}, "
+        "unit-normalised, inner product), "
         f"{results['queries']} queries with exact ground truth; every system at the first nprobe reaching recall@10 "
         f">= {TARGET}. One machine: {m['cores']} cores ({m['cpu']}), FAISS {m['faiss']}, grpcio {m['grpcio']}; the "
         "client, the servers and FAISS share it. Cache off. seq: one client, one unary Search at a time; conc N: N "
@@ -366,12 +430,16 @@ def report(results: dict[str, Any], command: str) -> str:
         *rows, "", "Ratios (same run):", "", *ratios, "",
         "Where one query's time goes (the servers' own histograms over the seq run; shard: shard-0):", "",
         *stage_rows, "",
+        f"CPU per answered query over the conc 8 run (2 cores: {m['cores'] * 1000} ms of CPU per second in all):", "",
+        *cpu_rows, "",
     ])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--clusters", type=int, default=50, help="embedding_like: mixture components")
+    parser.add_argument("--intrinsic", type=int, default=32, help="embedding_like: each component's dimension")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
     parser.add_argument("--h2load-seconds", type=float, default=10.0, help="0 = skip h2load")
@@ -380,15 +448,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("bench-results/latency.json"))
     args = parser.parse_args()
 
-    data = embedding_like(args.n + args.queries, DIM, seed=5)
+    data = embedding_like(args.n + args.queries, DIM, seed=5, clusters=args.clusters, intrinsic=args.intrinsic)
     base, queries = data[: args.n], data[args.n :]
     gt = exact_neighbours(base, queries, 10, metric="ip")
     print(f"data: {args.n} x {DIM}, {args.queries} queries with exact top-10", flush=True)
-    results: dict[str, Any] = {"n": args.n, "queries": args.queries, "machine": machine()}
-    with NoopServer() as address:
+    results: dict[str, Any] = {"n": args.n, "queries": args.queries, "machine": machine(),
+                               "data": {"clusters": args.clusters, "intrinsic": args.intrinsic}}
+    noop_server = NoopServer()
+    with noop_server as address:
         request = unary_request(queries, 0)
-        results["noop"] = {"seq": seq(address, request), "conc8": conc(address, request, 8, args.seconds),
-                           "conc64": conc(address, request, 64, args.seconds)}
+        noop_pid = {"server": noop_server.pid}
+        results["noop"] = {"seq": seq(address, request),
+                           "conc8": with_cpu(noop_pid, lambda: conc(address, request, 8, args.seconds)),
+                           "conc64": conc(address, request, 64, args.seconds),
+                           "h2load": h2load(address, queries[0], 0, True, args.h2load_seconds)
+                           if args.h2load_seconds else None}
     print(f"  no-op: {json.dumps(results['noop'])}", flush=True)
     results["raw"] = raw_faiss(base, queries, gt, args.seconds)
     print(f"  raw FAISS: {json.dumps(results['raw'])}", flush=True)
