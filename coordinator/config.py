@@ -44,6 +44,9 @@ class CoordinatorConfig(
     that miss a write are fenced off from reads and catch up from their peers."""
     hedge_delay_ms: float = 0.0
     """Send a search to a second replica when the first has not answered after this long; 0 = off."""
+    search_streams: bool = True
+    """Send searches to each shard replica over one long-lived stream (about half the gRPC cost per search of a
+    unary call); off: one unary call per search."""
     vnodes: int = 1024
     """Virtual nodes per shard on the consistent-hash ring."""
     topology_poll_s: float = 2.0

@@ -69,7 +69,8 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     clock = HybridClock()
     replication = Replication(write_quorum=config.write_quorum, hedge_delay_s=config.hedge_delay_ms / 1000)
     pool = ShardPool(
-        addresses, ShardMetrics(registry), channel_factory=shard_channels, replication=replication, clock=clock.now
+        addresses, ShardMetrics(registry), channel_factory=shard_channels, replication=replication, clock=clock.now,
+        search_streams=config.search_streams,
     )
     router = Router(pool, topology.bootstrap(addresses, config.vnodes), config.topology_poll_s)
     await router.refresh()  # a layout stored on the shards wins over the flags

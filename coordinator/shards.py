@@ -24,8 +24,9 @@ from typing import Any, Callable, Sequence
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from coordinator.streams import SearchStream, StreamFailed
 from shardsearch import grpcserver, logs
-from shardsearch.errors import AnswerTooLarge, ShardSearchError, from_rpc_error
+from shardsearch.errors import AnswerTooLarge, ShardSearchError, from_rpc_error, from_status
 from shardsearch.metrics import LATENCY_BUCKETS
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
@@ -50,6 +51,8 @@ class Replica:
     """Missed a write that another replica applied: no reads from it until it has accepted a Resync."""
     missed_version: int = 0
     owner: "Shard | None" = None
+    stream: SearchStream | None = None
+    """Searches go over this long-lived stream (see coordinator.streams) while the replica supports it."""
 
 
 @dataclass(eq=False)
@@ -118,9 +121,10 @@ class ShardPool:
         self, shards: Sequence[tuple[str, Sequence[str]]], metrics: ShardMetrics,
         channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
         replication: Replication = Replication(),
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] = time.time_ns, search_streams: bool = True,
     ) -> None:
         self._connect = channel_factory or _insecure_channel
+        self._streams = search_streams
         self._configured = {name: list(addresses) for name, addresses in shards}
         """Addresses from this coordinator's flags, by shard name: they win over the ones a stored layout names."""
         self.shards: list[Shard] = [self._shard(name, addresses) for name, addresses in shards]
@@ -247,21 +251,35 @@ class ShardPool:
         start = time.perf_counter()
         replica.outstanding += 1
         try:
-            response = await getattr(replica.stub, method)(
-                request, timeout=max(timeout, 0.001), metadata=logs.outgoing_metadata()
-            )
+            if method == "Search" and self._streams and (replica.stream is None or replica.stream.supported):
+                if replica.stream is None:
+                    replica.stream = SearchStream(replica.stub)
+                try:
+                    response = await replica.stream.search(request, timeout)
+                except StreamFailed as failed:
+                    if replica.stream.supported:
+                        return self._failed(replica, failed.code, from_status(failed.code, failed.details, where(replica)))
+                    response = await self._unary(replica, method, request, timeout)  # an older shard: unary from now
+            else:
+                response = await self._unary(replica, method, request, timeout)
             replica.avoid_until = 0.0
             return Outcome(shard, response=response, replica=replica)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            self._metrics.errors.labels(replica.shard, code.name).inc()
-            if code in RETRYABLE or code == grpc.StatusCode.CANCELLED:
-                replica.avoid_until = time.monotonic() + AVOID_S
-            where = f"shard {replica.shard} ({replica.address})"
-            return Outcome(shard, error=from_rpc_error(exc, where), replica=replica)
+            return self._failed(replica, exc.code(), from_rpc_error(exc, where(replica)))
         finally:
             replica.outstanding -= 1
             self._metrics.latency.labels(replica.shard, method).observe(time.perf_counter() - start)
+
+    @staticmethod
+    async def _unary(replica: Replica, method: str, request: Any, timeout: float) -> Any:
+        return await getattr(replica.stub, method)(request, timeout=max(timeout, 0.001), metadata=logs.outgoing_metadata())
+
+    def _failed(self, replica: Replica, code: grpc.StatusCode, error: ShardSearchError) -> Outcome:
+        assert replica.owner is not None
+        self._metrics.errors.labels(replica.shard, code.name).inc()
+        if code in RETRYABLE or code == grpc.StatusCode.CANCELLED:
+            replica.avoid_until = time.monotonic() + AVOID_S
+        return Outcome(replica.owner, error=error, replica=replica)
 
     async def fan_out(self, method: str, requests: Sequence[tuple[Shard, Any]], timeout: float) -> list[Outcome]:
         """Reads: each (shard, request) concurrently; outcomes in the same order. A single read is awaited in the
@@ -363,7 +381,12 @@ class ShardPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         shards = [*self.shards, *self._retired]
+        await asyncio.gather(*(r.stream.close() for shard in shards for r in shard.replicas if r.stream))
         await asyncio.gather(*(r.channel.close() for shard in shards for r in shard.replicas))
+
+
+def where(replica: Replica) -> str:
+    return f"shard {replica.shard} ({replica.address})"
 
 
 def _retryable(outcome: Outcome) -> bool:

@@ -35,6 +35,7 @@ from shardsearch.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ShardSearchError,
     Unavailable,
     rpc,
 )
@@ -265,6 +266,65 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     @rpc("Search")
     async def Search(self, request: shard_pb2.ShardSearchRequest, context: Any) -> Any:
+        return await self._search(request, self._deadline(context))
+
+    async def SearchStream(
+        self, requests: AsyncIterator[shard_pb2.ShardSearchStreamRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Each message is a Search of its own (its own deadline, request id, status, metrics and access line),
+        answered as soon as it is done; the stream ends when the caller closes its side and every answer is sent."""
+        replies: asyncio.Queue[shard_pb2.ShardSearchStreamResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(message: shard_pb2.ShardSearchStreamRequest) -> None:
+            reply = shard_pb2.ShardSearchStreamResponse(tag=message.tag)
+            reply.code, reply.message = await self._one_search(message, reply.response)
+            replies.put_nowait(reply)
+
+        async def read() -> None:
+            try:
+                async for message in requests:
+                    task = asyncio.create_task(answer(message))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(list(running))
+            finally:
+                replies.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                await context.write(reply)
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _one_search(
+        self, message: shard_pb2.ShardSearchStreamRequest, into: shard_pb2.ShardSearchResponse
+    ) -> tuple[int, str]:
+        """One stream message's search, as `rpc` runs a unary call: its status code and message."""
+        start = time.perf_counter()
+        code, details = grpc.StatusCode.OK, ""
+        self.metrics.inflight.inc()
+        bound = logs.bind_request_id(logs.request_id_from(((logs.REQUEST_ID_HEADER, message.request_id),)))
+        try:
+            into.CopyFrom(await self._search(message.request, message.timeout_s or DEFAULT_TIMEOUT_S))
+        except ShardSearchError as exc:
+            code, details = exc.code, str(exc)
+        except Exception:
+            code, details = grpc.StatusCode.INTERNAL, "internal error in Search; see server logs"
+            logger.exception("Search failed")
+        finally:
+            elapsed = time.perf_counter() - start
+            self.metrics.inflight.dec()
+            self.metrics.observe_request("Search", code, elapsed)
+            logs.log_access("Search", code, elapsed, "stream")
+            logs.unbind_request_id(bound)
+        return code.value[0], details
+
+    async def _search(self, request: shard_pb2.ShardSearchRequest, timeout: float) -> shard_pb2.ShardSearchResponse:
         self._check_layout(request.topology_version)
         coll = self._collection(request.collection, read=True)
         queries = codec.unpack(request.queries_f32, coll.dim, "queries_f32")
@@ -276,7 +336,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         # Only searches with the same filter share a FAISS call: the key holds its canonical bytes.
         key = (coll, request.nprobe, request.include_payload, request.include_fields,
                flt.SerializeToString(deterministic=True) if flt is not None else b"")
-        return await self._batcher.submit(key, (queries, request.k, flt), queries.shape[0], self._deadline(context))
+        return await self._batcher.submit(key, (queries, request.k, flt), queries.shape[0], timeout)
 
     async def _run_batch(
         self, key: Hashable, items: list[tuple[np.ndarray, int, Any]], timeout: float

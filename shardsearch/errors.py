@@ -66,17 +66,21 @@ class AnswerTooLarge(ResourceExhausted):
 
 def from_rpc_error(exc: grpc.aio.AioRpcError, where: str) -> ShardSearchError:
     """Maps an outbound call's failure to a domain error, keeping its status and naming where it happened."""
-    code = exc.code()
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
+    return from_status(exc.code(), exc.details() or "", where)
+
+
+def from_status(code: grpc.StatusCode, details: str, where: str) -> ShardSearchError:
+    """`from_rpc_error` for a status and message (a unary call's, or one search's on a stream)."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
         return AnswerTooLarge(  # gRPC's "Sent message larger than max (N vs. LIMIT)"
-            f"{where}: the answer is over the message size limit ({exc.details()}); ask for less at once: "
+            f"{where}: the answer is over the message size limit ({details}); ask for less at once: "
             "fewer ids or queries, a smaller k, or no payloads"
         )
     if code == grpc.StatusCode.CANCELLED:
         code = grpc.StatusCode.UNAVAILABLE
     elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         code = grpc.StatusCode.INTERNAL  # the server's own credentials were refused: not the caller's to fix
-    return ShardSearchError(f"{where}: {exc.details() or code.name}", code)
+    return ShardSearchError(f"{where}: {details or code.name}", code)
 
 
 T = TypeVar("T")

@@ -162,6 +162,30 @@ class ShardSearchResponse(_message.Message):
     fields: _containers.RepeatedCompositeFieldContainer[_search_pb2.Fields]
     def __init__(self, n: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., scores_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
 
+class ShardSearchStreamRequest(_message.Message):
+    __slots__ = ("tag", "request", "timeout_s", "request_id")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    request: ShardSearchRequest
+    timeout_s: float
+    request_id: str
+    def __init__(self, tag: _Optional[int] = ..., request: _Optional[_Union[ShardSearchRequest, _Mapping]] = ..., timeout_s: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ShardSearchStreamResponse(_message.Message):
+    __slots__ = ("tag", "response", "code", "message")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    response: ShardSearchResponse
+    code: int
+    message: str
+    def __init__(self, tag: _Optional[int] = ..., response: _Optional[_Union[ShardSearchResponse, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class ShardListIdsRequest(_message.Message):
     __slots__ = ("collection", "after", "resume", "limit", "topology_version", "select")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]

@@ -1,0 +1,127 @@
+"""Searches to one shard replica over one long-lived `ShardService.SearchStream` call, multiplexed by tag.
+
+A unary call costs grpc.aio a call set-up, metadata, a status and several event-loop hand-offs at both ends; a
+message on an open stream costs about half of that (measured on 2 cores: ~240 vs ~490 us of server CPU per search,
+~230 vs ~290 us of client CPU, and twice the sequential rate). Each search keeps what a unary call had: its own
+deadline (sent in the message and enforced here), request id, status code and message.
+
+The stream is opened on the first search and again after it fails; a failure of the stream fails the searches in
+flight on it with its status (UNAVAILABLE when the replica went away), so fail-over and hedging see what a unary
+call would have shown. A replica that does not know SearchStream (UNIMPLEMENTED: an older shard during a rolling
+upgrade) is searched with unary calls from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import grpc
+
+from shardsearch import logs
+from shardsearch.v1 import shard_pb2, shard_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class StreamFailed(Exception):
+    """A search over the stream ended with a status other than OK (the search's own, or the stream's)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class SearchStream:
+    def __init__(self, stub: shard_pb2_grpc.ShardServiceStub) -> None:
+        self._stub = stub
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[shard_pb2.ShardSearchStreamResponse]] = {}
+        self._tags = itertools.count(1)
+        self._write = asyncio.Lock()  # grpc.aio allows one write at a time on a call
+        self.supported = True
+        """False once the replica answered UNIMPLEMENTED: use unary Search."""
+
+    async def search(self, request: shard_pb2.ShardSearchRequest, timeout: float) -> shard_pb2.ShardSearchResponse:
+        """The replica's answer, or StreamFailed with the status a unary Search would have ended with."""
+        loop = asyncio.get_running_loop()
+        tag = next(self._tags)
+        answer: asyncio.Future[shard_pb2.ShardSearchStreamResponse] = loop.create_future()
+        self._pending[tag] = answer
+        expire = loop.call_later(max(timeout, 0.001), _expire, answer)
+        try:
+            message = shard_pb2.ShardSearchStreamRequest(
+                tag=tag, request=request, timeout_s=timeout, request_id=logs.current_request_id()
+            )
+            async with self._write:
+                call = self._open()
+                try:
+                    await call.write(message)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    # A write fails only once the call is over, with INTERNAL "Internal error from Core" whatever
+                    # ended it (the shard went away, mostly; the reader reports any status the shard sent).
+                    self._failed(call, grpc.StatusCode.UNAVAILABLE, "the search stream to the shard broke")
+            reply = await answer
+        finally:
+            expire.cancel()
+            self._pending.pop(tag, None)
+        if reply.code:
+            raise StreamFailed(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message)
+        return reply.response
+
+    def _open(self) -> Any:
+        if self._call is None:
+            self._call = self._stub.SearchStream()
+            self._reader = asyncio.create_task(self._read(self._call), name="shard search stream reader")
+        return self._call
+
+    async def _read(self, call: Any) -> None:
+        try:
+            async for reply in call:
+                answer = self._pending.get(reply.tag)
+                if answer is not None and not answer.done():
+                    answer.set_result(reply)
+            self._failed(call, grpc.StatusCode.UNAVAILABLE, "the shard ended the search stream")  # it is stopping
+        except asyncio.CancelledError:
+            self._failed(call, grpc.StatusCode.UNAVAILABLE, "the search stream was closed")
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self._failed(call, exc.code(), exc.details() or "")
+
+    def _failed(self, call: Any, code: grpc.StatusCode, details: str) -> None:
+        """The stream is over: the searches in flight on it fail with its status; the next search opens a new one."""
+        if self._call is not call:
+            return
+        self._call = None
+        if code == grpc.StatusCode.OK:
+            code = grpc.StatusCode.UNAVAILABLE
+        details = details or code.name
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            self.supported = False
+            logger.info("this shard does not know SearchStream: searching it with unary calls")
+        for answer in list(self._pending.values()):
+            if not answer.done():
+                answer.set_result(shard_pb2.ShardSearchStreamResponse(code=code.value[0], message=details))
+        call.cancel()
+
+    async def close(self) -> None:
+        call, reader = self._call, self._reader
+        self._call = None
+        if call is not None:
+            call.cancel()
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+def _expire(answer: asyncio.Future[shard_pb2.ShardSearchStreamResponse]) -> None:
+    if not answer.done():
+        answer.set_result(shard_pb2.ShardSearchStreamResponse(
+            code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0], message="Deadline Exceeded"))
