@@ -319,6 +319,13 @@ def measure_cluster(shards: int, base: np.ndarray, queries: np.ndarray, gt: np.n
         pids = {"coordinator": cluster.coordinator_procs[0].popen.pid}  # type: ignore[union-attr]
         pids.update({f"shard-{i}": p.popen.pid for i, p in enumerate(cluster.shard_procs)})  # type: ignore[union-attr]
         seq_result, stage = stages(cluster, lambda: seq(address, request))
+        floor = None
+        if shards == 1:  # the same shard behind a no-logic grpc.aio forwarder: the floor of a two-tier design
+            forwarder = NoopServer(forward=cluster.shard_procs[0].address)
+            with forwarder as floor_address:
+                floor = {"seq": seq(floor_address, request),
+                         "conc8": with_cpu({"forwarder": forwarder.pid, "shard-0": pids["shard-0"]},
+                                           lambda: conc(floor_address, request, 8, seconds))}
         out = {
             "shards": shards, "nprobe": nprobe, "recall": sweep[nprobe], "sweep": sweep, "load_s": load_s,
             "seq": seq_result, "stages_ms": stage,
@@ -327,12 +334,8 @@ def measure_cluster(shards: int, base: np.ndarray, queries: np.ndarray, gt: np.n
             "batch": batch(address, queries, nprobe, seconds), "stream": stream(address, request, seconds),
             "h2load": h2load(address, queries[0], nprobe, True, h2load_seconds) if h2load_seconds else None,
         }
-        if shards == 1:  # the same shard behind a no-logic grpc.aio forwarder: the floor of a two-tier design
-            forwarder = NoopServer(forward=cluster.shard_procs[0].address)
-            with forwarder as floor:
-                out["floor"] = {"seq": seq(floor, request),
-                                "conc8": with_cpu({"forwarder": forwarder.pid, "shard-0": pids["shard-0"]},
-                                                  lambda: conc(floor, request, 8, seconds))}
+        if floor:
+            out["floor"] = floor
         print(f"  {json.dumps(out)}", flush=True)
         return out
 
