@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import threading
 import time
 import weakref
@@ -56,21 +57,44 @@ DRAIN_TIMEOUT_S = 30.0  # longest SetTopology waits for writes admitted under an
 # high nprobe in the executor.
 INLINE_MAX_ROWS = 4
 INLINE_MAX_S = 0.001
+INLINE_GAP_S = 0.001  # a search starting this soon after an inline one ended was waiting for it (a round trip here: >1 ms)
+INLINE_HOLD_S = 1.0  # how long overlapping searches keep searches in the executor
 
 
 class InlinePolicy:
     """Whether a small search batch runs on the event loop: by the measured cost of the collection's recent small
     searches (an exponential mean of the searching thread's CPU time, which waiting for a core does not inflate;
-    unknown until one ran in the executor), never on a GPU."""
+    unknown until one ran in the executor), never on a GPU, and only while searches do not overlap.
 
-    def __init__(self, enabled: bool, max_rows: int = INLINE_MAX_ROWS, max_s: float = INLINE_MAX_S) -> None:
+    Overlapping searches must batch, and a search run inline hides the overlap (nothing else starts while it runs),
+    so overlap is noticed two ways: a search arriving while another is queued or running, or one starting within
+    `gap_s` of an inline search's end (it was waiting for the loop). Either keeps searches in the executor for
+    `hold_s`, where they batch again."""
+
+    def __init__(self, enabled: bool, max_rows: int = INLINE_MAX_ROWS, max_s: float = INLINE_MAX_S,
+                 gap_s: float = INLINE_GAP_S, hold_s: float = INLINE_HOLD_S) -> None:
         self.enabled = enabled
         self.max_rows = max_rows
         self.max_s = max_s
+        self.gap_s = gap_s
+        self.hold_s = hold_s
         self._cost: weakref.WeakKeyDictionary[Collection, float] = weakref.WeakKeyDictionary()
+        self._inline_end = -math.inf
+        self._overlap_at = -math.inf
+
+    def arrival(self, busy: bool) -> None:
+        now = time.monotonic()
+        if busy or now - self._inline_end < self.gap_s:
+            self._overlap_at = now
+
+    def ran_inline(self) -> None:
+        self._inline_end = time.monotonic()
 
     def allows(self, coll: Collection, rows: int) -> bool:
-        return self.enabled and rows <= self.max_rows and self._cost.get(coll, float("inf")) <= self.max_s
+        return (
+            self.enabled and rows <= self.max_rows and self._cost.get(coll, math.inf) <= self.max_s
+            and time.monotonic() - self._overlap_at > self.hold_s
+        )
 
     def record(self, coll: Collection, rows: int, seconds: float) -> None:
         if rows <= self.max_rows:
@@ -336,6 +360,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         # Only searches with the same filter share a FAISS call: the key holds its canonical bytes.
         key = (coll, request.nprobe, request.include_payload, request.include_fields,
                flt.SerializeToString(deterministic=True) if flt is not None else b"")
+        self._inline.arrival(busy=bool(self._batcher.waiting or self._batcher.in_flight))
         return await self._batcher.submit(key, (queries, request.k, flt), queries.shape[0], timeout)
 
     async def _run_batch(
@@ -346,6 +371,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if not (include_payload or include_fields or flt) and self._inline.allows(coll, rows):
             started = time.thread_time()
             responses = _search_batch(coll, items, nprobe, False, False, wait=False)
+            self._inline.ran_inline()
             if responses is not None:  # None: a write or maintenance holds the collection; wait in the executor
                 self._inline.record(coll, rows, time.thread_time() - started)
                 return responses

@@ -156,6 +156,10 @@ class Batcher(Generic[Item, Result]):
     def waiting(self) -> int:
         return self._waiting
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     async def submit(self, key: Hashable, item: Item, rows: int, timeout: float) -> Result:
         """Queues one request and waits for its answer; raises what `run` raised or returned for it."""
         if self._waiting + (0 if self.config.enabled else self._in_flight) >= self.config.max_queue_size:

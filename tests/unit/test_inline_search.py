@@ -1,5 +1,7 @@
 """Small searches on the shard's event loop: the same answers as in the executor, never waiting for a held lock."""
 
+import time
+
 import numpy as np
 
 from shard_server.index import Collection
@@ -56,3 +58,18 @@ def test_the_policy_inlines_only_small_batches_measured_cheap_and_never_on_a_gpu
     gpu = InlinePolicy(enabled=False)
     gpu.record(coll, 1, 0.0)
     assert not gpu.allows(coll, 1)
+
+
+def test_overlapping_searches_stay_in_the_executor_where_they_batch() -> None:
+    coll, _ = trained(n=10)
+    policy = InlinePolicy(enabled=True, max_rows=4, max_s=0.001, gap_s=0.5, hold_s=0.2)
+    policy.record(coll, 1, 0.0001)
+    policy.arrival(busy=False)
+    assert policy.allows(coll, 1)
+    policy.arrival(busy=True)  # another search was queued or running when this one came
+    assert not policy.allows(coll, 1)
+    time.sleep(0.25)
+    assert policy.allows(coll, 1)
+    policy.ran_inline()
+    policy.arrival(busy=False)  # started right after an inline search ended: it was waiting for the loop
+    assert not policy.allows(coll, 1)
