@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Sequence
+import time
+from typing import Awaitable, Callable, Sequence
 
 import grpc
 import numpy as np
 
 from coordinator.shards import Outcome, Shard, ShardPool
 from shardsearch import logs
+from shardsearch.errors import DeadlineExceeded
 from shardsearch.ring import key_hashes
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, shard_pb2
@@ -109,6 +111,19 @@ class Router:
             await self.refresh()
         return True
 
+    async def routed(
+        self, attempt: Callable[[float], Awaitable[list[Outcome]]], deadline: float
+    ) -> list[Outcome]:
+        """The one retry rule for a request routed by the ring: `attempt(timeout)` routes by the current layout,
+        stamps its version on every shard request and sends them within `timeout`; when a shard refuses them for a
+        stale layout (ABORTED) the layout is re-read and the attempt made again, at most LAYOUT_RETRIES times, all
+        within the monotonic `deadline` (DEADLINE_EXCEEDED once it has passed). Returns the last attempt's outcomes."""
+        for _ in range(LAYOUT_RETRIES):
+            outcomes = await attempt(remaining(deadline))
+            if not await self.stale(outcomes):
+                break
+        return outcomes
+
     async def poll(self) -> None:
         while True:
             await asyncio.sleep(self._poll_s)
@@ -157,3 +172,10 @@ class Router:
         """Whether an id may come back from two shards (during a move)."""
         return self.layout.moving
 
+
+def remaining(deadline: float) -> float:
+    """Seconds left before a monotonic deadline; DEADLINE_EXCEEDED once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the call's deadline passed while it was being served")
+    return left

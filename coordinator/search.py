@@ -6,6 +6,7 @@ Shard failures are handled by the request's partial policy; merging and building
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable, Sequence, TypeVar
@@ -17,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 from coordinator.cache import Lookup, ResultCache, entry_keys
 from coordinator.catalog import Catalog
 from coordinator.merge import ShardHits, merge
-from coordinator.router import LAYOUT_RETRIES, Router
+from coordinator.router import Router
 from coordinator.shards import Outcome, ShardPool
 from shardsearch import codec
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
@@ -162,17 +163,16 @@ class Searcher:
             nprobe=opts.nprobe, include_payload=opts.include_payload, include_fields=opts.include_fields,
             filter=search_pb2.Filter.FromString(opts.filter) if opts.filter else None,
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for _ in range(LAYOUT_RETRIES):
+        dedupe = False
+
+        async def attempt(timeout: float) -> list[Outcome]:
+            nonlocal dedupe
             request.topology_version = self._router.version
             shards = self._router.search_shards()
-            dedupe = len(shards) > 1 and self._router.dedupe
-            outcomes = await self._pool.fan_out(
-                "Search", [(shard, request) for shard in shards], max(0.001, deadline - loop.time())
-            )
-            if not await self._router.stale(outcomes):
-                break
+            dedupe = len(shards) > 1 and self._router.dedupe  # while shards move, an id may be on two of them
+            return await self._pool.fan_out("Search", [(shard, request) for shard in shards], timeout)
+
+        outcomes = await self._router.routed(attempt, time.monotonic() + timeout)
         missing = self._check_failures(spec.name, outcomes, opts)
         answered = [o.response for o in outcomes if o.ok]
         higher_is_better = spec.metric == search_pb2.METRIC_INNER_PRODUCT

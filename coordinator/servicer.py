@@ -20,7 +20,7 @@ from coordinator.admission import AdaptiveLimit
 from coordinator.catalog import Catalog
 from coordinator.diversity import depth as diversity_depth
 from coordinator.diversity import diversify, strip_fields
-from coordinator.router import LAYOUT_RETRIES, Router
+from coordinator.router import Router, remaining
 from coordinator.search import Searcher, SearchOptions
 from coordinator.shards import Outcome, ShardPool
 from encoder_client import Encoders
@@ -179,11 +179,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         spec = await self._catalog.get(request.collection, timeout)
         embedded = await self._embed_items(spec, request.items, timeout)
         version = self._clock()
-        for _ in range(LAYOUT_RETRIES):
+
+        async def attempt(timeout: float) -> list[Outcome]:
             routed = await self._run(route_items, request, spec, self._router, self._limits, version, embedded)
-            outcomes = await self._pool.write_fan_out("Upsert", routed, remaining(deadline), version=version)
-            if not await self._router.stale(outcomes):
-                break
+            return await self._pool.write_fan_out("Upsert", routed, timeout, version=version)
+
+        outcomes = await self._router.routed(attempt, deadline)
         await self._invalidate(spec.name, outcomes)
         self._raise_write_failure(spec.name, outcomes, "upsert")
         return search_pb2.UpsertResponse(upserted=sum(o.response.upserted for o in outcomes))
@@ -196,7 +197,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         validation.check_ids(ids, "ids", self._limits)
         version = self._clock()
         deadline = time.monotonic() + timeout
-        for _ in range(LAYOUT_RETRIES):
+
+        async def attempt(timeout: float) -> list[Outcome]:
             routed = [
                 (shard, shard_pb2.ShardDeleteRequest(
                     collection=spec.name, ids=[ids[i] for i in rows], version=version,
@@ -204,9 +206,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 ))
                 for shard, rows in self._router.write_groups(ids)
             ]
-            outcomes = await self._pool.write_fan_out("Delete", routed, remaining(deadline), version=version)
-            if not await self._router.stale(outcomes):
-                break
+            return await self._pool.write_fan_out("Delete", routed, timeout, version=version)
+
+        outcomes = await self._router.routed(attempt, deadline)
         await self._invalidate(spec.name, outcomes)
         self._raise_write_failure(spec.name, outcomes, "delete")
         return search_pb2.DeleteResponse(deleted=sum(o.response.deleted for o in outcomes))
@@ -233,15 +235,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def _get(self, spec: search_pb2.Collection, ids: list[str], timeout: float) -> list[Outcome]:
         """Reads items by id from their owners (any replica); raises unless every owner answered."""
-        deadline = time.monotonic() + timeout
-        for _ in range(LAYOUT_RETRIES):
+
+        async def attempt(timeout: float) -> list[Outcome]:
             routed = [
                 (shard, shard_pb2.ShardGetRequest(collection=spec.name, ids=group, topology_version=self._router.version))
                 for shard, group in self._router.read_groups(ids)
             ]
-            outcomes = await self._pool.fan_out("Get", routed, remaining(deadline))
-            if not await self._router.stale(outcomes):
-                break
+            return await self._pool.fan_out("Get", routed, timeout)
+
+        outcomes = await self._router.routed(attempt, time.monotonic() + timeout)
         self._raise_write_failure(spec.name, outcomes, "get")
         return outcomes
 
@@ -634,14 +636,6 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             elapsed = asyncio.get_running_loop().time() - start
             self.metrics.observe_request("StreamSearch", code, elapsed)
             logs.log_access("StreamSearch", code, elapsed, peer)
-
-
-def remaining(deadline: float) -> float:
-    """Seconds left before a monotonic deadline; DEADLINE_EXCEEDED once it has passed."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise DeadlineExceeded("the call's deadline passed while it was being served")
-    return left
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
