@@ -209,12 +209,7 @@ class Batcher(Generic[Item, Result]):
         try:
             (result,) = await self._run(key, [item], timeout)
         finally:
-            elapsed = time.monotonic() - started
-            self._metrics.compute_time.observe(elapsed)
-            self._compute_s += 0.2 * (elapsed - self._compute_s)
-            self._in_flight -= 1
-            self._slot_free.set()
-            self._arrival.set()
+            self._finished(started)
         if isinstance(result, BaseException):
             raise result
         return result
@@ -328,9 +323,13 @@ class Batcher(Generic[Item, Result]):
                 if not pending.future.done():
                     pending.future.set_exception(exc)
         finally:
-            elapsed = time.monotonic() - started
-            self._metrics.compute_time.observe(elapsed)
-            self._compute_s += 0.2 * (elapsed - self._compute_s)
-            self._in_flight -= 1
-            self._slot_free.set()
-            self._arrival.set()  # a dispatcher waiting for company should go now if nothing else runs
+            self._finished(started)
+
+    def _finished(self, started: float) -> None:
+        """A batch started at `started` (monotonic) is done: its time is counted and its slot freed."""
+        elapsed = time.monotonic() - started
+        self._metrics.compute_time.observe(elapsed)
+        self._compute_s += 0.2 * (elapsed - self._compute_s)
+        self._in_flight -= 1
+        self._slot_free.set()
+        self._arrival.set()  # a dispatcher waiting for company should go now if nothing else runs
