@@ -177,7 +177,7 @@ class Searcher:
         answered = [o.response for o in outcomes if o.ok]
         higher_is_better = spec.metric == search_pb2.METRIC_INNER_PRODUCT
         args = (answered, opts.k, higher_is_better, opts.include_payload, missing, opts.include_fields, dedupe)
-        results = assemble_small(*args) if small(answered) else await self._run(assemble, *args)
+        results = assemble_small(*args) if small(answered) else await self._run(assemble_large, *args)
         if missing:
             self._metrics.partial.inc()
         return SearchOutcome(results, missing)

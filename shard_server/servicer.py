@@ -368,23 +368,27 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     ) -> list[shard_pb2.ShardSearchResponse]:
         coll, nprobe, include_payload, include_fields, flt = key  # type: ignore[misc]
         rows = sum(queries.shape[0] for queries, _, _ in items)
-        if not (include_payload or include_fields or flt) and self._inline.allows(coll, rows):
+        plain = not (include_payload or include_fields or flt)  # what the inline path serves and is measured on
+        if plain and self._inline.allows(coll, rows):
             started = time.thread_time()
             responses = _search_batch(coll, items, nprobe, False, False, wait=False)
             self._inline.ran_inline()
             if responses is not None:  # None: a write or maintenance holds the collection; wait in the executor
                 self._inline.record(coll, rows, time.thread_time() - started)
                 return responses
-        return await self._run(self._timed_search_batch, coll, items, nprobe, include_payload, include_fields, rows)
+        return await self._run(self._timed_search_batch, coll, items, nprobe, include_payload, include_fields,
+                               rows if plain else 0)
 
     def _timed_search_batch(
         self, coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
         include_fields: bool, rows: int,
     ) -> list[shard_pb2.ShardSearchResponse]:
+        """`_search_batch` in the executor; its CPU time is recorded for the inline policy when `rows` (0: a batch
+        the inline path would not serve)."""
         started = time.thread_time()
         responses = _search_batch(coll, items, nprobe, include_payload, include_fields)
         assert responses is not None
-        if not (include_payload or include_fields or items[0][2] is not None):
+        if rows:
             self._inline.record(coll, rows, time.thread_time() - started)
         return responses
 
