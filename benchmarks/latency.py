@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import save  # noqa: E402
-from throughput import h2load, machine  # noqa: E402
+from throughput import cluster_nprobe, h2load, machine  # noqa: E402
 
 from shard_server import params as index_params  # noqa: E402
 from shardsearch import codec  # noqa: E402
@@ -261,21 +261,6 @@ def load(address: str, base: np.ndarray) -> float:
     return time.perf_counter() - started
 
 
-def cluster_nprobe(address: str, queries: np.ndarray, gt: np.ndarray) -> tuple[int, dict[int, float]]:
-    sweep = {}
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        stub = search_pb2_grpc.SearchServiceStub(channel)
-        for nprobe in NPROBES:
-            reply = stub.BatchSearch(search_pb2.BatchSearchRequest(
-                collection=COLLECTION, vectors_f32=codec.pack(queries), k=10, nprobe=nprobe, skip_cache=True),
-                timeout=300)
-            found = np.array([[int(h.id) for h in r.hits] + [-1] * (10 - len(r.hits)) for r in reply.results])
-            sweep[nprobe] = recall(found, gt)
-            if sweep[nprobe] >= TARGET:
-                break
-    return nprobe, sweep
-
-
 def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     values: dict[str, float] = {}
@@ -313,7 +298,7 @@ def measure_cluster(shards: int, base: np.ndarray, queries: np.ndarray, gt: np.n
     with LocalCluster(shards=shards, metrics=True, coordinator_args=["--cache", "off"]) as cluster:
         address = cluster.address
         load_s = load(address, base)
-        nprobe, sweep = cluster_nprobe(address, queries, gt)
+        nprobe, sweep = cluster_nprobe(address, queries, gt, NPROBES, TARGET)
         print(f"  {shards} shard(s): loaded and trained in {load_s:.0f}s; nprobe {nprobe}: {sweep}", flush=True)
         request = unary_request(queries, nprobe)
         pids = {"coordinator": cluster.coordinator_procs[0].popen.pid}  # type: ignore[union-attr]

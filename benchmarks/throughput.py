@@ -166,19 +166,22 @@ def load(
             time.sleep(1.0)
 
 
-def cluster_nprobe(address: str, queries: np.ndarray, gt: np.ndarray) -> tuple[int, dict[int, float]]:
+def cluster_nprobe(
+    address: str, queries: np.ndarray, gt: np.ndarray, nprobes: tuple[int, ...] = NPROBES,
+    target: float = TARGET_RECALL,
+) -> tuple[int, dict[int, float]]:
     with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 256 << 20)]) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
         sweep = {}
-        for nprobe in NPROBES:
+        for nprobe in nprobes:
             reply = stub.BatchSearch(search_pb2.BatchSearchRequest(
                 collection=COLLECTION, vectors_f32=codec.pack(queries), k=10, nprobe=nprobe, skip_cache=True),
                 timeout=300)
             found = np.array([[int(h.id) for h in r.hits] + [-1] * (10 - len(r.hits)) for r in reply.results])
             sweep[nprobe] = recall(found, gt)
-            if sweep[nprobe] >= TARGET_RECALL:
+            if sweep[nprobe] >= target:
                 return nprobe, sweep
-    return NPROBES[-1], sweep
+    return nprobes[-1], sweep
 
 
 @dataclass(frozen=True)
