@@ -115,7 +115,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(
         self, executor: Executor, maintenance: Maintenance, metrics: ShardMetrics, use_gpu: bool,
         batching: BatchingConfig, batch_metrics: BatchMetrics, writer: Writer, name: str = "shard",
-        topology_path: Path | None = None,
+        topology_path: Path | None = None, inline_search: bool = False,
     ) -> None:
         self.name = name
         self.topology = shard_pb2.ShardSetTopologyRequest()
@@ -140,7 +140,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self._maintenance = maintenance
         self.metrics = metrics
         self._use_gpu = use_gpu
-        self._inline = InlinePolicy(enabled=not use_gpu)
+        self._inline = InlinePolicy(enabled=inline_search and not use_gpu)
         self._collections: dict[str, Collection] = {}
         self._creating: set[str] = set()
         self._lock = threading.Lock()
