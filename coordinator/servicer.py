@@ -742,12 +742,13 @@ class PageCursor:
         if not token:
             return cls()
         try:
-            raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)), parse_constant=_no_constant)
             version, name, count, shard, after, resume = raw
-            count = int(count)
-            cursor = cls(int(shard), int(after), bool(resume))
-            valid = version == PAGE_TOKEN_VERSION and 0 <= cursor.shard and 0 <= cursor.after < 2**64
-        except (ValueError, TypeError, binascii.Error):
+            numbers = (version, count, shard, after)
+            valid = all(type(n) is int for n in numbers) and type(resume) is bool and isinstance(name, str)
+            cursor = cls(shard, after, resume)
+            valid = valid and version == PAGE_TOKEN_VERSION and 0 <= shard and 0 <= after < 2**64
+        except (ValueError, TypeError, binascii.Error, RecursionError):
             valid = False
         if not valid:
             raise InvalidArgument("page_token: not a token from ListIds; pass next_page_token as it was returned")
@@ -759,6 +760,10 @@ class PageCursor:
                 f"{layout}); start the listing again"
             )
         return cursor
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a page token holds")
 
 
 def route_items(

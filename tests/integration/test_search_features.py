@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Iterator
 
 import grpc
@@ -181,6 +182,11 @@ def test_bad_tokens_and_sizes_are_refused(data: Any) -> None:
         (search_pb2.ListIdsRequest(collection="l2", page_token=token[:-3]), "not a token from ListIds"),
         (search_pb2.ListIdsRequest(collection="l2", page_size=10_001), "page_size"),
     ]
+    for forged in ('[1, "l2", 1, 0, Infinity, true]', '[1, "l2", 1, 0, NaN, true]', '[1, "l2", 1, 0, 1e400, true]',
+                   '[1, "l2", 1, 0.5, 3, true]', '[1, ["l2"], 1, 0, 3, true]', '[1, "l2", 1, 0, 3, "yes"]',
+                   "[" * 100_000):
+        encoded = base64.urlsafe_b64encode(forged.encode()).decode()
+        cases.append((search_pb2.ListIdsRequest(collection="l2", page_token=encoded), "not a token from ListIds"))
     for request, message in cases:
         with pytest.raises(grpc.RpcError) as failure:
             stub.ListIds(request)
