@@ -36,6 +36,7 @@ class StreamFailed(Exception):
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+CORE_WRITE_ERROR = "Internal error from Core"  # grpc.aio's status for a call that ended while a write was under way
 
 
 class SearchStream:
@@ -66,7 +67,10 @@ class SearchStream:
                     await call.write(message)
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                     # A write fails only once the call is over, with INTERNAL "Internal error from Core" whatever
-                    # ended it (the shard went away, mostly; the reader reports any status the shard sent).
+                    # ended it (the shard went away, mostly: UNAVAILABLE), unless the call's status is UNIMPLEMENTED
+                    # (an older shard): that must be seen even when it arrives before the reader reports it.
+                    if await _final_code(call) == grpc.StatusCode.UNIMPLEMENTED:
+                        self._failed(call, grpc.StatusCode.UNIMPLEMENTED, "SearchStream is not implemented")
                     self._failed(call, grpc.StatusCode.UNAVAILABLE, "the search stream to the shard broke")
             reply = await answer
         finally:
@@ -100,8 +104,8 @@ class SearchStream:
         if self._call is not call:
             return
         self._call = None
-        if code == grpc.StatusCode.OK:
-            code = grpc.StatusCode.UNAVAILABLE
+        if code == grpc.StatusCode.OK or (code == grpc.StatusCode.INTERNAL and details == CORE_WRITE_ERROR):
+            code = grpc.StatusCode.UNAVAILABLE  # the call ended under a write: the shard went away
         details = details or code.name
         if code == grpc.StatusCode.UNIMPLEMENTED:
             self.supported = False
@@ -119,6 +123,13 @@ class SearchStream:
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _final_code(call: Any) -> grpc.StatusCode | None:
+    try:
+        return await asyncio.wait_for(call.code(), 1.0)
+    except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+        return None
 
 
 def _expire(answer: asyncio.Future[shard_pb2.ShardSearchStreamResponse]) -> None:

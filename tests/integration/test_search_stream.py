@@ -159,7 +159,7 @@ async def test_a_shard_without_search_stream_is_searched_with_unary_calls() -> N
         vector = np.zeros((1, DIM), np.float32)
         for _ in range(3):
             outcome = await pool.call(pool.shards[0], "Search", request(vector, k=2), 10)
-            assert outcome.ok and list(outcome.response.ids) == ["old", "old"]
+            assert outcome.ok and list(outcome.response.ids) == ["old", "old"], outcome.error
         stream = pool.shards[0].replicas[0].stream
         assert stream is not None and not stream.supported
     finally:
