@@ -205,7 +205,8 @@ class Searcher:
         if answered >= needed:
             return names
         codes = {o.error.code for o in failed if o.error is not None}
-        code = grpc.StatusCode.DEADLINE_EXCEEDED if codes == {grpc.StatusCode.DEADLINE_EXCEEDED} else grpc.StatusCode.UNAVAILABLE
+        same = codes.pop() if len(codes) == 1 else None  # every failure alike and telling: keep its status
+        code = same if same in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DATA_LOSS) else grpc.StatusCode.UNAVAILABLE
         hint = "" if needed < len(outcomes) else (
             "; set partial_policy=PARTIAL_POLICY_ALLOW or min_shards to accept results from the others"
         )

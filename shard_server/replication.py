@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from shard_server.index import Collection
 from shard_server.servicer import ShardServicer
 from shardsearch import codec, logs
-from shardsearch.errors import AlreadyExists
+from shardsearch.errors import AlreadyExists, ShardSearchError
 from shardsearch.metrics import LATENCY_BUCKETS
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 
@@ -74,6 +74,7 @@ class Replication:
         self._copy_started_ns = 0  # when the copy under way began
         self._covered_ns = 0  # when the last complete copy began: writes older than that are here
         servicer.on_resync = self.request
+        servicer.on_write_failure(lambda reason: self.request(reason))
 
     def request(self, reason: str, missed_version: int = 0) -> None:
         """Starts a catch-up, unless a copy that began after the missed write has finished or is under way."""
@@ -146,10 +147,13 @@ class Replication:
                     self._copy_started_ns = started
                     await self._copy(peer)
                     self._covered_ns = max(self._covered_ns, started)
+                    self._servicer.reseeded()
                     return peer
                 except (grpc.aio.AioRpcError, OSError) as exc:
                     code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
                     logger.info("catch-up from %s failed (%s); trying the next peer", peer, code)
+                except ShardSearchError as exc:  # this replica could not apply what it got (its disk is full?)
+                    logger.warning("catch-up from %s failed here: %s; trying again", peer, exc)
             if deadline is not None and time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(RETRY_S)

@@ -73,7 +73,7 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
     if storage is None:
         logger.warning("shard %s has no --data-dir: its data lives in memory only and is lost on restart", config.name)
     else:
-        await asyncio.get_running_loop().run_in_executor(executor, servicer.recover)
+        await asyncio.get_running_loop().run_in_executor(executor, servicer.recover, bool(config.peers))
     servicer.catching_up = bool(config.peers)  # no read is served before the first catch-up
     port_security = security.ServerSecurity.from_config(config, registry)
     server = await grpcserver.start_server(

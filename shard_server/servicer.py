@@ -149,8 +149,12 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _collection(self, name: str, read: bool = False) -> Collection:
+        self._writer.check_intact(name)
         if read and self.catching_up:
             raise Unavailable(f"replica {self.name} is catching up from its peers; read from another replica")
+        if read and name in self._writer.reseeding:
+            raise Unavailable(f"replica {self.name} is re-seeding collection {name!r} from its peers (its log was "
+                              "damaged); read from another replica")
         coll = self._collections.get(name)
         if coll is None:
             raise NotFound(f"collection {name!r} does not exist on this shard")
@@ -179,13 +183,23 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         logger.info("created collection %s (dim %d)", spec.name, spec.dim)
         return coll
 
+    def on_write_failure(self, callback: Callable[[str], None]) -> None:
+        """`callback(reason)` runs when a write could not be logged (a replica then catches up from its peers)."""
+        self._writer.on_failure = callback
+
+    def reseeded(self) -> None:
+        """A peer has been copied completely: collections re-seeded after damage serve reads again."""
+        if self._writer.reseeding:
+            logger.info("collections re-seeded from a peer: %s", ", ".join(sorted(self._writer.reseeding)))
+            self._writer.reseeding.clear()
+
     def get_collection(self, name: str) -> Collection | None:
         return self._collections.get(name)
 
     @rpc("DropCollection")
     async def DropCollection(self, request: shard_pb2.ShardDropCollectionRequest, context: Any) -> Any:
         with self._lock:
-            if self._collections.pop(request.name, None) is None:
+            if self._collections.pop(request.name, None) is None and request.name not in self._writer.damaged:
                 raise NotFound(f"collection {request.name!r} does not exist on this shard")
         await self._writer.drop(request.name)
         self.metrics.vectors.remove(request.name)
@@ -197,6 +211,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if self.catching_up:
             raise Unavailable(f"replica {self.name} is catching up from its peers; read from another replica")
         specs = [coll.spec for coll in list(self._collections.values())]
+        specs += [store.spec for store, _ in self._writer.damaged.values()]  # they exist; every call says DATA_LOSS
         return shard_pb2.ShardListCollectionsResponse(collections=sorted(specs, key=lambda s: s.name))
 
     @rpc("Upsert")
@@ -252,7 +267,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         remaining = context.time_remaining()
         return DEFAULT_TIMEOUT_S if remaining is None else remaining
 
-    def recover(self) -> None:
+    def recover(self, reseed: bool = False) -> None:
         """Loads the ring layout and the collections kept in the data directory (before serving); items of ids the
         layout gives to other shards (replayed from the log after a move dropped them) are dropped again."""
         if self._topology_path is not None and self._topology_path.exists():
@@ -260,7 +275,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             self.topology_version = self.topology.topology.version
             logger.info("ring layout %d (this shard is %s on it)", self.topology_version, self.topology.shard)
         keep = self._keep()
-        for coll in self._writer.recover(self._use_gpu):
+        for coll in self._writer.recover(self._use_gpu, reseed):
             self._collections[coll.spec.name] = coll
             dropped = coll.set_keep(keep)
             if dropped:

@@ -10,6 +10,7 @@ Without a data directory writes are applied directly (nothing survives a restart
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -21,9 +22,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shard_server.index import Collection
-from shard_server.storage import DELETE, UPSERT, CollectionStore, Storage, fsync_dir
+from shard_server.storage import DELETE, UPSERT, CollectionStore, CorruptLog, Storage, WalFailed, fsync_dir
 from shardsearch import codec
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
+from shardsearch.errors import AlreadyExists, DataLoss, ResourceExhausted, ShardSearchError, Unavailable
 from shardsearch.metrics import LATENCY_BUCKETS
 from shardsearch.v1 import search_pb2, shard_pb2
 
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SNAPSHOT = 0
+SNAPSHOT_RETRY_S = 10.0
 WRITE_BATCHING = BatchingConfig(max_batch_size=4096, max_queue_delay_us=0, max_queue_size=8192, max_in_flight=1)
 
 
@@ -60,7 +63,14 @@ class Writer:
         self.storage = storage
         self._snapshot_bytes = snapshot_bytes
         self._stores: dict[str, CollectionStore] = {}
+        self.damaged: dict[str, tuple[CollectionStore, str]] = {}
+        """Collections whose log was found damaged at start-up (kept as they are on disk; served as DATA_LOSS)."""
+        self.reseeding: set[str] = set()
+        """Collections set aside as damaged and created empty: no reads until a peer has been copied."""
+        self.on_failure: Callable[[str], None] = lambda reason: None
+        """Called when a write could not be logged (a replica then knows it may be behind its peers)."""
         self._snapshotting: set[str] = set()
+        self._snapshot_after: dict[str, float] = {}  # after a failed snapshot, the next waits a while
         self._tasks: set[asyncio.Task[None]] = set()
         self._batcher: Batcher[WriteOp, Any] = Batcher(
             "write batcher", WRITE_BATCHING, self._run_batch, BatchMetrics(registry, "shardsearch_shard_write")
@@ -81,34 +91,45 @@ class Writer:
     # ---- collections ---------------------------------------------------------------------------------------
 
     async def create(self, spec: search_pb2.Collection) -> None:
-        if self.storage is not None:
+        if self.storage is None:
+            return
+        try:
             self._stores[spec.name] = await self._run(self.storage.create, spec)
+        except FileExistsError as exc:
+            raise AlreadyExists(f"collection {spec.name!r} is already stored on this shard ({exc.strerror})") from exc
+        except OSError as exc:
+            raise _write_error(exc, f"collection {spec.name!r} was not created") from exc
 
     async def drop(self, name: str) -> None:
-        store = self._stores.pop(name, None)
+        store = self._stores.pop(name, None) or self.damaged.pop(name, (None, ""))[0]
         if store is not None:
             await self._run(store.destroy)
 
-    def recover(self, use_gpu: bool) -> list[Collection]:
-        """Loads every collection from its snapshot and log (blocking; call before serving)."""
+    def recover(self, use_gpu: bool, reseed: bool = False) -> list[Collection]:
+        """Loads every collection from its snapshot and log (blocking; call before serving).
+
+        A collection whose log is damaged (see storage.CorruptLog) is not served from what survived: with `reseed`
+        (the shard has peers) its folder is set aside and it comes back empty, to be copied from a peer; without,
+        it stays on disk untouched and every call to it is DATA_LOSS (in `self.damaged`)."""
         if self.storage is None:
             return []
         collections = []
         for store in self.storage.existing():
             started = time.perf_counter()
-            coll = Collection(store.spec, use_gpu=use_gpu)
-            after = 0
-            if store.snapshot_path.exists():
-                with np.load(store.snapshot_path) as npz:
-                    state = {key: npz[key] for key in npz.files}
-                after = int(state.pop("seq")[0])
-                coll.import_state(state)
-            replayed = 0
-            store.seq = after
-            for record in store.wal.replay(after):
-                _apply(coll, record.kind, record.payload)
-                store.seq = record.seq
-                replayed += 1
+            try:
+                coll, after, replayed = _load(store, use_gpu)
+            except CorruptLog as exc:
+                store.wal.close()
+                if not reseed:
+                    logger.error("collection %s NOT served: its log is damaged: %s", store.spec.name, exc)
+                    self.damaged[store.spec.name] = (store, str(exc))
+                    continue
+                aside = store.set_aside()
+                logger.error("collection %s: its log is damaged (%s); set aside as %s, re-seeding from the peers",
+                             store.spec.name, exc, aside)
+                store = self.storage.create(store.spec)
+                coll, after, replayed = Collection(store.spec, use_gpu=use_gpu), 0, 0
+                self.reseeding.add(store.spec.name)
             self._stores[store.spec.name] = store
             collections.append(coll)
             logger.info(
@@ -116,6 +137,13 @@ class Writer:
                 store.spec.name, coll.live, after, replayed, time.perf_counter() - started,
             )
         return collections
+
+    def check_intact(self, name: str) -> None:
+        if name in self.damaged:
+            raise DataLoss(
+                f"collection {name!r} is not served by this shard: {self.damaged[name][1]}. Restore the shard's "
+                "data directory from a backup, or drop the collection and write it again"
+            )
 
     # ---- writes --------------------------------------------------------------------------------------------
 
@@ -138,8 +166,15 @@ class Writer:
         store = self._stores.get(coll.spec.name)
         if store is None:
             raise RuntimeError(f"collection {coll.spec.name!r} has no storage (dropped?)")
-        results = await self._run(_commit, coll, store, ops)
-        if store.wal.bytes_since_snapshot >= self._snapshot_bytes and coll.spec.name not in self._snapshotting:
+        if store.wal.failure is not None:
+            logger.info("collection %s: writing again after a failed append, on a new log segment", coll.spec.name)
+        try:
+            results = await self._run(_commit, coll, store, ops)
+        except WalFailed as exc:
+            self.on_failure(f"a write to collection {coll.spec.name} could not be logged")
+            raise _write_error(exc, f"collection {coll.spec.name!r}: the write was not applied") from exc
+        if (store.wal.bytes_since_snapshot >= self._snapshot_bytes and coll.spec.name not in self._snapshotting
+                and time.monotonic() >= self._snapshot_after.get(coll.spec.name, 0.0)):
             task = asyncio.create_task(self.snapshot(coll))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -160,7 +195,12 @@ class Writer:
             self.snapshot_time.observe(time.perf_counter() - started)
             logger.info("collection %s: snapshot at log position %d in %.2fs", name, capture.seq,
                         time.perf_counter() - started)
+        except (OSError, ShardSearchError) as exc:  # a full or failing disk: say so, no traceback
+            self._snapshot_after[name] = time.monotonic() + SNAPSHOT_RETRY_S
+            logger.warning("snapshot of collection %s failed: %s (the log still holds everything; next try in %.0fs)",
+                           name, getattr(exc, "strerror", None) or exc, SNAPSHOT_RETRY_S)
         except Exception:
+            self._snapshot_after[name] = time.monotonic() + SNAPSHOT_RETRY_S
             logger.exception("snapshot of collection %s failed (the log still holds everything)", name)
         finally:
             self._snapshotting.discard(name)
@@ -171,6 +211,34 @@ class Writer:
         await self._batcher.close()
         for store in self._stores.values():
             store.wal.close()
+
+
+def _load(store: CollectionStore, use_gpu: bool) -> tuple[Collection, int, int]:
+    """The collection as its snapshot and log hold it; sets store.seq. Raises CorruptLog before applying anything
+    past a damaged record."""
+    coll = Collection(store.spec, use_gpu=use_gpu)
+    after = 0
+    if store.snapshot_path.exists():
+        with np.load(store.snapshot_path) as npz:
+            state = {key: npz[key] for key in npz.files}
+        after = int(state.pop("seq")[0])
+        coll.import_state(state)
+    replayed = 0
+    store.seq = after
+    for record in store.wal.replay(after):
+        _apply(coll, record.kind, record.payload)
+        store.seq = record.seq
+        replayed += 1
+    return coll, after, replayed
+
+
+def _write_error(exc: OSError, what: str) -> ShardSearchError:
+    """A failed write to disk as the status a caller can act on: a full disk (or quota, or file size limit) is a
+    limit hit, RESOURCE_EXHAUSTED; anything else UNAVAILABLE (another replica, or later)."""
+    reason = str(exc.strerror or exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return ResourceExhausted(f"{what}: the shard's disk is full ({reason}); free space on its data volume")
+    return Unavailable(f"{what}: the shard could not write to its disk ({reason})")
 
 
 def versions_of(request: shard_pb2.ShardUpsertRequest | shard_pb2.ShardDeleteRequest) -> np.ndarray:
@@ -209,19 +277,26 @@ def _commit(coll: Collection, store: CollectionStore, ops: list[WriteOp]) -> lis
         else:
             results.append(None)
     if any(op.kind == SNAPSHOT for op in ops):
-        capture = Capture(coll.export_state(), store.seq, store.wal.rotate(store.seq + 1))
-        results = [capture if op.kind == SNAPSHOT else result for op, result in zip(ops, results)]
+        snapshot: Any
+        try:  # the writes above are logged and applied whatever happens to the snapshot
+            snapshot = Capture(coll.export_state(), store.seq, store.wal.rotate(store.seq + 1))
+        except OSError as exc:
+            snapshot = _write_error(exc, f"snapshot of collection {coll.spec.name!r}")
+        results = [snapshot if op.kind == SNAPSHOT else result for op, result in zip(ops, results)]
     return results
 
 
 def _persist(store: CollectionStore, capture: Capture) -> None:
     """Writes snapshot.npz atomically (temp file, fsync, rename, fsync dir), then deletes the covered segments."""
     tmp = store.snapshot_path.with_name("snapshot.npz.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, seq=np.array([capture.seq], dtype=np.int64), **capture.state)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, store.snapshot_path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, seq=np.array([capture.seq], dtype=np.int64), **capture.state)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, store.snapshot_path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a half-written snapshot must not keep a full disk full
     fsync_dir(store.folder)
     for segment in capture.covered:
         segment.unlink(missing_ok=True)

@@ -53,6 +53,12 @@ class FailedPrecondition(ShardSearchError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class DataLoss(ShardSearchError):
+    """Stored data was found damaged: the shard refuses to serve it rather than serve what survived."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 class Aborted(ShardSearchError):
     """The request was routed by an older ring layout than the shard's: re-read the layout and send it again."""
 

@@ -14,7 +14,7 @@ from shard_server import params as index_params
 from shardsearch.errors import InvalidArgument
 from shardsearch.v1 import search_pb2
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # fullmatch: "$" would let a trailing newline through
 METRICS = (search_pb2.METRIC_INNER_PRODUCT, search_pb2.METRIC_L2)
 
 
@@ -49,7 +49,7 @@ DEFAULT_LIMITS = Limits()
 
 
 def check_collection(spec: search_pb2.Collection, limits: Limits = DEFAULT_LIMITS) -> None:
-    if not NAME_RE.match(spec.name):
+    if not NAME_RE.fullmatch(spec.name):
         raise InvalidArgument(f"name: {spec.name!r} must be 1-128 characters from [A-Za-z0-9_.-]")
     if not 1 <= spec.dim <= limits.max_dim:
         raise InvalidArgument(f"dim: {spec.dim} must be between 1 and {limits.max_dim}")

@@ -84,3 +84,15 @@ def wait_for_move(admin: admin_pb2_grpc.AdminServiceStub, timeout: float = 60.0)
             return layout
         assert time.monotonic() < deadline, f"the move did not finish in {timeout}s: {layout}"
         time.sleep(0.05)
+
+
+def retry_until_ok(call, seconds: float = 15.0):
+    """What a client does on UNAVAILABLE: retry (the coordinator's channel may still be in reconnect backoff)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

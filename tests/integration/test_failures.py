@@ -12,7 +12,7 @@ import pytest
 from shardsearch import codec
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2
-from tests.integration.conftest import connect, create, upsert
+from tests.integration.conftest import connect, create, retry_until_ok, upsert
 
 NAME = "ft"
 DIM = 16
@@ -84,18 +84,6 @@ def test_dead_shard_fails_or_flags_partial_results(three) -> None:
     assert not healed.partial
     # The failed upsert above is not atomic across shards (documented): its items owned by live shards landed.
     assert [h.id for h in healed.hits if not h.id.startswith("w")] == [h.id for h in complete.hits][: len(healed.hits) - sum(h.id.startswith("w") for h in healed.hits)]
-
-
-def retry_until_ok(call, seconds: float = 15.0):
-    """What a client does on UNAVAILABLE: retry (the coordinator's channel may still be in reconnect backoff)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def cluster_owner(stub, item_id: str) -> str:

@@ -123,3 +123,119 @@ async def test_a_crash_mid_snapshot_loses_nothing(tmp_path: Path) -> None:
     found, got, _ = again.get(ids)
     assert found == ids and np.array_equal(got, vectors)
     executor.shutdown()
+
+
+def test_damage_mid_segment_followed_by_intact_records_is_corruption_and_the_file_stays(tmp_path: Path) -> None:
+    wal = Wal(tmp_path)
+    for seq in range(1, 101):
+        wal.append([(seq, UPSERT, f"record {seq}".encode() * 10)])
+    wal.close()
+    (segment,) = wal.segments()
+    data = bytearray(segment.read_bytes())
+    data[len(data) * 3 // 10] ^= 0x01  # one bit, 30% into the newest segment
+    segment.write_bytes(bytes(data))
+    with pytest.raises(CorruptLog, match=r"damaged record at byte \d+ .*followed by an intact record at byte \d+"):
+        list(Wal(tmp_path).replay(0))
+    assert segment.read_bytes() == bytes(data)  # never cut away
+
+
+def test_a_failed_append_is_cut_back_its_numbers_skipped_and_the_next_goes_to_a_new_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ENOSPC half-way through a batch: the partial bytes are cut off, the fd is never used again."""
+    import errno
+    import os
+
+    from shard_server import storage
+    from shard_server.storage import CollectionStore, WalFailed
+
+    store = CollectionStore(tmp_path, SPEC, Storage(tmp_path / "root"))
+    store.log([(UPSERT, b"one"), (UPSERT, b"two")])
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        monkeypatch.setattr(storage.os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+        return real_write(fd, bytes(data)[: len(data) // 2])
+
+    monkeypatch.setattr(storage.os, "write", half_then_full)
+    with pytest.raises(WalFailed, match="No space|full"):
+        store.log([(UPSERT, b"lost" * 100), (DELETE, b"lost too")])
+    assert store.seq == 4 and store.wal.failure
+    monkeypatch.setattr(storage.os, "write", real_write)
+    store.log([(DELETE, b"three")])
+    store.wal.close()
+    assert [p.name for p in store.wal.segments()] == ["wal-1.log", "wal-5.log"]
+    assert [(r.seq, r.payload) for r in Wal(tmp_path).replay(0)] == [(1, b"one"), (2, b"two"), (5, b"three")]
+
+
+def test_a_failed_fsync_is_never_retried_on_the_same_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from shard_server import storage
+    from shard_server.storage import CollectionStore, WalFailed
+
+    store = CollectionStore(tmp_path, SPEC, Storage(tmp_path / "root"))
+    store.log([(UPSERT, b"one")])
+    real_fsync = storage.os.fsync
+
+    def failing_once(fd: int) -> None:
+        monkeypatch.setattr(storage.os, "fsync", real_fsync)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(storage.os, "fsync", failing_once)
+    with pytest.raises(WalFailed, match="Input/output error"):
+        store.log([(UPSERT, b"maybe")])
+    store.log([(UPSERT, b"two")])
+    store.wal.close()
+    assert [(r.seq, r.payload) for r in Wal(tmp_path).replay(0)] == [(1, b"one"), (3, b"two")]
+    assert [p.name for p in store.wal.segments()] == ["wal-1.log", "wal-3.log"]
+
+    def failing(fd: int) -> None:  # and the cut fails too: nothing more is appended until a restart
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(storage.os, "fsync", failing)
+    with pytest.raises(WalFailed):
+        store.log([(UPSERT, b"lost")])
+    monkeypatch.setattr(storage.os, "fsync", real_fsync)
+    with pytest.raises(WalFailed, match="until the shard restarts"):
+        store.log([(UPSERT, b"refused")])
+    assert [(r.seq, r.payload) for r in Wal(tmp_path).replay(0)][-1] == (3, b"two")
+
+
+def test_a_collection_name_cannot_collide_with_the_stores_own_folders(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    for name in ("a.creating", "a", "a.tmp", "staging", "trash"):
+        store = storage.create(search_pb2.Collection(name=name, dim=4))
+        store.log([(UPSERT, name.encode())])
+        store.wal.close()
+    stores = Storage(tmp_path).existing()
+    assert sorted(s.spec.name for s in stores) == ["a", "a.creating", "a.tmp", "staging", "trash"]
+    for store in stores:
+        assert [r.payload for r in store.wal.replay(0)] == [store.spec.name.encode()]
+
+
+def test_interrupted_creates_and_drops_leave_nothing_behind(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    kept = storage.create(search_pb2.Collection(name="kept", dim=4))
+    dropped = storage.create(search_pb2.Collection(name="dropped", dim=4))
+    dropped.log([(UPSERT, b"x")])
+    # A drop that crashed after its rename (and before the delete); a create that crashed before its rename; a
+    # create of an older version ("c-<name>.creating" beside the collections).
+    (tmp_path / "trash" / "half").mkdir()
+    (tmp_path / "staging" / "half").mkdir()
+    old = tmp_path / "collections" / "c-x.creating"
+    old.mkdir()
+    (old / "spec.pb").write_bytes(search_pb2.Collection(name="x", dim=4).SerializeToString())
+    dropped.destroy()
+    assert [s.spec.name for s in Storage(tmp_path).existing()] == ["kept"]
+    assert not list((tmp_path / "trash").iterdir()) and not list((tmp_path / "staging").iterdir())
+    assert kept.folder.exists() and not old.exists()
+
+
+def test_names_with_a_trailing_newline_or_control_characters_are_refused() -> None:
+    from shardsearch import validation
+    from shardsearch.errors import InvalidArgument
+
+    for name in ("a\n", "a\x00", "a\tb", "", "x" * 129, "a/b"):
+        with pytest.raises(InvalidArgument, match="name"):
+            validation.check_collection(search_pb2.Collection(name=name, dim=4))
