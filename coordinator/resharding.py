@@ -68,7 +68,11 @@ class MoveMetrics:
 
 
 class Resharder:
-    def __init__(self, pool: ShardPool, router: Router, catalog: Catalog, metrics: MoveMetrics) -> None:
+    def __init__(self, pool: ShardPool, router: Router, catalog: Catalog, metrics: MoveMetrics,
+                 unverified_token: bool = False) -> None:
+        """`unverified_token`: this coordinator sends a shard token to the shards it dials without checking their
+        certificates against a CA of its own, so it must not dial an address a caller names (AddShard)."""
+        self._unverified_token = unverified_token
         self._pool = pool
         self._router = router
         self._catalog = catalog
@@ -100,6 +104,12 @@ class Resharder:
     async def add_shard(self, spec: admin_pb2.ShardSpec, timeout: float) -> admin_pb2.Topology:
         if not spec.name or not spec.addresses or not all(a.strip() for a in spec.addresses):
             raise InvalidArgument("shard: give the new shard's name and the address of each of its replicas")
+        if self._unverified_token:
+            raise FailedPrecondition(
+                "AddShard: this coordinator sends its shard token to every shard it dials and cannot check that "
+                f"{', '.join(spec.addresses)} is a shard of this cluster (no shard_tls_ca_file); set shard_tls_ca_file "
+                "(with the shards' certificates signed by that CA) to add shards, or list the shard in --shards"
+            )
         async with self._lock:
             layout = await self._idle_layout()
             if spec.name in layout.ring.shards:

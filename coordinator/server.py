@@ -102,7 +102,8 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
         ),
         encoders=encoders,
     )
-    resharder = Resharder(pool, router, catalog, MoveMetrics(registry))
+    resharder = Resharder(pool, router, catalog, MoveMetrics(registry),
+                          unverified_token=bool(config.shard_token_file) and not config.shard_tls_ca_file)
     admin = AdminServicer(pool, catalog, resharder, servicer.metrics)
     server = await grpcserver.start_server(
         f"{config.host}:{config.port}",

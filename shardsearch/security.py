@@ -50,19 +50,59 @@ def read_secret_file(path: str, what: str) -> bytes:
     return data
 
 
-def load_tokens(path: str) -> tuple[bytes, ...]:
-    """The tokens in a token file: one a line, surrounding whitespace and blank lines ignored (several: rotation)."""
-    tokens = []
+ROLES = ("read", "write", "admin")
+"""What a token may do, each role including the ones before it: read (searches, Get, ListIds, listing and
+describing collections), write (also Upsert and Delete), admin (also creating and dropping collections, and every
+AdminService call). Shard ports serve internal calls only: every ShardService method needs admin."""
+
+
+def _method_roles() -> dict[str, str]:
+    from shardsearch.v1 import admin_pb2, search_pb2
+
+    roles = {f"/shardsearch.v1.SearchService/{m.name}": "read"
+             for m in search_pb2.DESCRIPTOR.services_by_name["SearchService"].methods}
+    roles.update({f"/shardsearch.v1.SearchService/{name}": "write" for name in ("Upsert", "Delete")})
+    roles.update({f"/shardsearch.v1.SearchService/{name}": "admin" for name in ("CreateCollection", "DropCollection")})
+    roles.update({f"/shardsearch.v1.AdminService/{m.name}": "admin"
+                  for m in admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods})
+    return roles
+
+
+METHOD_ROLES = _method_roles()
+
+
+def required_role(method: str) -> str:
+    """The role a call of `method` (its full gRPC path) needs; admin for anything not listed."""
+    return METHOD_ROLES.get(method, "admin")
+
+
+def load_token_roles(path: str) -> tuple[tuple[bytes, str], ...]:
+    """The (token, role) pairs of a token file: a line is `<token> [read|write|admin]`, a token without a role is
+    admin (what every token could do before roles existed); blank lines and surrounding whitespace are ignored, and
+    several lines mean a rotation under way or several callers."""
+    entries = []
     for number, line in enumerate(read_secret_file(path, "token").splitlines(), 1):
-        token = line.strip()
-        if not token:
+        fields = line.split()
+        if not fields:
             continue
+        if len(fields) > 2:
+            raise SecurityConfigError(f"token file {path!r}, line {number}: expected '<token> [role]', got "
+                                      f"{len(fields)} fields (a token has no spaces)")
+        token = fields[0]
         if any(b < 0x21 or b > 0x7E for b in token):  # a header value: printable ASCII, no inner spaces
             raise SecurityConfigError(f"token file {path!r}, line {number}: a token must be printable ASCII, no spaces")
-        tokens.append(token)
-    if not tokens:
+        role = fields[1].decode("ascii", "replace") if len(fields) == 2 else "admin"
+        if role not in ROLES:
+            raise SecurityConfigError(f"token file {path!r}, line {number}: the role must be one of {', '.join(ROLES)}")
+        entries.append((token, role))
+    if not entries:
         raise SecurityConfigError(f"token file {path!r} holds no token")
-    return tuple(tokens)
+    return tuple(entries)
+
+
+def load_tokens(path: str) -> tuple[bytes, ...]:
+    """The tokens of a token file, without their roles (see load_token_roles)."""
+    return tuple(token for token, _ in load_token_roles(path))
 
 
 def server_credentials(
@@ -122,23 +162,26 @@ def client_factory_of(settings: Any, prefix: str) -> ChannelFactory:
 
 
 class AuthMetrics:
-    """`shardsearch_auth_failures_total{reason}`: calls refused for missing, malformed or invalid credentials."""
+    """`shardsearch_auth_failures_total{reason}`: calls refused for missing, malformed or invalid credentials, or
+    (reason `role`) for a token whose role does not allow the method."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.failures = Counter(
             "shardsearch_auth_failures", "Calls refused by token authentication, by reason.", ["reason"],
             registry=registry,
         )
-        for reason in ("missing", "malformed", "invalid"):
+        for reason in ("missing", "malformed", "invalid", "role"):
             self.failures.labels(reason)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Lets a call through only with `authorization: Bearer <t>` for an accepted t; exempt services pass as they are."""
+    """Lets a call through only with `authorization: Bearer <t>` for an accepted t whose role allows the method
+    (UNAUTHENTICATED without a valid token, PERMISSION_DENIED naming the role needed beyond its role); exempt services
+    pass as they are."""
 
-    def __init__(self, tokens: Iterable[bytes], metrics: AuthMetrics | None = None,
+    def __init__(self, tokens: Iterable[bytes | tuple[bytes, str]], metrics: AuthMetrics | None = None,
                  exempt: Sequence[str] = EXEMPT_SERVICES) -> None:
-        self._tokens = tuple(tokens)
+        self._tokens = tuple(t if isinstance(t, tuple) else (t, "admin") for t in tokens)
         if not self._tokens:
             raise SecurityConfigError("token authentication needs at least one token")
         self._metrics = metrics
@@ -146,10 +189,11 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
     @classmethod
     def from_file(cls, path: str, registry: CollectorRegistry | None = None) -> "TokenAuthInterceptor":
-        return cls(load_tokens(path), AuthMetrics(registry) if registry is not None else None)
+        return cls(load_token_roles(path), AuthMetrics(registry) if registry is not None else None)
 
     def check(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> tuple[str, str] | None:
-        """None if the call may go on, else (reason, message) for an UNAUTHENTICATED answer."""
+        """None if the call may go on, else (reason, message): reason `role` is PERMISSION_DENIED, the others
+        UNAUTHENTICATED."""
         if method.startswith(self._exempt):
             return None
         values = [value for key, value in metadata or () if key == AUTH_HEADER]
@@ -161,8 +205,14 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             return "malformed", MALFORMED_CREDENTIALS
         token = token.strip()
         # Every accepted token is compared, each in constant time: timing tells nothing about any of them.
-        if not any([hmac.compare_digest(token, accepted) for accepted in self._tokens]):
+        matches = [hmac.compare_digest(token, accepted) for accepted, _ in self._tokens]
+        if not any(matches):
             return "invalid", INVALID_TOKEN
+        role = self._tokens[matches.index(True)][1]
+        needed = required_role(method)
+        if ROLES.index(role) < ROLES.index(needed):
+            return "role", f"permission denied: {method.rsplit('/', 1)[-1]} needs a token with role {needed!r}; " \
+                           f"this token has role {role!r}"
         return None
 
     async def intercept_service(
@@ -176,13 +226,15 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         reason, message = refusal
         if self._metrics is not None:
             self._metrics.failures.labels(reason).inc()
+        code = grpc.StatusCode.PERMISSION_DENIED if reason == "role" else grpc.StatusCode.UNAUTHENTICATED
         # Refuse with a handler of the method's own kind, so a streaming call is answered like one.
-        return _refusal_handler(await continuation(handler_call_details), message)
+        return _refusal_handler(await continuation(handler_call_details), message, code)
 
 
-def _refusal_handler(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMethodHandler:
+def _refusal_handler(handler: grpc.RpcMethodHandler | None, message: str,
+                     code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED) -> grpc.RpcMethodHandler:
     async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     if handler is not None and handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse)

@@ -21,14 +21,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from shardsearch import cli, codec, security
 from shardsearch.local import LocalCluster
-from shardsearch.v1 import search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
+from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
 from tests.pki import Pki, make_pki
 
 DIM = 8
 CLIENT_TOKEN = f"client-{secrets.token_hex(16)}"
 OLD_CLIENT_TOKEN = f"old-{secrets.token_hex(16)}"
 SHARD_TOKEN = f"shard-{secrets.token_hex(16)}"
-SECRETS = (CLIENT_TOKEN, OLD_CLIENT_TOKEN, SHARD_TOKEN)
+READ_TOKEN = f"read-{secrets.token_hex(16)}"
+WRITE_TOKEN = f"write-{secrets.token_hex(16)}"
+SECRETS = (CLIENT_TOKEN, OLD_CLIENT_TOKEN, SHARD_TOKEN, READ_TOKEN, WRITE_TOKEN)
 
 
 @dataclass
@@ -65,7 +67,9 @@ class Secured:
 def secured(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Secured]:
     root = tmp_path_factory.mktemp("secured")
     pki = make_pki(root / "pki")
-    (root / "client-tokens").write_text(f"\n{OLD_CLIENT_TOKEN}\n  {CLIENT_TOKEN}  \n")  # two: a rotation under way
+    # Two bare tokens (admin: a rotation under way), and one each with the roles read and write.
+    (root / "client-tokens").write_text(
+        f"\n{OLD_CLIENT_TOKEN}\n  {CLIENT_TOKEN}  \n{READ_TOKEN} read\n{WRITE_TOKEN}   write\n")
     (root / "shard-tokens").write_text(f"{SHARD_TOKEN}\n")
     server_tls = ["--tls-cert-file", str(pki.server.cert), "--tls-key-file", str(pki.server.key)]
     shard_args = [
@@ -116,6 +120,68 @@ async def test_a_client_with_the_ca_and_a_token_can_write_and_search(secured: Se
         streamed = await stream.read()
         await stream.done_writing()
         assert streamed.request_id == "q" and streamed.response.hits[0].id == "id7"
+
+
+async def test_each_token_may_do_what_its_role_allows_and_no_more(secured: Secured) -> None:
+    vectors = np.random.default_rng(2).standard_normal((10, DIM)).astype(np.float32)
+    items = [search_pb2.Item(id=f"r{i}", vector_f32=codec.pack(v)) for i, v in enumerate(vectors)]
+    query = search_pb2.SearchRequest(collection="roles", vector_f32=codec.pack(vectors[0]), k=1)
+    async with secured.client(CLIENT_TOKEN) as channel:  # admin
+        await search_pb2_grpc.SearchServiceStub(channel).CreateCollection(
+            search_pb2.CreateCollectionRequest(name="roles", dim=DIM, metric=search_pb2.METRIC_L2), timeout=10)
+    async with secured.client(WRITE_TOKEN) as channel:
+        stub, admin = search_pb2_grpc.SearchServiceStub(channel), admin_pb2_grpc.AdminServiceStub(channel)
+        await stub.Upsert(search_pb2.UpsertRequest(collection="roles", items=items), timeout=10)
+        assert (await stub.Search(query, timeout=10)).hits[0].id == "r0"
+        denied = [
+            stub.DropCollection(search_pb2.DropCollectionRequest(name="roles"), timeout=5),
+            stub.CreateCollection(search_pb2.CreateCollectionRequest(name="x", dim=DIM), timeout=5),
+            admin.AddShard(admin_pb2.AddShardRequest(shard=admin_pb2.ShardSpec(
+                name="evil", addresses=["127.0.0.1:1"])), timeout=5),
+            admin.RemoveShard(admin_pb2.RemoveShardRequest(name="shard-0"), timeout=5),
+            admin.Retrain(admin_pb2.RetrainRequest(collection="roles"), timeout=5),
+        ]
+        for call in denied:
+            err = await refused(call)
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "needs a token with role 'admin'" in \
+                err.details() and "role 'write'" in err.details()
+    async with secured.client(READ_TOKEN) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        assert (await stub.Search(query, timeout=10)).hits[0].id == "r0"
+        assert len((await stub.Get(search_pb2.GetRequest(collection="roles", ids=["r1"]), timeout=10)).items) == 1
+        await stub.ListIds(search_pb2.ListIdsRequest(collection="roles"), timeout=10)
+        await stub.DescribeCollection(search_pb2.DescribeCollectionRequest(name="roles"), timeout=10)
+        for call in (stub.Upsert(search_pb2.UpsertRequest(collection="roles", items=items[:1]), timeout=5),
+                     stub.Delete(search_pb2.DeleteRequest(collection="roles", ids=["r1"]), timeout=5)):
+            err = await refused(call)
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "needs a token with role 'write'" in err.details()
+        err = await refused(stub.DropCollection(search_pb2.DropCollectionRequest(name="roles"), timeout=5))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        stream = stub.StreamSearch()  # a read: streams are searches too
+        await stream.write(query)
+        assert (await stream.read()).response.hits[0].id == "r0"
+        await stream.done_writing()
+    async with secured.client(READ_TOKEN) as channel:
+        assert len((await search_pb2_grpc.SearchServiceStub(channel).Get(
+            search_pb2.GetRequest(collection="roles", ids=["r1"]), timeout=10)).items) == 1  # the delete never ran
+
+
+def test_a_coordinator_never_sends_its_shard_token_to_a_shard_it_cannot_verify(tmp_path: Path) -> None:
+    """Plaintext to the shards with a shard token: AddShard would hand the token (and a share of every collection)
+    to any address a caller names, so it is refused; shards listed in the flags still work."""
+    tokens = tmp_path / "shard-tokens"
+    tokens.write_text(f"{SHARD_TOKEN}\n")
+    with LocalCluster(shards=1, durable=False, shard_args=["--auth-token-file", str(tokens)],
+                      coordinator_args=["--shard-token-file", str(tokens)]) as cluster:
+        with grpc.insecure_channel(cluster.address) as channel:
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                admin.AddShard(admin_pb2.AddShardRequest(shard=admin_pb2.ShardSpec(
+                    name="shard-9", addresses=["127.0.0.1:1"])), timeout=10)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "shard_tls_ca_file" in err.value.details() and SHARD_TOKEN not in err.value.details()
+            assert len(admin.GetTopology(admin_pb2.GetTopologyRequest(), timeout=10).shards) == 1
+            search_pb2_grpc.SearchServiceStub(channel).ListCollections(search_pb2.ListCollectionsRequest(), timeout=10)
 
 
 @pytest.fixture(scope="module")

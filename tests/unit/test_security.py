@@ -209,3 +209,38 @@ async def test_every_call_kind_needs_the_token_and_health_does_not(tmp_path: Pat
             await channel.close()
     finally:
         await server.stop(0)
+
+
+def test_token_lines_carry_roles_and_a_bare_token_is_admin(tmp_path: Path) -> None:
+    path = write(tmp_path, f"{TOKEN} read\n{OLD_TOKEN}\n  writer-token   write \n")
+    assert security.load_token_roles(path) == (
+        (TOKEN.encode(), "read"), (OLD_TOKEN.encode(), "admin"), (b"writer-token", "write"))
+    for text in (f"{TOKEN} reader\n", f"{TOKEN} read extra\n"):
+        with pytest.raises(SecurityConfigError, match="line 1") as err:
+            security.load_token_roles(write(tmp_path, text))
+        assert TOKEN not in str(err.value)
+
+
+@pytest.mark.parametrize("role, method, allowed", [
+    ("read", "/shardsearch.v1.SearchService/Search", True),
+    ("read", "/shardsearch.v1.SearchService/StreamSearch", True),
+    ("read", "/shardsearch.v1.SearchService/ListIds", True),
+    ("read", "/shardsearch.v1.SearchService/DescribeCollection", True),
+    ("read", "/shardsearch.v1.SearchService/Upsert", False),
+    ("write", "/shardsearch.v1.SearchService/Upsert", True),
+    ("write", "/shardsearch.v1.SearchService/Delete", True),
+    ("write", "/shardsearch.v1.SearchService/DropCollection", False),
+    ("write", "/shardsearch.v1.AdminService/AddShard", False),
+    ("write", "/shardsearch.v1.AdminService/GetTopology", False),
+    ("admin", "/shardsearch.v1.AdminService/AddShard", True),
+    ("admin", "/shardsearch.v1.SearchService/CreateCollection", True),
+    ("write", "/shardsearch.v1.ShardService/Upsert", False),  # shard ports: internal calls need admin
+    ("admin", "/shardsearch.v1.ShardService/Upsert", True),
+])
+def test_a_call_beyond_its_tokens_role_is_denied_naming_the_role_it_needs(role: str, method: str, allowed: bool) -> None:
+    check = TokenAuthInterceptor([(TOKEN.encode(), role)]).check(method, (("authorization", f"Bearer {TOKEN}"),))
+    if allowed:
+        assert check is None
+    else:
+        assert check is not None and check[0] == "role"
+        assert f"needs a token with role '{security.required_role(method)}'" in check[1] and TOKEN not in check[1]
