@@ -48,9 +48,16 @@ class ShardConfig(
     """Where the write-ahead log and snapshots live; empty keeps everything in memory (lost on restart)."""
     snapshot_wal_bytes: int = 256 * 1024 * 1024
     """Snapshot a collection once its log has grown this much since the last snapshot (recovery replays less)."""
+    delete_retention_s: float = 7 * 24 * 3600.0
+    """How long delete markers are kept (they stop an older copy of a deleted item coming back from a peer). A
+    replica whose data directory was last alive longer ago than this re-seeds every collection from its peers at
+    start-up instead of rejoining with what it holds (its deleted items may have no marker left anywhere)."""
     peers: tuple[str, ...] = ()
     """Addresses of the other replicas of this shard. With peers, the shard catches up from them at start-up (and
     when a coordinator asks) before it serves reads."""
+    anti_entropy_s: float = 60.0
+    """With peers: compare checksums with each peer this often and pull what differs (0 = off); repairs what a
+    fence cannot (a coordinator that died before its Resync landed, a write cancelled mid-way)."""
     catch_up_wait_s: float = 30.0
     """How long a catch-up keeps trying unreachable peers before serving reads from the local data alone."""
     peer_pattern: str = ""

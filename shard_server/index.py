@@ -55,6 +55,9 @@ class SearchResult:
 
 
 class Collection:
+    marker_retention_ns: int = DELETE_MARKER_RETENTION_NS
+    """How long delete markers are kept (snapshots drop older ones); the shard sets it from --delete-retention-s."""
+
     def __init__(self, spec: search_pb2.Collection, use_gpu: bool = False) -> None:
         self.spec = spec
         self.dim = spec.dim
@@ -711,7 +714,7 @@ class Collection:
             meta = np.array([upto, self._ivf_upto, self._trained_on], dtype=np.int64)
             vecs = self._vecs
             versions = self._ver[labels]
-            horizon = time.time_ns() - DELETE_MARKER_RETENTION_NS
+            horizon = time.time_ns() - self.marker_retention_ns
             self._deleted = {i: v for i, v in self._deleted.items() if v > horizon}
             deleted = list(self._deleted.items())
         ids = [self._id_of[label].encode() for label in labels.tolist()]

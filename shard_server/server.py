@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from shard_server import device
+from shard_server.antientropy import AntiEntropy, AntiEntropyMetrics
 from shard_server.config import ShardConfig
+from shard_server.index import Collection
 from shard_server.maintenance import Maintenance
 from shard_server.replication import Replication, ReplicationMetrics
 from shard_server.servicer import ShardMetrics, ShardServicer
@@ -43,8 +46,14 @@ class RunningShard:
     maintenance: Maintenance
     metrics_port: int
     replication: Replication | None = None
+    heartbeat: asyncio.Task[None] | None = None
+    anti_entropy: AntiEntropy | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+        if self.anti_entropy is not None:
+            await self.anti_entropy.close()
         if self.replication is not None:
             await self.replication.close()
         await self.server.stop(grace)
@@ -73,7 +82,8 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
     if storage is None:
         logger.warning("shard %s has no --data-dir: its data lives in memory only and is lost on restart", config.name)
     else:
-        await asyncio.get_running_loop().run_in_executor(executor, servicer.recover, bool(config.peers))
+        stale = stale_reason(storage, config)
+        await asyncio.get_running_loop().run_in_executor(executor, servicer.recover, bool(config.peers), stale)
     servicer.catching_up = bool(config.peers)  # no read is served before the first catch-up
     port_security = security.ServerSecurity.from_config(config, registry)
     server = await grpcserver.start_server(
@@ -91,6 +101,7 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
         config.name, config.host, server.port, metrics_port, config.omp_threads or "default", device.build(use_gpu),
     )
     replication = None
+    anti_entropy = None
     if config.peers:
         peer_channels = security.client_factory_of(config, "peer_")
         logger.info("calls to the peers (%s): %s", ", ".join(config.peers), peer_channels.description)
@@ -99,9 +110,41 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
             server.set_serving,
         )
         replication.request("start-up")
+        anti_entropy = AntiEntropy(servicer, config.peers, peer_channels, config.anti_entropy_s,
+                                   AntiEntropyMetrics(registry))
+        anti_entropy.start()
     if config.port_file:
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
-    return RunningShard(server, servicer, executor, maintenance, metrics_port, replication)
+    heartbeat = asyncio.create_task(_heartbeat(storage, executor, config)) if storage is not None else None
+    return RunningShard(server, servicer, executor, maintenance, metrics_port, replication, heartbeat, anti_entropy)
+
+
+def stale_reason(storage: Storage, config: ShardConfig) -> str:
+    """Why this data directory must not rejoin as it is ("" if it may): the shard was down longer than the delete
+    markers are kept, so an item deleted meanwhile may have no marker left on any peer to keep it deleted here."""
+    Collection.marker_retention_ns = int(config.delete_retention_s * 1e9)
+    last = storage.last_alive()
+    storage.mark_alive()
+    if last is None or time.time() - last <= config.delete_retention_s:
+        return ""
+    reason = (f"this replica was last up {time.time() - last:.0f}s ago, longer than the delete-marker retention "
+              f"({config.delete_retention_s:.0f}s, --delete-retention-s): items deleted meanwhile could come back")
+    if not config.peers:
+        logger.warning("%s; it has no peers, so it serves its own data (there is no newer copy to take)", reason)
+        return ""
+    return reason
+
+
+async def _heartbeat(storage: Storage, executor: ThreadPoolExecutor, config: ShardConfig) -> None:
+    """Keeps `alive` in the data directory current (see stale_reason)."""
+    period = min(60.0, config.delete_retention_s / 10)
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await loop.run_in_executor(executor, storage.mark_alive)
+        except OSError as exc:
+            logger.warning("could not record the heartbeat in %s: %s", storage.alive_path, exc.strerror or exc)
 
 
 

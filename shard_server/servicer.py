@@ -148,6 +148,11 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    run = _run  # for the replication parts (catch-up, anti-entropy): FAISS and numpy work off the event loop
+
+    def collection_names(self) -> list[str]:
+        return list(self._collections)
+
     def _collection(self, name: str, read: bool = False) -> Collection:
         self._writer.check_intact(name)
         if read and self.catching_up:
@@ -267,7 +272,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         remaining = context.time_remaining()
         return DEFAULT_TIMEOUT_S if remaining is None else remaining
 
-    def recover(self, reseed: bool = False) -> None:
+    def recover(self, reseed: bool = False, stale: str = "") -> None:
         """Loads the ring layout and the collections kept in the data directory (before serving); items of ids the
         layout gives to other shards (replayed from the log after a move dropped them) are dropped again."""
         if self._topology_path is not None and self._topology_path.exists():
@@ -275,7 +280,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             self.topology_version = self.topology.topology.version
             logger.info("ring layout %d (this shard is %s on it)", self.topology_version, self.topology.shard)
         keep = self._keep()
-        for coll in self._writer.recover(self._use_gpu, reseed):
+        for coll in self._writer.recover(self._use_gpu, reseed, stale):
             self._collections[coll.spec.name] = coll
             dropped = coll.set_keep(keep)
             if dropped:

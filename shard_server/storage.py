@@ -8,6 +8,7 @@ Layout under the shard's data directory::
     staging/<random>/                         a collection being created (renamed into collections/ when complete)
     trash/<random>/                           a dropped collection being deleted (renamed out of collections/ first)
     damaged/<name>-<unix ms>/                 a damaged collection set aside while it is re-seeded from a peer
+    alive                                     when the shard was last up (a heartbeat, see Storage.last_alive)
 
 Only complete collections live under collections/, and a folder there is one only if its spec names it, so no
 collection name can collide with anything the store writes, and a create or a drop cut short by a crash leaves
@@ -288,6 +289,24 @@ class Storage:
         self.root = root
         for sub in ("collections", "staging", "trash"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def alive_path(self) -> Path:
+        return self.root / "alive"
+
+    def mark_alive(self) -> None:
+        """Records that this shard is up now (see last_alive)."""
+        write_atomically(self.alive_path, str(time.time_ns()).encode())
+
+    def last_alive(self) -> float | None:
+        """When the shard that used this directory was last up (unix seconds): its heartbeat file, else the newest
+        file in it (a directory from before heartbeats); None for an empty directory."""
+        try:
+            return int(self.alive_path.read_bytes()) / 1e9
+        except (OSError, ValueError):
+            pass
+        times = [p.stat().st_mtime for p in self.root.rglob("*") if p.is_file()]
+        return max(times) if times else None
 
     def folder(self, name: str) -> Path:
         return self.root / "collections" / f"c-{name}"  # the prefix keeps names like ".." inside

@@ -105,28 +105,38 @@ class Writer:
         if store is not None:
             await self._run(store.destroy)
 
-    def recover(self, use_gpu: bool, reseed: bool = False) -> list[Collection]:
+    def recover(self, use_gpu: bool, reseed: bool = False, stale: str = "") -> list[Collection]:
         """Loads every collection from its snapshot and log (blocking; call before serving).
 
         A collection whose log is damaged (see storage.CorruptLog) is not served from what survived: with `reseed`
         (the shard has peers) its folder is set aside and it comes back empty, to be copied from a peer; without,
-        it stays on disk untouched and every call to it is DATA_LOSS (in `self.damaged`)."""
+        it stays on disk untouched and every call to it is DATA_LOSS (in `self.damaged`). With `stale` (why this
+        replica's data cannot rejoin as it is) and `reseed`, every collection is set aside and re-seeded."""
         if self.storage is None:
             return []
         collections = []
         for store in self.storage.existing():
             started = time.perf_counter()
-            try:
-                coll, after, replayed = _load(store, use_gpu)
-            except CorruptLog as exc:
-                store.wal.close()
-                if not reseed:
-                    logger.error("collection %s NOT served: its log is damaged: %s", store.spec.name, exc)
-                    self.damaged[store.spec.name] = (store, str(exc))
-                    continue
-                aside = store.set_aside()
-                logger.error("collection %s: its log is damaged (%s); set aside as %s, re-seeding from the peers",
-                             store.spec.name, exc, aside)
+            why = stale if reseed else ""
+            coll: Collection | None = None
+            if not why:
+                try:
+                    coll, after, replayed = _load(store, use_gpu)
+                except CorruptLog as exc:
+                    store.wal.close()
+                    if not reseed:
+                        logger.error("collection %s NOT served: its log is damaged: %s", store.spec.name, exc)
+                        self.damaged[store.spec.name] = (store, str(exc))
+                        continue
+                    why = f"its log is damaged ({exc})"
+            if coll is None:
+                if stale:  # nothing to inspect: the peers hold everything newer
+                    store.destroy()
+                    logger.warning("collection %s: %s; dropped here, re-seeding from the peers", store.spec.name, why)
+                else:
+                    aside = store.set_aside()
+                    logger.error("collection %s: %s; set aside as %s, re-seeding from the peers", store.spec.name, why,
+                                 aside)
                 store = self.storage.create(store.spec)
                 coll, after, replayed = Collection(store.spec, use_gpu=use_gpu), 0, 0
                 self.reseeding.add(store.spec.name)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +20,7 @@ import pytest
 from shardsearch import codec
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
-from tests.integration.conftest import connect, create, retry_until_ok, upsert
+from tests.integration.conftest import connect, create, retry_until_ok, upsert, wait_until
 
 DIM = 32
 N = 1000
@@ -190,3 +191,26 @@ def test_a_full_disk_fails_writes_cleanly_and_loses_nothing_acknowledged() -> No
             lambda: stub.Get(search_pb2.GetRequest(collection="main", ids=asked[lo : lo + 5000]))).items]
         assert sorted(item.id for item in found) == want
         assert all(np.array_equal(codec.unpack(item.vector_f32, DIM)[0], acked[item.id]) for item in found)
+
+
+def test_a_replica_down_longer_than_the_delete_retention_reseeds_instead_of_bringing_deletes_back() -> None:
+    """Replica B misses a delete; by the time it returns, A's snapshot has dropped the marker (retention 2 s here,
+    7 days by default). B must not rejoin with the deleted item: it re-seeds from A."""
+    retention = ["--delete-retention-s", "2", "--snapshot-wal-bytes", "20000"]
+    with LocalCluster(shards=1, replicas=2, shard_args=retention) as cluster:
+        stub = connect(cluster)
+        create(stub, "kept", DIM)
+        ids, vectors = items(300)
+        upsert(stub, "kept", ids[:100], vectors[:100])
+        a, b = cluster.replica(0, 0), cluster.replica(0, 1)
+        b.stop()
+        stub.Delete(search_pb2.DeleteRequest(collection="kept", ids=["id5"]))  # acknowledged by A alone
+        time.sleep(2.5)  # the marker is now past its retention
+        upsert(stub, "kept", ids[100:], vectors[100:], batch=20)  # A's log grows: a snapshot drops the marker
+        wait_until(lambda: "snapshot at" in a.log_path.read_text(), "a snapshot on replica A")
+        cluster._restart(b, 30.0)
+        with grpc.insecure_channel(b.address) as channel:
+            held = shard_pb2_grpc.ShardServiceStub(channel).Get(shard_pb2.ShardGetRequest(collection="kept", ids=ids))
+        assert "id5" not in held.ids
+        assert sorted(held.ids) == sorted(set(ids) - {"id5"})
+        assert "longer than the delete-marker retention" in b.log_path.read_text()

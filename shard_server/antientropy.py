@@ -1,0 +1,153 @@
+"""Anti-entropy: replicas compare per-bucket checksums with their peers periodically and pull what differs.
+
+Coordinators fence a replica that missed a write and ask it to catch up, but that fence lives in one coordinator's
+memory: if it dies first, or the client cancelled mid-write, or the replica applied nothing because its disk was
+full, the replica would serve without the write for ever. So every replica with peers also repairs on its own:
+every `interval_s` (jittered), for each collection both hold, it asks each peer for the 64 bucket checksums of this
+shard's share (count and sum of (id, version, vector) hashes: the same checksums a shard move verifies with) and,
+for the buckets that differ, streams the peer's items and delete markers in those buckets and applies them as
+versioned writes through the log. A version only replaces an older one, so pulling never loses anything, and as
+both sides pull from each other they converge on the newest acknowledged write of every id, whichever coordinator
+sent it. Collections only one side holds are left alone (pulling one back could undo a drop), and nothing runs
+while this replica is catching up or its ring layout differs from the peer's (a move re-copies ranges itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Callable, Sequence
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter
+
+from shard_server.index import Collection
+from shard_server.servicer import ShardServicer
+from shardsearch import codec, logs, topology
+from shardsearch.errors import ShardSearchError
+from shardsearch.v1 import shard_pb2, shard_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+APPLY_TIMEOUT_S = 120.0
+CALL_TIMEOUT_S = 30.0
+
+
+class AntiEntropyMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rounds = Counter(
+            "shardsearch_shard_anti_entropy_rounds", "Comparisons of a collection with a peer, by result "
+            "(same, repaired, skipped: the peer could not compare).", ["result"], registry=registry,
+        )
+        self.buckets = Counter(
+            "shardsearch_shard_anti_entropy_buckets", "Checksum buckets that differed from a peer's (each pulled).",
+            registry=registry,
+        )
+        self.items = Counter(
+            "shardsearch_shard_anti_entropy_items", "Items and delete markers pulled from peers by anti-entropy.",
+            registry=registry,
+        )
+        for result in ("same", "repaired", "skipped"):
+            self.rounds.labels(result)
+
+
+class AntiEntropy:
+    def __init__(
+        self, servicer: ShardServicer, peers: Sequence[str], connect: Callable[[str], grpc.aio.Channel],
+        interval_s: float, metrics: AntiEntropyMetrics,
+    ) -> None:
+        self._servicer = servicer
+        self._peers = list(peers)
+        self._connect = connect
+        self._interval_s = interval_s
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._interval_s > 0 and self._peers:
+            self._task = asyncio.create_task(self._loop(), name="anti-entropy")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s * random.uniform(0.75, 1.25))
+            if self._servicer.catching_up:
+                continue
+            logs.bind_request_id("anti-entropy-" + logs.new_request_id())
+            for peer in self._peers:
+                try:
+                    await self.compare(peer)
+                except (grpc.aio.AioRpcError, OSError, ShardSearchError) as exc:
+                    code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                    logger.debug("anti-entropy with %s skipped (%s)", peer, code)
+                    self._metrics.rounds.labels("skipped").inc()
+
+    def _own_share(self) -> shard_pb2.RingSelection | None:
+        """This shard's share of the ring (all ids when no layout is stored yet); None during a move (which copies
+        and verifies its ranges itself)."""
+        stored = self._servicer.topology
+        if not (stored.topology.shards and stored.shard):
+            return shard_pb2.RingSelection(ring=[self._servicer.name], owners=[self._servicer.name])
+        layout = topology.Layout.of(stored.topology)
+        return None if layout.moving else topology.selection(layout.ring, [stored.shard])
+
+    async def compare(self, peer: str) -> int:
+        """One round against `peer`: returns the number of items and markers pulled."""
+        servicer = self._servicer
+        if self._own_share() is None:
+            return 0
+        pulled = 0
+        async with self._connect(peer) as channel:
+            stub = shard_pb2_grpc.ShardServiceStub(channel)
+            for name in sorted(servicer.collection_names()):
+                coll = servicer.get_collection(name)
+                if coll is None:
+                    continue
+                share = self._own_share()
+                if share is None:
+                    return pulled
+                try:
+                    theirs = await stub.Checksum(shard_pb2.ShardChecksumRequest(
+                        collection=name, select=share, topology_version=servicer.topology_version,
+                    ), timeout=CALL_TIMEOUT_S, metadata=logs.outgoing_metadata())
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ABORTED,
+                                      grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS):
+                        self._metrics.rounds.labels("skipped").inc()  # missing there, another layout, catching up
+                        continue
+                    raise
+                counts, sums = await servicer.run(coll.checksum, topology.Selector(share).mask)
+                differ = [b for b in range(topology.BUCKETS)
+                          if (int(counts[b]), int(sums[b])) != (theirs.counts[b], theirs.sums[b])]
+                if not differ:
+                    self._metrics.rounds.labels("same").inc()
+                    continue
+                self._metrics.rounds.labels("repaired").inc()
+                self._metrics.buckets.inc(len(differ))
+                share.buckets.extend(differ)
+                got = await self._pull(stub, coll, share)
+                pulled += got
+                logger.info("anti-entropy: collection %s differed from %s in %d buckets; pulled %d items and markers",
+                            name, peer, len(differ), got)
+        return pulled
+
+    async def _pull(self, stub: shard_pb2_grpc.ShardServiceStub, coll: Collection,
+                    share: shard_pb2.RingSelection) -> int:
+        pulled = 0
+        export = stub.ExportCollection(shard_pb2.ShardExportRequest(collection=coll.spec.name, select=share),
+                                       metadata=logs.outgoing_metadata())
+        async for chunk in export:
+            if chunk.HasField("items"):
+                codec.unpack(chunk.items.vectors_f32, coll.dim)  # a malformed chunk fails here, not in the log
+                await self._servicer.upsert(coll, chunk.items, APPLY_TIMEOUT_S)
+                pulled += len(chunk.items.ids)
+            elif chunk.HasField("deletes"):
+                await self._servicer.delete(coll, chunk.deletes, APPLY_TIMEOUT_S)
+                pulled += len(chunk.deletes.ids)
+        self._metrics.items.inc(pulled)
+        return pulled
