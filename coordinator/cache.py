@@ -219,6 +219,8 @@ class RedisCache(ResultCache):
             except Exception as exc:
                 logger.debug("result cache still unavailable: %r", exc)
                 continue
+            if self._unapplied:  # an invalidation failed while this round was awaiting Redis: apply it first
+                continue
             self.available = True
             self.metrics.up.set(1)
             logger.info("result cache back on")

@@ -93,6 +93,12 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
         BatchMetrics(registry, "shardsearch_coordinator"), BatchMetrics(registry, "shardsearch_coordinator_cache_lookup"),
         result_cache,
     )
+    if result_cache is not None:
+        async def invalidate_again(collections: set[str]) -> None:
+            for collection in sorted(collections):
+                await result_cache.invalidate(collection)
+
+        pool.on_resynced = invalidate_again
     encoders = await start_encoders(config, registry)
     servicer = SearchServicer(
         pool, router, catalog, searcher, executor, RpcMetrics(registry, "shardsearch_coordinator"),

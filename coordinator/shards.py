@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -50,6 +50,9 @@ class Replica:
     fenced: bool = False
     """Missed a write that another replica applied: no reads from it until it has accepted a Resync."""
     missed_version: int = 0
+    missed_collections: set[str] = field(default_factory=set)
+    """Collections it missed writes to: their cached answers are invalidated again once it has accepted a resync
+    (another coordinator, not knowing of the fence, may have cached an answer this replica gave meanwhile)."""
     owner: "Shard | None" = None
     stream: SearchStream | None = None
     """Searches go over this long-lived stream (see coordinator.streams) while the replica supports it."""
@@ -134,6 +137,8 @@ class ShardPool:
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._retired: list[Shard] = []
+        self.on_resynced: Callable[[set[str]], Awaitable[None]] | None = None
+        """Awaited with the collections a fenced replica missed writes to, once it has accepted a resync."""
 
     def _shard(self, name: str, addresses: Sequence[str]) -> Shard:
         replicas = [
@@ -314,6 +319,8 @@ class ShardPool:
         if applied and missed:
             for outcome in missed:
                 assert outcome.replica is not None and outcome.error is not None
+                collection = getattr(request, "collection", "") or getattr(request, "name", "")
+                outcome.replica.missed_collections.add(collection)
                 self._fence(outcome.replica, version or self._clock(),
                             f"missed {method} (replica {outcome.replica.index}: {outcome.error.code.name})")
         n = len(shard.replicas)
@@ -370,6 +377,9 @@ class ShardPool:
                 self._update_fenced(replica.shard)
                 logger.info("replica %s of %s accepted a resync; reads resume once it has caught up",
                             replica.index, replica.shard)
+                missed, replica.missed_collections = replica.missed_collections, set()
+                if self.on_resynced is not None:
+                    await self.on_resynced(missed - {""})
                 return
 
     def _update_fenced(self, shard: str) -> None:

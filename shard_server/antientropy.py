@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Callable, Sequence
 
 import grpc
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 APPLY_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 30.0
+REPAIR_WAIT_S = 10.0
 
 
 class AntiEntropyMetrics:
@@ -52,6 +54,40 @@ class AntiEntropyMetrics:
             self.rounds.labels(result)
 
 
+class StallWatch:
+    """Notices that this process was paused (SIGSTOP, a frozen VM, a stalled event loop): a replica that was away
+    may have missed writes that the coordinators acknowledged meanwhile, and the coordinator that knows may not be
+    able to say so in time. `check()` runs on every read, so the first read after a pause already sees it."""
+
+    TICK_S = 0.1
+
+    def __init__(self, threshold_s: float, on_stall: Callable[[float], None]) -> None:
+        self._threshold_s = threshold_s
+        self._on_stall = on_stall
+        self._last = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._threshold_s > 0:
+            self._task = asyncio.create_task(self._tick(), name="stall watch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        gap, self._last = now - self._last, now
+        if self._task is not None and gap > self._threshold_s:
+            self._on_stall(gap)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.TICK_S)
+            self.check()
+
+
 class AntiEntropy:
     def __init__(
         self, servicer: ShardServicer, peers: Sequence[str], connect: Callable[[str], grpc.aio.Channel],
@@ -63,15 +99,47 @@ class AntiEntropy:
         self._interval_s = interval_s
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
+        self._repair: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._interval_s > 0 and self._peers:
             self._task = asyncio.create_task(self._loop(), name="anti-entropy")
 
+    def stalled(self, gap_s: float) -> None:
+        """This replica was paused for `gap_s`: it refuses reads until one round with a peer has repaired it (or
+        no peer could be reached for `REPAIR_WAIT_S`)."""
+        if self._repair is not None and not self._repair.done():
+            return
+        self._servicer.repairing = True
+        logger.warning("replica %s was paused for %.1fs: refusing reads until it has compared with a peer",
+                       self._servicer.name, gap_s)
+        self._repair = asyncio.create_task(self._repair_after_stall(), name="repair after a stall")
+
+    async def _repair_after_stall(self) -> None:
+        logs.bind_request_id("stall-repair-" + logs.new_request_id())
+        deadline = time.monotonic() + REPAIR_WAIT_S
+        try:
+            while time.monotonic() < deadline:
+                for peer in self._peers:
+                    try:
+                        pulled = await self.compare(peer)
+                    except (grpc.aio.AioRpcError, OSError, ShardSearchError) as exc:
+                        logger.info("repair from %s failed (%s); trying the next peer", peer, exc)
+                        continue
+                    logger.info("replica %s compared with %s after a pause (%d pulled); serving reads again",
+                                self._servicer.name, peer, pulled)
+                    return
+                await asyncio.sleep(0.2)
+            logger.warning("replica %s: no peer answered in %.0fs after a pause; serving its own data",
+                           self._servicer.name, REPAIR_WAIT_S)
+        finally:
+            self._servicer.repairing = False
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._repair):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _loop(self) -> None:
         while True:

@@ -58,6 +58,9 @@ class ShardConfig(
     anti_entropy_s: float = 60.0
     """With peers: compare checksums with each peer this often and pull what differs (0 = off); repairs what a
     fence cannot (a coordinator that died before its Resync landed, a write cancelled mid-way)."""
+    stall_repair_s: float = 2.0
+    """With peers: a replica whose process was paused longer than this (SIGSTOP, a frozen VM) refuses reads until
+    it has compared checksums with a peer and pulled what it missed (0 = off)."""
     catch_up_wait_s: float = 30.0
     """How long a catch-up keeps trying unreachable peers before serving reads from the local data alone."""
     peer_pattern: str = ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from shard_server import device
-from shard_server.antientropy import AntiEntropy, AntiEntropyMetrics
+from shard_server.antientropy import AntiEntropy, AntiEntropyMetrics, StallWatch
 from shard_server.config import ShardConfig
 from shard_server.index import Collection
 from shard_server.maintenance import Maintenance
@@ -48,10 +48,13 @@ class RunningShard:
     replication: Replication | None = None
     heartbeat: asyncio.Task[None] | None = None
     anti_entropy: AntiEntropy | None = None
+    stall_watch: StallWatch | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.heartbeat is not None:
             self.heartbeat.cancel()
+        if self.stall_watch is not None:
+            await self.stall_watch.close()
         if self.anti_entropy is not None:
             await self.anti_entropy.close()
         if self.replication is not None:
@@ -101,7 +104,7 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
         config.name, config.host, server.port, metrics_port, config.omp_threads or "default", device.build(use_gpu),
     )
     replication = None
-    anti_entropy = None
+    anti_entropy = stall_watch = None
     if config.peers:
         peer_channels = security.client_factory_of(config, "peer_")
         logger.info("calls to the peers (%s): %s", ", ".join(config.peers), peer_channels.description)
@@ -113,10 +116,14 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
         anti_entropy = AntiEntropy(servicer, config.peers, peer_channels, config.anti_entropy_s,
                                    AntiEntropyMetrics(registry))
         anti_entropy.start()
+        stall_watch = StallWatch(config.stall_repair_s, anti_entropy.stalled)
+        servicer.on_read = stall_watch.check
+        stall_watch.start()
     if config.port_file:
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
     heartbeat = asyncio.create_task(_heartbeat(storage, executor, config)) if storage is not None else None
-    return RunningShard(server, servicer, executor, maintenance, metrics_port, replication, heartbeat, anti_entropy)
+    return RunningShard(server, servicer, executor, maintenance, metrics_port, replication, heartbeat, anti_entropy,
+                        stall_watch)
 
 
 def stale_reason(storage: Storage, config: ShardConfig) -> str:

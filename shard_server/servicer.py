@@ -131,6 +131,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self.catching_up = False
         """While set, reads are refused (UNAVAILABLE) so callers use another replica; writes are still applied."""
         self.on_resync: Callable[[str, int], None] | None = None
+        self.on_read: Callable[[], None] = lambda: None
+        self.repairing = False
+        """After a pause (see antientropy.StallWatch): reads are refused until a peer has been compared."""
         self.clock = HybridClock()
         self._executor = executor
         self._writer = writer
@@ -155,6 +158,11 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     def _collection(self, name: str, read: bool = False) -> Collection:
         self._writer.check_intact(name)
+        if read:
+            self.on_read()  # notices a pause before the first read after it is answered
+        if read and self.repairing:
+            raise Unavailable(f"replica {self.name} was paused and is comparing with its peers; read from another "
+                              "replica")
         if read and self.catching_up:
             raise Unavailable(f"replica {self.name} is catching up from its peers; read from another replica")
         if read and name in self._writer.reseeding:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import time
 from typing import Iterator
 
 import grpc
@@ -178,3 +180,83 @@ def test_without_redis_a_single_coordinator_uses_its_own_lru() -> None:
         fresh = search(stub, query)
         assert not fresh.cached and ids(fresh)[0] == "closest" and ids(fresh) == model.top(query)
         assert value(cluster.coordinator, "shardsearch_coordinator_cache_lookups_total", result="hit") == 1
+
+
+async def test_the_cache_stays_off_while_an_invalidation_that_failed_during_recovery_is_unapplied(
+    redis_server: RedisServer,
+) -> None:
+    """The recovery round pings Redis; an invalidation that fails while it waits must be applied before the cache is
+    used again (else this coordinator could read entries older than its own acknowledged write)."""
+    from prometheus_client import CollectorRegistry
+
+    from coordinator import cache as cache_module
+
+    cache = cache_module.RedisCache(cache_module.CacheMetrics(CollectorRegistry()), redis_server.url, ttl_s=60,
+                                    timeout_s=0.5, retry_s=0.01)
+    try:
+        await cache.lookup("c", ["k"])  # the first use sets the collection's token
+        token = (await cache.lookup("c", ["k"])).token
+        assert token is not None
+        cache._trip("lookup", RuntimeError("made unavailable by the test"))
+        real_ping = cache._redis.ping
+
+        async def ping_while_an_invalidation_fails() -> bool:
+            cache._unapplied.add("c")  # what invalidate() records when Redis times out meanwhile
+            cache._redis.ping = real_ping  # type: ignore[method-assign]
+            return bool(await real_ping())
+
+        cache._redis.ping = ping_while_an_invalidation_fails  # type: ignore[method-assign]
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if cache.available:
+                break
+        assert cache.available and not cache._unapplied
+        assert (await cache.lookup("c", ["k"])).token != token  # the missed invalidation landed first
+    finally:
+        await cache.close()
+
+
+def test_no_search_after_an_acknowledged_write_returns_a_pre_write_answer_with_a_replica_lagging(
+    redis_server: RedisServer,
+) -> None:
+    """Two coordinators, one Redis, replica B paused while a write is acknowledged by A alone (quorum 1). When B
+    resumes, the coordinator that did not see the write could read B before the other one's resync lands (here it
+    never does: that coordinator died), and cache that answer under the new token for everyone. B notices its pause
+    and refuses reads until it has compared with A."""
+    from shardsearch.v1 import search_pb2_grpc
+
+    coordinator_args = ["--redis-url", redis_server.url, "--cache-timeout-s", "0.2"]
+    shard_args = ["--anti-entropy-s", "600"]  # only the pause detection repairs B here
+    with LocalCluster(shards=1, replicas=2, coordinators=2, coordinator_args=coordinator_args,
+                      shard_args=shard_args) as cluster:
+        stubs = [search_pb2_grpc.SearchServiceStub(grpc.insecure_channel(a)) for a in cluster.addresses]
+        create(stubs[0], "lag", DIM)
+        rng = np.random.default_rng(11)
+        model = Model()
+        upsert(stubs[0], model, {f"i{n}": v for n, v in enumerate(rng.standard_normal((50, DIM)).astype(np.float32))},
+               collection="lag")
+        query = rng.standard_normal(DIM).astype(np.float32)
+        for stub in stubs * 3:
+            assert ids(search(stub, query, collection="lag")) == model.top(query)  # cached, before the write
+        b = cluster.replica(0, 1)
+        b.signal(signal.SIGSTOP)
+        try:
+            upsert(stubs[0], model, {"new": query + 1e-3}, collection="lag")  # acknowledged by A alone
+            cluster.coordinator_procs[0].signal(signal.SIGKILL)  # and the coordinator that fenced B dies
+            time.sleep(2.5)  # past the write's deadline: B drops it unread when it resumes
+        finally:
+            b.signal(signal.SIGCONT)
+        stale = []
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            for stub in stubs[1:]:
+                for skip in (False, True):
+                    try:
+                        got = ids(search(stub, query, collection="lag", skip_cache=skip))
+                    except grpc.RpcError as exc:
+                        assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                        continue
+                    if got[0] != "new":
+                        stale.append((cluster.addresses[stubs.index(stub)], skip, got))
+        assert not stale, f"{len(stale)} searches answered from before the write, e.g. {stale[:3]}"
+        assert "was paused for" in b.log_path.read_text()
