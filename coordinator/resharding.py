@@ -31,6 +31,7 @@ from coordinator.router import Router
 from coordinator.shards import Shard, ShardPool
 from shardsearch import logs, topology
 from shardsearch.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -226,7 +227,18 @@ class Resharder:
                     )
 
     async def _start(self, target: admin_pb2.Topology, timeout: float) -> admin_pb2.Topology:
-        await self._announce(target, timeout)
+        """Stores the move's first layout as a compare-and-set (another coordinator may propose one at the same
+        version at the same moment: one of the two is kept everywhere, the other withdrawn) and drives the move."""
+        names = dict(Layout.of(target).members())
+        self._pool.set_members(list(names.items()))
+        if not await self._router.claim(target, list(names), timeout):
+            self._pool.set_members(self._router.layout.members())
+            raise Aborted(
+                f"another ring layout change was proposed at the same time and kept (ring layout "
+                f"{self._router.layout.version}); this one was withdrawn, nothing of it is stored: see GetTopology, "
+                "and ask again once that move has finished"
+            )
+        self._router.adopt(target)
         self._progress = admin_pb2.Move()
         self._progress.CopyFrom(target.move)
         self._launch(target)

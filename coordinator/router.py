@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 import numpy as np
 
 from coordinator.shards import Outcome, Shard, ShardPool
 from shardsearch import logs
-from shardsearch.errors import DeadlineExceeded
+from shardsearch.errors import DeadlineExceeded, Unavailable
 from shardsearch.ring import key_hashes
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, shard_pb2
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 LAYOUT_RETRIES = 3  # a request refused for a stale layout is routed again and re-sent this many times
 READ_TIMEOUT_S = 2.0
 STALE_PAUSE_S = 0.05
+SETTLE_ROUNDS = 5
 
 
 class Router:
@@ -42,9 +43,11 @@ class Router:
         """The version requests carry: at least 1, so a shard never takes a coordinator's request as unchecked."""
         return max(1, self.layout.version)
 
-    def adopt(self, topology: admin_pb2.Topology) -> bool:
-        """Switches to `topology` if it is newer than the one in use."""
-        if topology.version <= self.layout.version:
+    def adopt(self, topology: admin_pb2.Topology, settled: bool = False) -> bool:
+        """Switches to `topology` if it is newer than the one in use, or (`settled`) the rival that replaced the
+        one in use at the same version (see `claim`)."""
+        if topology.version < self.layout.version or topology.version == 0 or (
+                topology.version == self.layout.version and not (settled and not _same(topology, self.layout.topology))):
             return False
         self.layout = Layout.of(topology)
         self._pool.set_members(self.layout.members())
@@ -65,10 +68,23 @@ class Router:
         return await asyncio.shield(self._reading)
 
     async def _read(self, timeout: float) -> bool:
-        replicas = [replica for shard in self._pool.shards for replica in shard.replicas]
-        answers = await asyncio.gather(*(self._ask(replica.stub, timeout) for replica in replicas))
+        replicas = [(shard, replica) for shard in self._pool.shards for replica in shard.replicas]
+        answers = await asyncio.gather(*(self._ask(replica.stub, timeout) for _, replica in replicas))
         layouts = [layout for layout in answers if layout is not None]
-        return bool(layouts) and self.adopt(max(layouts, key=lambda t: t.version))
+        if not layouts:
+            return False
+        winner = settled(layouts)
+        if winner.version and any(t.version == winner.version and not _same(t, winner) for t in layouts):
+            # A split left by proposers that raced (one died before settling it): settle it now.
+            held = [(shard.name, t) for (shard, _), t in zip(replicas, answers) if t is not None]
+            winner = pick(held, winner.version) or winner
+            logger.warning("ring layout %d: the shards hold two versions of it; settling on one", winner.version)
+            try:
+                await self._settle(winner, [r for r, t in zip(replicas, answers) if t is not None], layouts, timeout)
+            except Unavailable as exc:
+                logger.warning("settling the ring layout failed (%s); trying again at the next read", exc)
+                return False
+        return self.adopt(winner, settled=True)  # what the shards hold wins, even over a rival at the same version
 
     @staticmethod
     async def _ask(stub: object, timeout: float) -> admin_pb2.Topology | None:
@@ -80,6 +96,72 @@ class Router:
             return None
         return answer.topology
 
+    async def claim(self, target: admin_pb2.Topology, names: Sequence[str], timeout: float) -> bool:
+        """Stores a new layout version on every replica of the shards `names`, as a compare-and-set against rival
+        proposals: another coordinator may be storing a different layout at the same version (two AddShard at once,
+        two first starts with different flags), each winning some replicas. Then every proposer settles on the same
+        one (the smaller serialisation: no coordination needed) and stores it, with `replaces`, over the rival
+        wherever that landed. Returns True if `target` is stored everywhere, False if another layout won (it is
+        stored and adopted instead: nothing of `target` is left). Raises Unavailable if a replica cannot be reached
+        (what it holds is then unknown; the caller retries)."""
+        shards = [self._pool.by_name[name] for name in names]
+        outcomes = await asyncio.gather(*(
+            self._pool.write(shard, "SetTopology", shard_pb2.ShardSetTopologyRequest(topology=target, shard=shard.name),
+                             timeout, every_replica=True)
+            for shard in shards
+        ))
+        if all(o.ok for o in outcomes):
+            return True
+        if not any(o.error is not None and o.error.code == grpc.StatusCode.ABORTED for o in outcomes):
+            raise Unavailable(f"ring layout {target.version} reached {sum(o.ok for o in outcomes)} of "
+                              f"{len(outcomes)} shards; " + "; ".join(str(o.error) for o in outcomes if not o.ok))
+        replicas = [(shard, replica) for shard in shards for replica in shard.replicas]
+        stored = await asyncio.gather(*(self._ask(replica.stub, timeout) for _, replica in replicas))
+        if any(layout is None for layout in stored):
+            raise Unavailable(f"ring layout {target.version}: a rival layout was found, and not every replica "
+                              "could say which it holds")
+        if any(layout.version > target.version for layout in stored if layout is not None):
+            await self.refresh(timeout)  # lost to a change that has already moved on (ours is stored nowhere)
+            return False
+        winner = pick([(shard.name, t) for (shard, _), t in zip(replicas, stored)], target.version) or target
+        await self._settle(winner, replicas, stored, timeout)  # type: ignore[arg-type]
+        ours = _same(winner, target)
+        logger.warning("ring layout %d was proposed by two coordinators at once; %s", target.version,
+                       "ours was kept" if ours else "the other one was kept and ours withdrawn")
+        if not ours:
+            self.adopt(winner, settled=True)
+        return ours
+
+    async def _settle(self, winner: admin_pb2.Topology, replicas: Sequence[tuple[Shard, Any]],
+                      stored: Sequence[admin_pb2.Topology], timeout: float) -> None:
+        """Stores `winner` on every replica that holds something else: over a rival of the same version with
+        `replaces` (compare-and-set), plainly over an older one; reads them again until they all hold it (a rival's
+        request may land in between)."""
+        for _ in range(SETTLE_ROUNDS):
+            await self._settle_once(winner, replicas, stored, timeout)
+            again = await asyncio.gather(*(self._ask(replica.stub, timeout) for _, replica in replicas))
+            if any(t is None for t in again):
+                raise Unavailable(f"settling ring layout {winner.version}: a replica did not answer")
+            stored = again  # type: ignore[assignment]
+            if all(_same(t, winner) or t.version > winner.version for t in stored):
+                return
+        raise Unavailable(f"settling ring layout {winner.version}: the replicas kept changing")
+
+    async def _settle_once(self, winner: admin_pb2.Topology, replicas: Sequence[tuple[Shard, Any]],
+                           stored: Sequence[admin_pb2.Topology], timeout: float) -> None:
+        for (shard, replica), layout in zip(replicas, stored):
+            if _same(layout, winner) or layout.version > winner.version:
+                continue
+            request = shard_pb2.ShardSetTopologyRequest(topology=winner, shard=shard.name)
+            if layout.version == winner.version:
+                request.replaces.CopyFrom(layout)
+            try:
+                await replica.stub.SetTopology(request, timeout=timeout, metadata=logs.outgoing_metadata())
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED:  # ABORTED: another proposer replaced it first
+                    raise Unavailable(f"settling ring layout {winner.version} on {replica.address}: "
+                                      f"{exc.details()}") from exc
+
     async def store_initial(self, timeout: float = READ_TIMEOUT_S) -> bool:
         """With no layout stored on any shard yet, stores the flags' layout as version 1 on every replica of every
         shard, so from then on the stored layout, not each coordinator's flags, decides (a coordinator restarted
@@ -90,16 +172,14 @@ class Router:
         initial = admin_pb2.Topology()
         initial.CopyFrom(self.layout.topology)
         initial.version = 1
-        outcomes = await asyncio.gather(*(
-            self._pool.write(shard, "SetTopology", shard_pb2.ShardSetTopologyRequest(topology=initial, shard=shard.name),
-                             timeout, every_replica=True)
-            for shard in self._pool.shards
-        ))
-        if all(o.ok for o in outcomes):
+        try:
+            ours = await self.claim(initial, self._pool.names, timeout)
+        except Unavailable as exc:
+            logger.info("ring layout from the flags not stored yet: %s", exc)
+            return False
+        if ours:
             self.adopt(initial)
             logger.info("stored the ring layout from the flags on every shard (version 1)")
-            return True
-        await self.refresh(timeout)  # another coordinator may have stored its own first
         return bool(self.layout.version)
 
     async def stale(self, outcomes: Sequence[Outcome]) -> bool:
@@ -171,6 +251,33 @@ class Router:
     def dedupe(self) -> bool:
         """Whether an id may come back from two shards (during a move)."""
         return self.layout.moving
+
+
+def settled(layouts: Sequence[admin_pb2.Topology]) -> admin_pb2.Topology:
+    """The layout every proposer settles on: the newest version, and among rivals at it the smallest
+    serialisation (any fixed rule works; every coordinator must apply the same one)."""
+    newest = max(t.version for t in layouts)
+    return min((t for t in layouts if t.version == newest), key=lambda t: t.SerializeToString(deterministic=True))
+
+
+def pick(held: Sequence[tuple[str, admin_pb2.Topology]], version: int) -> admin_pb2.Topology | None:
+    """Which of the rival layouts at `version` that replicas hold (shard name, layout) is kept, or None if none
+    is held. Rivals proposed at one version all include the shards of the layout before it (every proposal
+    announces itself to the old ring too), and each replica of those holds exactly one of them: a rival held by
+    every one of those replicas was first everywhere and is kept (its proposer saw no refusal and went on);
+    otherwise no proposer did, and every one of them keeps the one `settled` picks."""
+    rivals = {t.SerializeToString(deterministic=True): t for _, t in held if t.version == version}
+    if not rivals:
+        return None
+    common = set.intersection(*({name for name, _ in Layout.of(t).members()} for t in rivals.values()))
+    on_common = {t.SerializeToString(deterministic=True) for name, t in held if name in common}
+    if len(on_common) == 1 and (only := next(iter(on_common))) in rivals:
+        return rivals[only]
+    return settled(list(rivals.values()))
+
+
+def _same(a: admin_pb2.Topology, b: admin_pb2.Topology) -> bool:
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
 
 
 def remaining(deadline: float) -> float:

@@ -537,6 +537,13 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         async with self._layout_lock:
             version = request.topology.version
             stored = self.topology.topology.version
+            same = request.topology.SerializeToString(deterministic=True) == \
+                self.topology.topology.SerializeToString(deterministic=True)
+            if request.HasField("replaces") and not same:
+                if request.replaces.SerializeToString(deterministic=True) != \
+                        self.topology.topology.SerializeToString(deterministic=True) or version < stored:
+                    raise Aborted(f"shard {self.name} has ring layout {stored}, not the one to replace")
+                return await self._replace_topology(request)
             if version < stored or (version == stored and request.SerializeToString(deterministic=True)
                                     != self.topology.SerializeToString(deterministic=True)):
                 raise Aborted(f"shard {self.name} already has ring layout {stored} (offered {version})")
@@ -562,6 +569,22 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             logger.info("ring layout %d stored (this shard is %s on it); %d items of other shards dropped",
                         version, request.shard, dropped)
             return dropped
+
+    async def _replace_topology(self, request: shard_pb2.ShardSetTopologyRequest) -> int:
+        """The compare-and-set branch of set_topology (under the layout lock): a rival layout of the same version
+        gives way to the one the proposers settled on."""
+        stored = shard_pb2.ShardSetTopologyRequest(topology=request.topology, shard=request.shard)
+        if self._topology_path is not None:
+            await self._run(write_atomically, self._topology_path, stored.SerializeToString())
+        self.topology, self.topology_version = stored, request.topology.version
+        keep = self._keep()
+        dropped = 0
+        for coll in list(self._collections.values()):
+            dropped += await self._run(coll.set_keep, keep)
+            self._after_write(coll)
+        logger.warning("ring layout %d replaced by the one the coordinators settled on (this shard is %s on it)",
+                       request.topology.version, request.shard)
+        return dropped
 
     async def _drain(self, version: int) -> None:
         loop = asyncio.get_running_loop()

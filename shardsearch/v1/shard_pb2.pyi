@@ -269,12 +269,14 @@ class ShardGetTopologyResponse(_message.Message):
     def __init__(self, topology: _Optional[_Union[_admin_pb2.Topology, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class ShardSetTopologyRequest(_message.Message):
-    __slots__ = ("topology", "shard")
+    __slots__ = ("topology", "shard", "replaces")
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
     topology: _admin_pb2.Topology
     shard: str
-    def __init__(self, topology: _Optional[_Union[_admin_pb2.Topology, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
+    replaces: _admin_pb2.Topology
+    def __init__(self, topology: _Optional[_Union[_admin_pb2.Topology, _Mapping]] = ..., shard: _Optional[str] = ..., replaces: _Optional[_Union[_admin_pb2.Topology, _Mapping]] = ...) -> None: ...
 
 class ShardSetTopologyResponse(_message.Message):
     __slots__ = ("dropped",)
