@@ -562,7 +562,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def StreamSearch(
         self, request_iterator: AsyncIterator[search_pb2.SearchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[search_pb2.StreamSearchResponse]:
-        """Each request is searched concurrently (bounded window); answers go out as they complete.
+        """Each request is searched concurrently; answers go out as they complete. At most STREAM_WINDOW requests
+        are searched or answered-but-unsent at a time: a client that stops reading stops the stream (gRPC flow
+        control then stops its writes), so its answers never pile up here.
 
         The stream's request id (x-request-id) is bound for its whole life; each request's log lines and access line
         carry `<stream id>/<request_id field>`."""
@@ -574,9 +576,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         async def answer(request: search_pb2.SearchRequest) -> None:
             try:
                 response = await self._stream_item(request, context, peer)
-                await answers.put(response)
-            finally:
+            except BaseException:
                 window.release()
+                raise
+            answers.put_nowait(response)  # its window slot is released once it has been sent
 
         async def feed() -> None:
             pending: set[asyncio.Task[None]] = set()
@@ -598,7 +601,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         feeder = asyncio.create_task(feed())
         try:
             while (item := await answers.get()) is not None:
-                yield item
+                yield item  # returns once gRPC has taken the message (flow control: once the client reads)
+                window.release()
             await feeder
         finally:
             feeder.cancel()

@@ -6,6 +6,7 @@ A stopped shard (SIGSTOP) plays the saturated shard tier: admitted searches pile
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
@@ -67,3 +68,34 @@ def test_a_flood_past_the_cap_is_refused_at_once_and_every_admitted_search_is_se
         # And the coordinator serves at once afterwards.
         assert len(stub.Search(search_pb2.SearchRequest(
             collection=NAME, vector_f32=codec.pack(vectors[0]), k=5), timeout=10).hits) == 5
+
+
+async def test_a_stream_client_that_never_reads_cannot_pile_answers_up_in_the_coordinator() -> None:
+    """StreamSearch answers k=1000 hits each; the client writes thousands of requests and reads nothing. The
+    coordinator searches at most its window plus what gRPC's buffers took, then flow control stops the client."""
+    from shardsearch.v1 import search_pb2_grpc
+
+    with LocalCluster(shards=1, metrics=True) as cluster:
+        stub = connect(cluster)
+        create(stub, "big", 8)
+        vectors = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
+        upsert(stub, "big", [f"id{i}" for i in range(2000)], vectors)
+        async with grpc.aio.insecure_channel(cluster.address) as channel:
+            call = search_pb2_grpc.SearchServiceStub(channel).StreamSearch()
+            request = search_pb2.SearchRequest(collection="big", vector_f32=codec.pack(vectors[0]), k=1000,
+                                               skip_cache=True)
+            written = 0
+            try:
+                for _ in range(20_000):
+                    await asyncio.wait_for(call.write(request), 2.0)
+                    written += 1
+            except asyncio.TimeoutError:
+                pass  # the coordinator stopped reading: flow control holds the client's writes
+            counts = []
+            for _ in range(3):
+                await asyncio.sleep(1.0)
+                counts.append(value(cluster.coordinator, "shardsearch_coordinator_requests_total",
+                                    method="StreamSearch", code="OK"))
+            call.cancel()
+        print(f"the client wrote {written} requests; the coordinator answered {counts} of them (after 1, 2, 3 s)")
+        assert counts[0] == counts[-1] <= 1000 < written  # stalled: window + what gRPC's buffers hold
