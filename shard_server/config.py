@@ -52,6 +52,9 @@ class ShardConfig(
     """How long delete markers are kept (they stop an older copy of a deleted item coming back from a peer). A
     replica whose data directory was last alive longer ago than this re-seeds every collection from its peers at
     start-up instead of rejoining with what it holds (its deleted items may have no marker left anywhere)."""
+    max_delete_markers: int = 5_000_000
+    """Delete markers one collection may hold on this shard (~150 bytes each; deletes of ids that never existed
+    leave them too, and they are kept for delete_retention_s); a delete past it is RESOURCE_EXHAUSTED."""
     peers: tuple[str, ...] = ()
     """Addresses of the other replicas of this shard. With peers, the shard catches up from them at start-up (and
     when a coordinator asks) before it serves reads."""

@@ -155,6 +155,16 @@ class Collection:
                     self._deleted[item_id] = version
         return deleted
 
+    def room_for_markers(self, count: int, limit: int) -> int:
+        """Delete markers this collection holds after dropping the expired ones, if `count` more would pass
+        `limit` (else 0: there is room)."""
+        with self._lock:
+            if len(self._deleted) + count <= limit:
+                return 0
+            horizon = time.time_ns() - self.marker_retention_ns
+            self._deleted = {i: v for i, v in self._deleted.items() if v > horizon}
+            return len(self._deleted) if len(self._deleted) + count > limit else 0
+
     def _owned(self, ids: list[str]) -> np.ndarray:
         keep = self.keep
         return np.ones(len(ids), dtype=bool) if keep is None else keep(id_hashes(ids))

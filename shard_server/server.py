@@ -80,7 +80,7 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
         executor, maintenance, ShardMetrics(registry), use_gpu=use_gpu, batching=config.batching_config(),
         batch_metrics=BatchMetrics(registry, "shardsearch_shard"), writer=writer, name=config.name,
         topology_path=storage.root / "topology.pb" if storage is not None else None,
-        inline_search=config.inline_search,
+        inline_search=config.inline_search, max_delete_markers=config.max_delete_markers,
     )
     if storage is None:
         logger.warning("shard %s has no --data-dir: its data lives in memory only and is lost on restart", config.name)

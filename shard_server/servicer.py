@@ -33,9 +33,11 @@ from shardsearch.clock import HybridClock
 from shardsearch.errors import (
     Aborted,
     AlreadyExists,
+    AnswerTooLarge,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     ShardSearchError,
     Unavailable,
     rpc,
@@ -115,7 +117,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(
         self, executor: Executor, maintenance: Maintenance, metrics: ShardMetrics, use_gpu: bool,
         batching: BatchingConfig, batch_metrics: BatchMetrics, writer: Writer, name: str = "shard",
-        topology_path: Path | None = None, inline_search: bool = False,
+        topology_path: Path | None = None, inline_search: bool = False, max_delete_markers: int = 5_000_000,
     ) -> None:
         self.name = name
         self.topology = shard_pb2.ShardSetTopologyRequest()
@@ -144,6 +146,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self.metrics = metrics
         self._use_gpu = use_gpu
         self._inline = InlinePolicy(enabled=inline_search and not use_gpu)
+        self._max_markers = max_delete_markers
         self._collections: dict[str, Collection] = {}
         self._creating: set[str] = set()
         self._lock = threading.Lock()
@@ -270,6 +273,13 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def Delete(self, request: shard_pb2.ShardDeleteRequest, context: Any) -> Any:
         coll = self._collection(request.collection)
         validation.check_ids(list(request.ids), "ids")
+        held = await self._run(coll.room_for_markers, len(request.ids), self._max_markers)
+        if held:  # checked before the delete is logged: a logged delete is always applied
+            raise ResourceExhausted(
+                f"collection {coll.spec.name!r} holds {held} delete markers on shard {self.name}, the limit "
+                f"(--max-delete-markers {self._max_markers}; each is kept --delete-retention-s so replicas converge): "
+                "delete fewer ids that do not exist, or wait for older markers to expire"
+            )
         self._stamp(request)
         with self._admitted(request.topology_version):
             deleted = await self.delete(coll, request, self._deadline(context))
@@ -627,6 +637,10 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return shard_pb2.ShardRetrainResponse(status=await self._run(coll.retrain_status))
 
 
+MAX_ANSWER_PAYLOAD_BYTES = 32 * 1024 * 1024
+"""Payload and field bytes in one shard answer: half the gRPC message limit, checked before the answer is built."""
+
+
 def _search_batch(
     coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
     include_fields: bool = False, wait: bool = True,
@@ -646,17 +660,27 @@ def _search_batch(
         if found is None:
             return None
         result = found
-    responses, offset = [], 0
+    responses: list[Any] = []
+    offset = 0
     for rows, k, _ in items:
         n = rows.shape[0]
         labels = result.labels[offset : offset + n, :k]
+        offset += n
+        payloads = coll.payloads_for(labels) if include_payload else []
+        fields = coll.fields_for(labels) if include_fields else []
+        size = sum(map(len, payloads)) + sum(map(len, fields))
+        if size > MAX_ANSWER_PAYLOAD_BYTES:  # refused before the message is built: memory stays bounded
+            responses.append(AnswerTooLarge(
+                f"answer larger than max: its payloads and fields are {size} bytes for {n} x {k} hits, over the "
+                f"limit of {MAX_ANSWER_PAYLOAD_BYTES} bytes per shard answer (max_answer_payload_bytes)"
+            ))
+            continue
         responses.append(shard_pb2.ShardSearchResponse(
             n=n,
             k=k,
             ids=coll.ids_for(labels),
-            scores_f32=codec.pack(result.scores[offset : offset + n, :k]),
-            payloads=coll.payloads_for(labels) if include_payload else (),
-            fields=[search_pb2.Fields.FromString(blob) for blob in coll.fields_for(labels)] if include_fields else (),
+            scores_f32=codec.pack(result.scores[offset - n : offset, :k]),
+            payloads=payloads,
+            fields=[search_pb2.Fields.FromString(blob) for blob in fields],
         ))
-        offset += n
     return responses

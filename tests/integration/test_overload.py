@@ -12,6 +12,7 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 
 from shardsearch import codec
 from shardsearch.local import LocalCluster
@@ -99,3 +100,38 @@ async def test_a_stream_client_that_never_reads_cannot_pile_answers_up_in_the_co
             call.cancel()
         print(f"the client wrote {written} requests; the coordinator answered {counts} of them (after 1, 2, 3 s)")
         assert counts[0] == counts[-1] <= 1000 < written  # stalled: window + what gRPC's buffers hold
+
+
+def test_an_answer_whose_payloads_exceed_the_limit_is_refused_naming_it() -> None:
+    with LocalCluster(shards=1) as cluster:
+        stub = connect(cluster)
+        create(stub, "heavy", 8)
+        vectors = np.random.default_rng(0).standard_normal((600, 8)).astype(np.float32)
+        blob = b"x" * 60_000
+        for lo in range(0, 600, 100):
+            stub.Upsert(search_pb2.UpsertRequest(collection="heavy", items=[
+                search_pb2.Item(id=f"id{i}", vector_f32=codec.pack(vectors[i]), payload=blob)
+                for i in range(lo, lo + 100)]), timeout=30)
+        query = search_pb2.SearchRequest(collection="heavy", vector_f32=codec.pack(vectors[0]), k=600,
+                                         include_payload=True, skip_cache=True)
+        for _ in range(2):  # over the search stream, then again (a refusal is no reason to drop the stream)
+            with pytest.raises(grpc.RpcError) as failure:
+                stub.Search(query, timeout=30)
+            assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_answer_payload_bytes" in failure.value.details(), failure.value.details()
+        query.k = 10
+        assert len(stub.Search(query, timeout=30).hits) == 10
+
+
+def test_deletes_of_ids_that_never_existed_stop_at_the_marker_limit_naming_it() -> None:
+    with LocalCluster(shards=1, shard_args=["--max-delete-markers", "1000"]) as cluster:
+        stub = connect(cluster)
+        create(stub, "ghosts", 8)
+        for lo in range(0, 1000, 250):
+            stub.Delete(search_pb2.DeleteRequest(collection="ghosts", ids=[f"ghost{i}" for i in range(lo, lo + 250)]))
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.Delete(search_pb2.DeleteRequest(collection="ghosts", ids=["one-more"]))
+        assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max-delete-markers 1000" in failure.value.details()
+        upsert(stub, "ghosts", ["real"], np.ones((1, 8), np.float32))  # writes and reads go on
+        assert len(stub.Get(search_pb2.GetRequest(collection="ghosts", ids=["real"])).items) == 1
