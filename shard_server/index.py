@@ -48,10 +48,29 @@ EXACT_FILTER_MAX = 20_000  # a filter matching at most this many items is answer
 MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items probes min(1/f, this) times more lists
 
 
+RELABEL_MIN_DEAD = 4_096  # an untrained collection with more dead rows than this, and than live ones, is relabelled
+
+
+class Relabelled(Exception):
+    """A label cursor from before a relabel (see Collection.relabel)."""
+
+
+@dataclass(frozen=True)
+class LabelView:
+    """What labels meant when a search took its candidates: the containers are replaced, never changed in place,
+    when the collection is relabelled, so a result resolved after a relabel still names the right items."""
+
+    id_of: list[str]
+    payloads: dict[int, bytes]
+    fields: dict[int, bytes]
+
+
 @dataclass(frozen=True)
 class SearchResult:
     labels: np.ndarray  # n x k int64, -1 where there are fewer than k hits
     scores: np.ndarray  # n x k float32 in the collection's metric
+    view: LabelView | None = None
+    """Resolve `labels` through this (ids_for, payloads_for, fields_for)."""
 
 
 class Collection:
@@ -87,6 +106,8 @@ class Collection:
         self._training = False
         self._retrain = retraining.Tracker()
         self._last_write = time.monotonic()
+        self.generation = 0
+        """Bumped by each relabel: label cursors (export_chunk) from an older generation start again."""
         self.keep: Callable[[np.ndarray], np.ndarray] | None = None
         """Which ids (by hash) this shard owns under the ring layout (None: all). Writes of other ids are dropped."""
 
@@ -255,9 +276,10 @@ class Collection:
         with self._lock:
             return [self._fields.get(self._label_of[i], b"") for i in ids if i in self._label_of]
 
-    def fields_for(self, labels: np.ndarray) -> list[bytes]:
+    def fields_for(self, labels: np.ndarray, view: LabelView | None = None) -> list[bytes]:
         with self._lock:
-            return [self._fields.get(label, b"") for label in labels.ravel().tolist()]
+            fields = (view or self._view()).fields
+            return [fields.get(label, b"") for label in labels.ravel().tolist()]
 
     # ---- filters ------------------------------------------------------------------------------------------
 
@@ -321,7 +343,11 @@ class Collection:
             return self._search_filtered(queries, k, nprobe, flt)
         with self._lock:
             found = self._candidates(queries, k, nprobe)
-        return self._rank(queries, k, found)
+            view = self._view()
+        return replace(self._rank(queries, k, found), view=view)
+
+    def _view(self) -> LabelView:
+        return LabelView(self._id_of, self._payloads, self._fields)
 
     def try_search(self, queries: np.ndarray, k: int, nprobe: int = 0) -> SearchResult | None:
         """`search` without a filter, or None at once if a write or maintenance holds the collection (for a caller
@@ -331,9 +357,10 @@ class Collection:
             return None
         try:
             found = self._candidates(queries, k, nprobe)
+            view = self._view()
         finally:
             self._lock.release()
-        return self._rank(queries, k, found)
+        return replace(self._rank(queries, k, found), view=view)
 
     def _candidates(
         self, queries: np.ndarray, k: int, nprobe: int
@@ -374,6 +401,7 @@ class Collection:
         n = queries.shape[0]
         with self._lock:
             upto = self._next
+            view, vecs = self._view(), self._vecs
             mask = self._mask(flt, upto) & self._alive[:upto]
             matching = int(np.count_nonzero(mask))
             if matching == 0:
@@ -381,8 +409,8 @@ class Collection:
             if matching <= EXACT_FILTER_MAX or self._ivf is None or self._ivf.ntotal == 0:
                 subset = np.flatnonzero(mask)
             else:
-                return self._search_selected(queries, k, nprobe, mask, matching)
-        return self._exact_subset(queries, k, subset)
+                return replace(self._search_selected(queries, k, nprobe, mask, matching), view=view)
+        return replace(self._exact_subset(queries, k, subset, vecs), view=view)
 
     def _search_selected(
         self, queries: np.ndarray, k: int, nprobe: int, mask: np.ndarray, matching: int
@@ -417,10 +445,11 @@ class Collection:
                 return SearchResult(out_labels, out_scores)
             todo, probe = todo[short], min(self._params.nlist, probe * 4)
 
-    def _exact_subset(self, queries: np.ndarray, k: int, labels: np.ndarray) -> SearchResult:
-        """Exact top-k among `labels` (rows below `next` never change: safe outside the lock)."""
+    def _exact_subset(self, queries: np.ndarray, k: int, labels: np.ndarray, vecs: np.ndarray) -> SearchResult:
+        """Exact top-k among `labels` of `vecs` (taken under the lock: rows below `next` of an array never change,
+        and a relabel makes new arrays, so this is safe outside it)."""
         kk = min(k, len(labels))
-        scores, found = faiss.knn(queries, self._vecs[labels], kk, metric=self.metric)
+        scores, found = faiss.knn(queries, vecs[labels], kk, metric=self.metric)
         out_labels = np.where(found >= 0, labels[np.maximum(found, 0)], -1)
         if kk < k:
             out_labels = np.pad(out_labels, ((0, 0), (0, k - kk)), constant_values=-1)
@@ -453,13 +482,14 @@ class Collection:
             out_scores = np.pad(out_scores, ((0, 0), (0, pad)))
         return SearchResult(out_labels, out_scores)
 
-    def ids_for(self, labels: np.ndarray) -> list[str]:
-        id_of = self._id_of
+    def ids_for(self, labels: np.ndarray, view: LabelView | None = None) -> list[str]:
+        id_of = (view or self._view()).id_of
         return [id_of[label] if label >= 0 else "" for label in labels.ravel().tolist()]
 
-    def payloads_for(self, labels: np.ndarray) -> list[bytes]:
+    def payloads_for(self, labels: np.ndarray, view: LabelView | None = None) -> list[bytes]:
         with self._lock:
-            return [self._payloads.get(label, b"") for label in labels.ravel().tolist()]
+            payloads = (view or self._view()).payloads
+            return [payloads.get(label, b"") for label in labels.ravel().tolist()]
 
     # ---- maintenance: training, retraining, absorbing the buffer, compaction ---------------------------------
 
@@ -470,7 +500,10 @@ class Collection:
             return None
         tracker = self._retrain
         if self._ivf is None:
-            return "train" if self._live >= self.train_threshold and not tracker.held(self._next) else None
+            if self._live >= self.train_threshold and not tracker.held(self._next):
+                return "train"
+            dead = self._next - self._live
+            return "relabel" if dead >= RELABEL_MIN_DEAD and dead > self._live else None
         if tracker.asked or (self._due_reasons() and not tracker.held(self._next)):
             return "retrain"
         buffered = self._next - self._ivf_upto
@@ -487,7 +520,49 @@ class Collection:
                 self.retrain(gate=False)
             else:
                 {"train": self.train, "retrain": self.retrain, "absorb": self.absorb, "compact": self.compact,
-                 "measure": self.measure_recall}[work]()
+                 "measure": self.measure_recall, "relabel": self.relabel}[work]()
+
+    def relabel(self) -> int:
+        """Packs the live rows of an untrained collection into labels 0..live-1 and lets the dead ones go (each
+        overwrite or delete leaves one; without this an id overwritten a million times costs a million rows of
+        memory and of every exact search). Returns the rows reclaimed.
+
+        New arrays and containers replace the old ones, which are never changed again: a search that took its
+        candidates before resolves them through its LabelView, a FAISS scan outside the lock reads the old arrays,
+        and an export resumes from the start when the generation changed. Trained collections keep their labels
+        (their IVF index holds them)."""
+        with self._lock:
+            if self._ivf is not None or self._training:
+                return 0
+            upto = self._next
+            live = np.flatnonzero(self._alive[:upto])
+            n = len(live)
+            capacity = 1024
+            while capacity < n:
+                capacity *= 2
+            vecs = np.empty((capacity, self.dim), dtype=np.float32)
+            vecs[:n] = self._vecs[live]
+            alive = np.zeros(capacity, dtype=bool)
+            alive[:n] = True
+            ver = np.zeros(capacity, dtype=np.uint64)
+            ver[:n] = self._ver[live]
+            hashes = np.zeros(capacity, dtype=np.uint64)
+            hashes[:n] = self._hash[live]
+            old_labels = live.tolist()
+            id_of = [self._id_of[label] for label in old_labels]
+            payloads = {new: self._payloads[old] for new, old in enumerate(old_labels) if old in self._payloads}
+            fields = {new: self._fields[old] for new, old in enumerate(old_labels) if old in self._fields}
+            self._vecs, self._alive, self._ver, self._hash = vecs, alive, ver, hashes
+            self._id_of, self._label_of, self._payloads = id_of, {i: j for j, i in enumerate(id_of)}, payloads
+            self._fields, self._keywords, self._numbers = {}, {}, {}
+            for label, blob in fields.items():
+                self._index_fields(label, search_pb2.Fields.FromString(blob), blob)
+            self._next, self._live = n, n
+            self._ivf_upto = self._ivf_dead = 0
+            self._retrain.hold_next = max(0, self._retrain.hold_next - (upto - n))
+            self.generation += 1
+        logger.info("collection %s: relabelled %d live rows, %d dead ones reclaimed", self.spec.name, n, upto - n)
+        return upto - n
 
     def _due_reasons(self) -> list[str]:
         """Why a retrain is due (under the lock, or racing benignly from pending_work). O(1)."""
@@ -779,12 +854,16 @@ class Collection:
                 self._retrain.changed(self._ivf)
 
     def export_chunk(
-        self, after: int, limit: int, select: Callable[[np.ndarray], np.ndarray] | None = None
+        self, after: int, limit: int, select: Callable[[np.ndarray], np.ndarray] | None = None,
+        generation: int | None = None,
     ) -> tuple[list[str], np.ndarray, list[bytes], np.ndarray, int, list[bytes]]:
         """Up to `limit` live items with labels above `after` (only those whose id hash `select` picks), with
         versions, the last label looked at (for the next call; -1 when done) and serialised fields. Items written
-        meanwhile get higher labels, so a scan sees them too."""
+        meanwhile get higher labels, so a scan sees them too. Raises Relabelled if `generation` (of the cursor) is
+        no longer the collection's: start again from -1."""
         with self._lock:
+            if generation is not None and generation != self.generation:
+                raise Relabelled(f"collection {self.spec.name} was relabelled during the export")
             start, stop = after + 1, self._next
             picked: list[np.ndarray] = []
             found, last = 0, -1

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from shard_server.index import Collection
+from shard_server.index import Collection, Relabelled
 from shard_server.maintenance import Maintenance
 from shard_server.storage import write_atomically
 from shard_server.writes import Writer
@@ -472,9 +472,14 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def _export(
         self, coll: Collection, limit: int, select: Callable[[np.ndarray], np.ndarray] | None = None
     ) -> AsyncIterator[shard_pb2.ShardExportChunk]:
-        name, after = coll.spec.name, -1
+        name, after, generation = coll.spec.name, -1, coll.generation
         while True:
-            ids, vectors, payloads, versions, after, fields = await self._run(coll.export_chunk, after, limit, select)
+            try:
+                ids, vectors, payloads, versions, after, fields = await self._run(
+                    coll.export_chunk, after, limit, select, generation)
+            except Relabelled:  # labels moved under the cursor: all again (items sent twice apply as no-ops)
+                after, generation = -1, coll.generation
+                continue
             if ids:
                 yield shard_pb2.ShardExportChunk(items=shard_pb2.ShardUpsertRequest(
                     collection=name, ids=ids, vectors_f32=codec.pack(vectors),
@@ -666,8 +671,8 @@ def _search_batch(
         n = rows.shape[0]
         labels = result.labels[offset : offset + n, :k]
         offset += n
-        payloads = coll.payloads_for(labels) if include_payload else []
-        fields = coll.fields_for(labels) if include_fields else []
+        payloads = coll.payloads_for(labels, result.view) if include_payload else []
+        fields = coll.fields_for(labels, result.view) if include_fields else []
         size = sum(map(len, payloads)) + sum(map(len, fields))
         if size > MAX_ANSWER_PAYLOAD_BYTES:  # refused before the message is built: memory stays bounded
             responses.append(AnswerTooLarge(
@@ -678,7 +683,7 @@ def _search_batch(
         responses.append(shard_pb2.ShardSearchResponse(
             n=n,
             k=k,
-            ids=coll.ids_for(labels),
+            ids=coll.ids_for(labels, result.view),
             scores_f32=codec.pack(result.scores[offset - n : offset, :k]),
             payloads=payloads,
             fields=[search_pb2.Fields.FromString(blob) for blob in fields],

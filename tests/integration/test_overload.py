@@ -135,3 +135,31 @@ def test_deletes_of_ids_that_never_existed_stop_at_the_marker_limit_naming_it() 
         assert "max-delete-markers 1000" in failure.value.details()
         upsert(stub, "ghosts", ["real"], np.ones((1, 8), np.float32))  # writes and reads go on
         assert len(stub.Get(search_pb2.GetRequest(collection="ghosts", ids=["real"])).items) == 1
+
+
+def test_overwriting_the_same_ids_keeps_shard_memory_flat() -> None:
+    """1,000 ids overwritten 150 times below the training threshold: 150,000 rows written, 1,000 live. The dead
+    rows are reclaimed (relabelled), so the shard's resident memory ends where it was after the first round."""
+    from tests.integration.test_batching import value
+
+    dim = 256
+    with LocalCluster(shards=1, metrics=True) as cluster:
+        stub = connect(cluster)
+        create(stub, "churn", dim, train_threshold=1_000_000)
+        rng = np.random.default_rng(0)
+        ids = [f"id{i}" for i in range(1000)]
+        shard = cluster.shard_procs[0]
+        rss = []
+        for round_ in range(150):
+            vectors = rng.standard_normal((1000, dim)).astype(np.float32)
+            upsert(stub, "churn", ids, vectors)
+            if round_ in (10, 149):
+                wait_until(lambda: "relabelled" in shard.log_path.read_text() or round_ < 20, "a relabel")
+                rss.append(value(shard, "process_resident_memory_bytes"))
+        hits = stub.Search(search_pb2.SearchRequest(collection="churn", vector_f32=codec.pack(vectors[3]), k=1,
+                                                    skip_cache=True), timeout=10)
+        assert hits.hits[0].id == "id3"
+        grown = (rss[1] - rss[0]) / 2**20
+        print(f"shard RSS after 10 rounds {rss[0] / 2**20:.0f} MiB, after 150 {rss[1] / 2**20:.0f} MiB "
+              f"({grown:+.0f} MiB; the rows written take {150_000 * dim * 4 / 2**20:.0f} MiB)")
+        assert grown < 40

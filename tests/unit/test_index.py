@@ -148,3 +148,29 @@ def test_ids_are_listed_in_hash_order_in_pages_that_survive_a_snapshot(rng: np.r
     restored.import_state(coll.export_state())
     assert pages(restored, 7) == listed  # a replica or a restart lists in the same order
     assert make().list_ids(None, 5) == ([], 0, False)
+
+
+def test_overwrites_below_the_training_threshold_are_reclaimed_by_relabelling() -> None:
+    from shard_server.index import RELABEL_MIN_DEAD
+
+    spec = search_pb2.Collection(name="re", dim=8, index=search_pb2.IndexOptions(train_threshold=100_000))
+    coll = Collection(spec)
+    rng = np.random.default_rng(0)
+    ids = [f"id{i}" for i in range(50)]
+    for _ in range(RELABEL_MIN_DEAD // 50 + 2):
+        vectors = rng.standard_normal((50, 8)).astype(np.float32)
+        coll.upsert(ids, vectors, [i.encode() for i in ids])
+    before = coll.search(vectors[:3], 1)  # taken before the relabel, resolved after it
+    assert coll.pending_work() == "relabel"
+    coll.maintain()
+    assert coll._next == 50 and coll.live == 50 and len(coll._vecs) == 1024 and coll.generation == 1
+    assert coll.ids_for(before.labels, before.view) == ["id0", "id1", "id2"]
+    assert coll.payloads_for(before.labels, before.view) == [b"id0", b"id1", b"id2"]
+    after = coll.search(vectors, 1)
+    assert coll.ids_for(after.labels, after.view) == ids
+    found, got, payloads = coll.get(["id7"])
+    assert found == ["id7"] and np.array_equal(got[0], vectors[7]) and payloads == [b"id7"]
+    coll.upsert(["new"], vectors[:1])
+    assert sorted(coll.ids_for(coll.search(vectors[:1], 2).labels)) == ["id0", "new"]  # same vector
+    with pytest.raises(Exception, match="relabelled"):
+        coll.export_chunk(-1, 10, generation=0)
