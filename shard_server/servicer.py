@@ -576,11 +576,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             finally:
                 self._pending = None
             self.topology = request
-            keep = self._keep()
-            dropped = 0
-            for coll in list(self._collections.values()):
-                dropped += await self._run(coll.set_keep, keep)
-                self._after_write(coll)
+            dropped = await self._drop_unowned()
             logger.info("ring layout %d stored (this shard is %s on it); %d items of other shards dropped",
                         version, request.shard, dropped)
             return dropped
@@ -592,13 +588,18 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if self._topology_path is not None:
             await self._run(write_atomically, self._topology_path, stored.SerializeToString())
         self.topology, self.topology_version = stored, request.topology.version
+        dropped = await self._drop_unowned()
+        logger.warning("ring layout %d replaced by the one the coordinators settled on (this shard is %s on it)",
+                       request.topology.version, request.shard)
+        return dropped
+
+    async def _drop_unowned(self) -> int:
+        """Applies the stored layout's ownership to every collection; returns the items dropped."""
         keep = self._keep()
         dropped = 0
         for coll in list(self._collections.values()):
             dropped += await self._run(coll.set_keep, keep)
             self._after_write(coll)
-        logger.warning("ring layout %d replaced by the one the coordinators settled on (this shard is %s on it)",
-                       request.topology.version, request.shard)
         return dropped
 
     async def _drain(self, version: int) -> None:
