@@ -25,13 +25,12 @@ from prometheus_client import CollectorRegistry, Counter
 
 from shard_server.index import Collection
 from shard_server.servicer import ShardServicer
-from shardsearch import codec, logs, topology
+from shardsearch import logs, topology
 from shardsearch.errors import ShardSearchError
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-APPLY_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 30.0
 REPAIR_WAIT_S = 10.0
 
@@ -211,11 +210,8 @@ class AntiEntropy:
                                        metadata=logs.outgoing_metadata())
         async for chunk in export:
             if chunk.HasField("items"):
-                codec.unpack(chunk.items.vectors_f32, coll.dim)  # a malformed chunk fails here, not in the log
-                await self._servicer.upsert(coll, chunk.items, APPLY_TIMEOUT_S)
-                pulled += len(chunk.items.ids)
+                pulled += await self._servicer.apply_copy(coll, items=chunk.items)
             elif chunk.HasField("deletes"):
-                await self._servicer.delete(coll, chunk.deletes, APPLY_TIMEOUT_S)
-                pulled += len(chunk.deletes.ids)
+                pulled += await self._servicer.apply_copy(coll, deletes=chunk.deletes)
         self._metrics.items.inc(pulled)
         return pulled

@@ -209,6 +209,12 @@ class Collection:
                         del self._deleted[item_id]
         return len(foreign)
 
+    def newer(self, ids: list[str], versions: np.ndarray) -> np.ndarray:
+        """Which of these (id, version) writes would change something here (a copy skips the rest)."""
+        with self._lock:
+            return np.fromiter((self._newer(i, int(v)) for i, v in zip(ids, versions.tolist())), dtype=bool,
+                               count=len(ids))
+
     def _newer(self, item_id: str, version: int) -> bool:
         """Whether a write with `version` beats what the id holds (unversioned writes only beat unversioned)."""
         label = self._label_of.get(item_id)

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shard_server.index import Collection
 from shard_server.servicer import ShardServicer
-from shardsearch import codec, logs
+from shardsearch import logs
 from shardsearch.errors import AlreadyExists, ShardSearchError
 from shardsearch.metrics import LATENCY_BUCKETS
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
@@ -34,7 +34,6 @@ from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 logger = logging.getLogger(__name__)
 
 RETRY_S = 0.5
-APPLY_TIMEOUT_S = 120.0
 CLOCK_SKEW_NS = 1_000_000_000  # margin between a coordinator's write versions and this machine's clock
 
 
@@ -141,6 +140,7 @@ class Replication:
         `wait_s` (None: keep trying)."""
         deadline = None if wait_s is None else time.monotonic() + wait_s
         while True:
+            stuck_here = False  # a peer answered but this replica could not apply what it sent
             for peer in self._peers:
                 try:
                     started = time.time_ns()
@@ -153,8 +153,11 @@ class Replication:
                     code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
                     logger.info("catch-up from %s failed (%s); trying the next peer", peer, code)
                 except ShardSearchError as exc:  # this replica could not apply what it got (its disk is full?)
+                    stuck_here = True
                     logger.warning("catch-up from %s failed here: %s; trying again", peer, exc)
-            if deadline is not None and time.monotonic() >= deadline:
+            # Serving alone is for peers that cannot be reached; a replica that knows it is behind (its own writes
+            # fail) keeps refusing reads until it has caught up.
+            if deadline is not None and time.monotonic() >= deadline and not stuck_here:
                 return None
             await asyncio.sleep(RETRY_S)
 
@@ -173,11 +176,10 @@ class Replication:
                     continue  # a collection this replica cannot hold (see _local)
                 elif chunk.HasField("items"):
                     self._metrics.items.inc(len(chunk.items.ids))
-                    codec.unpack(chunk.items.vectors_f32, coll.dim)  # a malformed chunk fails here, not in the log
-                    await servicer.upsert(coll, chunk.items, APPLY_TIMEOUT_S)
+                    await servicer.apply_copy(coll, items=chunk.items)
                 elif chunk.HasField("deletes"):
                     self._metrics.items.inc(len(chunk.deletes.ids))
-                    await servicer.delete(coll, chunk.deletes, APPLY_TIMEOUT_S)
+                    await servicer.apply_copy(coll, deletes=chunk.deletes)
 
     async def _local(self, spec: search_pb2.Collection) -> Collection | None:
         """This replica's copy of a peer's collection, created if missing (it was created while this one was

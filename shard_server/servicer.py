@@ -256,6 +256,39 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self._after_write(coll)
         return upserted
 
+    async def apply_copy(self, coll: Collection, items: shard_pb2.ShardUpsertRequest | None = None,
+                         deletes: shard_pb2.ShardDeleteRequest | None = None) -> int:
+        """Applies a chunk a peer sent (catch-up, anti-entropy): only the writes newer than what this replica holds
+        are logged and applied, so copying a peer that is mostly the same costs reads, not disk. Returns how many
+        were newer."""
+        if items is not None:
+            vectors = codec.unpack(items.vectors_f32, coll.dim)  # a malformed chunk fails here, not in the log
+            ids, versions = list(items.ids), np.asarray(items.versions, dtype=np.uint64)
+            keep = await self._run(coll.newer, ids, versions)
+            if not keep.any():
+                return 0
+            if not keep.all():
+                picked = np.flatnonzero(keep).tolist()
+                items = shard_pb2.ShardUpsertRequest(
+                    collection=items.collection, ids=[ids[i] for i in picked], vectors_f32=codec.pack(vectors[picked]),
+                    payloads=[items.payloads[i] for i in picked] if len(items.payloads) else (),
+                    versions=versions[picked].tolist(),
+                    fields=[items.fields[i] for i in picked] if len(items.fields) else (),
+                )
+            await self.upsert(coll, items, APPLY_TIMEOUT_S)
+            return len(items.ids)
+        assert deletes is not None
+        ids, versions = list(deletes.ids), np.asarray(deletes.versions, dtype=np.uint64)
+        keep = await self._run(coll.newer, ids, versions)
+        if not keep.any():
+            return 0
+        if not keep.all():
+            picked = np.flatnonzero(keep).tolist()
+            deletes = shard_pb2.ShardDeleteRequest(collection=deletes.collection, ids=[ids[i] for i in picked],
+                                                   versions=versions[picked].tolist())
+        await self.delete(coll, deletes, APPLY_TIMEOUT_S)
+        return len(deletes.ids)
+
     async def delete(self, coll: Collection, request: shard_pb2.ShardDeleteRequest, timeout: float) -> int:
         deleted = await self._writer.delete(coll, request, list(request.ids), timeout)
         self._after_write(coll)
@@ -643,6 +676,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return shard_pb2.ShardRetrainResponse(status=await self._run(coll.retrain_status))
 
 
+APPLY_TIMEOUT_S = 120.0  # a chunk copied from a peer
 MAX_ANSWER_PAYLOAD_BYTES = 32 * 1024 * 1024
 """Payload and field bytes in one shard answer: half the gRPC message limit, checked before the answer is built."""
 

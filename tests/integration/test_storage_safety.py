@@ -214,3 +214,68 @@ def test_a_replica_down_longer_than_the_delete_retention_reseeds_instead_of_brin
         assert "id5" not in held.ids
         assert sorted(held.ids) == sorted(set(ids) - {"id5"})
         assert "longer than the delete-marker retention" in b.log_path.read_text()
+
+
+def test_a_replica_whose_disk_fills_refuses_reads_until_it_has_caught_up() -> None:
+    """Replica B's volume fills while A's does not: writes are acknowledged by A (quorum 1), B knows it missed
+    them and refuses reads (it must not serve stale data after the catch-up wait); once space is freed it copies A
+    and serves everything."""
+    run_dir = Path(tempfile.mkdtemp(prefix="shardsearch-"))
+    (run_dir / "shard-0-1-data").mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(run_dir / "shard-0-1-data")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"cannot mount a tmpfs (this test needs root): {done.stderr}"
+    try:
+        with LocalCluster(shards=1, replicas=2, run_dir=run_dir,
+                          shard_args=["--anti-entropy-s", "600", "--catch-up-wait-s", "1"]) as cluster:
+            stub = connect(cluster)
+            create(stub, "filler", DIM)
+            create(stub, "main", DIM)
+            rng = np.random.default_rng(2)
+            upsert(stub, "filler", [f"f{i}" for i in range(3000)],
+                   rng.standard_normal((3000, DIM)).astype(np.float32))
+            b = cluster.replica(0, 1)
+            acked: list[str] = []
+            batch = 0
+            while "disk is full" not in b.log_path.read_text():
+                ids = [f"m{batch}-{i}" for i in range(100)]
+                upsert(stub, "main", ids, rng.standard_normal((100, DIM)).astype(np.float32))  # A acknowledges
+                acked.extend(ids)
+                batch += 1
+                assert batch < 500, "replica B's volume never filled"
+            for _ in range(3):  # more acknowledged writes that B cannot have
+                ids = [f"late{batch}-{i}" for i in range(100)]
+                upsert(stub, "main", ids, rng.standard_normal((100, DIM)).astype(np.float32))
+                acked.extend(ids)
+                batch += 1
+            time.sleep(2)  # past --catch-up-wait-s: B must still refuse, it knows it is behind
+            with grpc.insecure_channel(b.address) as channel:
+                with pytest.raises(grpc.RpcError) as failure:
+                    shard_pb2_grpc.ShardServiceStub(channel).Get(shard_pb2.ShardGetRequest(collection="main",
+                                                                                           ids=acked[-5:]))
+            assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value.details()
+            got = stub.Get(search_pb2.GetRequest(collection="main", ids=acked[-1000:]), timeout=10)  # from A
+            assert len(got.items) == min(1000, len(acked))
+
+            stub.DropCollection(search_pb2.DropCollectionRequest(name="filler"))  # frees B's volume
+            try:
+                wait_until(lambda: set(acked) <= held(b.address, "main", acked), "replica B to catch up", 30)
+            except AssertionError:
+                print(b.log_tail(30))
+                raise
+    finally:
+        subprocess.run(["umount", "-l", str(run_dir / "shard-0-1-data")], check=False)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def held(address: str, collection: str, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    with grpc.insecure_channel(address) as channel:
+        for lo in range(0, len(ids), 5000):
+            try:
+                reply = shard_pb2_grpc.ShardServiceStub(channel).Get(
+                    shard_pb2.ShardGetRequest(collection=collection, ids=ids[lo : lo + 5000]), timeout=10)
+            except grpc.RpcError:
+                return set()
+            found.update(reply.ids)
+    return found
