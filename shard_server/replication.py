@@ -6,7 +6,7 @@ markers with their versions) and applies them as ordinary versioned writes, thro
 only replaces an older one, so the outcome does not depend on the order in which writes and the peers' items
 arrive: afterwards this replica holds, per id, the newest write any of them acknowledged. Peers that are catching up
 themselves are still valid sources (they only ever hand over real writes), so replicas restarted together do not
-wait for each other.
+wait for each other; peers that serve reads are tried first.
 
 Reads come back once one peer has been copied completely, or, if no peer can be reached within `wait_s`, with the
 local data alone (logged as a warning: that is the case where every other replica is down too); the replica then
@@ -22,6 +22,7 @@ import time
 from typing import Awaitable, Callable, Sequence
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shard_server.index import Collection
@@ -34,6 +35,7 @@ from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 logger = logging.getLogger(__name__)
 
 RETRY_S = 0.5
+HEALTH_TIMEOUT_S = 1.0
 CLOCK_SKEW_NS = 1_000_000_000  # margin between a coordinator's write versions and this machine's clock
 
 
@@ -141,7 +143,7 @@ class Replication:
         deadline = None if wait_s is None else time.monotonic() + wait_s
         while True:
             stuck_here = False  # a peer answered but this replica could not apply what it sent
-            for peer in self._peers:
+            for peer in await self._by_readiness():
                 try:
                     started = time.time_ns()
                     self._copy_started_ns = started
@@ -160,6 +162,23 @@ class Replication:
             if deadline is not None and time.monotonic() >= deadline and not stuck_here:
                 return None
             await asyncio.sleep(RETRY_S)
+
+    async def _by_readiness(self) -> list[str]:
+        """The peers, those serving reads first: a peer that is catching up itself is a valid source (it hands over
+        only real writes), but a current one is a better one, and two stale replicas then do not copy each other
+        while a current one answers (anti-entropy repairs what a copy from a stale one missed)."""
+
+        async def serving(peer: str) -> bool:
+            try:
+                async with self._connect(peer) as channel:
+                    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                                           timeout=HEALTH_TIMEOUT_S)
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            except (grpc.aio.AioRpcError, OSError):
+                return False
+
+        ready = await asyncio.gather(*(serving(peer) for peer in self._peers))
+        return [p for p, r in zip(self._peers, ready) if r] + [p for p, r in zip(self._peers, ready) if not r]
 
     async def _copy(self, peer: str) -> None:
         servicer = self._servicer
