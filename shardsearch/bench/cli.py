@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--train-threshold", type=int, help="with --load: the collection's train_threshold (default: server's)")
     arg("--wait-trained", action="store_true", help="wait until every shard has trained before the run")
     arg("--json", type=Path, help="write the result as JSON here")
+    gates = parser.add_argument_group("gates (a pipeline's pass/fail: exit 3 naming every gate that failed)")
+    gates.add_argument("--max-p99-ms", type=float, help="fail if the p99 latency (ms) is above this")
+    gates.add_argument("--min-qps", type=float, help="fail if fewer queries/s were answered")
+    gates.add_argument("--max-error-rate", type=float, help="fail if more than this fraction of calls failed (0..1)")
+    gates.add_argument("--min-recall", type=float, help="fail if recall@10 is below this (needs ground truth)")
     arg("--quiet", action="store_true", help="no progress line")
     security.ClientSecurity.add_arguments(parser)
 
@@ -88,4 +93,28 @@ def run(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if not result.answered:
         sys.exit(1)
+    failed = failed_gates(result, args)
+    for message in failed:
+        print(f"shardsearch bench: gate failed: {message}", file=sys.stderr)
+    if failed:
+        sys.exit(3)
+
+
+def failed_gates(result: BenchResult, args: argparse.Namespace) -> list[str]:
+    """Each gate that the result misses, said with the measured value and the bound."""
+    failed = []
+    p99 = result.latency_s.get("p99")
+    if args.max_p99_ms is not None and (p99 is None or p99 * 1000 > args.max_p99_ms):
+        failed.append(f"p99 latency {'-' if p99 is None else f'{p99 * 1000:.2f}'} ms > --max-p99-ms {args.max_p99_ms:g}")
+    if args.min_qps is not None and result.qps < args.min_qps:
+        failed.append(f"throughput {result.qps:.1f} queries/s < --min-qps {args.min_qps:g}")
+    calls = result.requests
+    error_rate = sum(result.errors.values()) / calls if calls else 1.0
+    if args.max_error_rate is not None and error_rate > args.max_error_rate:
+        failed.append(f"error rate {error_rate:.4f} ({sum(result.errors.values())} of {calls} calls) > "
+                      f"--max-error-rate {args.max_error_rate:g}")
+    if args.min_recall is not None and (result.recall_at_10 is None or result.recall_at_10 < args.min_recall):
+        measured = "not measured (no ground truth)" if result.recall_at_10 is None else f"{result.recall_at_10:.4f}"
+        failed.append(f"recall@10 {measured} < --min-recall {args.min_recall:g}")
+    return failed
 

@@ -113,3 +113,19 @@ def test_command_loads_a_dataset_and_writes_json(cluster, tmp_path: Path, capsys
     assert result["late"] == 0 and result["dropped"] == 0
     summary = capsys.readouterr().out
     assert "queries/s" in summary and "recall@10   " in summary
+
+
+def test_gates_pass_quietly_and_fail_naming_each_missed_gate(cluster, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = write_dataset(tmp_path / "dataset")
+    flags = ["bench", "--address", cluster.address, "--collection", "bench-gates", "--dataset", str(dataset),
+             "--requests", "200", "--concurrency", "4", "--skip-cache", "--quiet"]
+    cli.main([*flags, "--load", "--max-p99-ms", "10000", "--min-qps", "1", "--max-error-rate", "0",
+              "--min-recall", "0.9"])  # every gate passes: returns normally
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*flags, "--max-p99-ms", "0.001", "--min-qps", "1e9", "--min-recall", "1.01"])
+    assert exit_.value.code == 3
+    err = capsys.readouterr().err
+    assert "gate failed: p99 latency" in err and "--max-p99-ms 0.001" in err
+    assert "gate failed: throughput" in err and "--min-qps 1e+09" in err
+    assert "gate failed: recall@10" in err and "--max-error-rate" not in err
