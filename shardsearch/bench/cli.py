@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import dataclasses
 import json
 import logging
 import sys
@@ -23,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--collection", required=True, help="collection to search (and to create with --load)")
     arg("--mode", choices=MODES, help="closed: fixed concurrency (default); open: fixed arrival rate")
     arg("--call", choices=CALLS, help="unary: Search (default); batch: BatchSearch; stream: StreamSearch")
-    arg("--concurrency", type=int, help="closed loop: requests (stream: messages) in flight (default 8)")
-    arg("--rate", type=float, help="open loop: queries per second to offer")
+    arg("--concurrency", type=_steps(int), help="closed loop: requests (stream: messages) in flight (default 8); "
+        "a list (1,8,64,256) runs one step per value")
+    arg("--rate", type=_steps(float), help="open loop: queries per second to offer; a list runs one step per value")
     arg("--max-outstanding", type=int, help="open loop: calls in flight before arrivals are dropped (default 1000)")
     arg("--batch-size", type=int, help="queries per BatchSearch call (default 32)")
     arg("--streams", type=int, help="StreamSearch streams (default 1)")
@@ -44,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--load", action="store_true", help="with --dataset: create the collection (L2) and upsert base.npy first")
     arg("--train-threshold", type=int, help="with --load: the collection's train_threshold (default: server's)")
     arg("--wait-trained", action="store_true", help="wait until every shard has trained before the run")
-    arg("--json", type=Path, help="write the result as JSON here")
+    arg("--json", type=Path, help="write the result as JSON here (a list of results for a sweep)")
+    arg("--csv", type=Path, help="write one row per step (concurrency or rate) as CSV here")
     gates = parser.add_argument_group("gates (a pipeline's pass/fail: exit 3 naming every gate that failed)")
     gates.add_argument("--max-p99-ms", type=float, help="fail if the p99 latency (ms) is above this")
     gates.add_argument("--min-qps", type=float, help="fail if fewer queries/s were answered")
@@ -54,10 +58,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     security.ClientSecurity.add_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
+def _steps(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
+def config_from_args(args: argparse.Namespace, step: dict[str, Any] | None = None) -> BenchConfig:
     names = {f.name for f in fields(BenchConfig)}
     given = {name: value for name, value in vars(args).items() if name in names and value is not None}
-    return BenchConfig(**given, progress=not args.quiet)
+    for name in ("concurrency", "rate"):  # lists of steps: the first one unless `step` says
+        if isinstance(given.get(name), list):
+            given[name] = given[name][0]
+    return BenchConfig(**{**given, **(step or {})}, progress=not args.quiet)
+
+
+def sweep_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One step per value of the swept flag (--concurrency in a closed loop, --rate in an open one)."""
+    name = "rate" if args.mode == "open" else "concurrency"
+    values = getattr(args, name) or [None]
+    return [{name: value} if value is not None else {} for value in values]
+
+
+CSV_COLUMNS = ("step", "qps", "calls_per_s", "p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms", "mean_ms",
+               "recall_at_10", "error_rate", "answered", "queries")
+
+
+def csv_row(result: BenchResult, step: Any) -> list[Any]:
+    ms = [None if result.latency_s.get(n) is None else round(result.latency_s[n] * 1000, 3)  # type: ignore[operator]
+          for n in ("p50", "p90", "p99", "p99.9", "max", "mean")]
+    errors = sum(result.errors.values())
+    return [step, round(result.qps, 1), round(result.calls_per_s, 1), *ms, result.recall_at_10,
+            round(errors / result.requests, 6) if result.requests else None, result.answered, result.queries]
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -82,18 +115,36 @@ def _fail(message: str) -> NoReturn:
 def run(args: argparse.Namespace) -> None:
     """The command: exit 2 when the run could not start, 1 when not one query was answered."""
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    try:
-        result = _run_async(run_bench(config_from_args(args)))
-    except grpc.aio.AioRpcError as exc:
-        _fail(f"{exc.code().name}: {exc.details()}")
-    except (ValueError, OSError, TimeoutError) as exc:
-        _fail(str(exc))
-    print(result.summary(), flush=True)
+    steps = sweep_steps(args)
+    results: list[tuple[Any, BenchResult]] = []
+    for number, step in enumerate(steps):
+        config = config_from_args(args, step)
+        if number:  # the collection is loaded (and trained) once, by the first step
+            config = dataclasses.replace(config, load=False, wait_trained=False)
+        try:
+            result = _run_async(run_bench(config))
+        except grpc.aio.AioRpcError as exc:
+            _fail(f"{exc.code().name}: {exc.details()}")
+        except (ValueError, OSError, TimeoutError) as exc:
+            _fail(str(exc))
+        print(result.summary(), flush=True)
+        results.append((next(iter(step.values()), None), result))
+    if len(results) > 1:
+        print("step " + "  ".join(CSV_COLUMNS[1:8]))
+        for step_value, result in results:
+            print("  ".join(str(v) for v in csv_row(result, step_value)[:8]))
     if args.json:
-        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    if not result.answered:
+        documents = [result.to_json() for _, result in results]
+        args.json.write_text(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n")
+    if args.csv:
+        with open(args.csv, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(csv_row(result, step_value) for step_value, result in results)
+    if not any(result.answered for _, result in results):
         sys.exit(1)
-    failed = failed_gates(result, args)
+    failed = [f"{'' if len(results) == 1 else f'step {step_value}: '}{message}"
+              for step_value, result in results for message in failed_gates(result, args)]
     for message in failed:
         print(f"shardsearch bench: gate failed: {message}", file=sys.stderr)
     if failed:

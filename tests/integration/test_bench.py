@@ -129,3 +129,21 @@ def test_gates_pass_quietly_and_fail_naming_each_missed_gate(cluster, tmp_path: 
     assert "gate failed: p99 latency" in err and "--max-p99-ms 0.001" in err
     assert "gate failed: throughput" in err and "--min-qps 1e+09" in err
     assert "gate failed: recall@10" in err and "--max-error-rate" not in err
+
+
+def test_a_concurrency_sweep_prints_a_row_per_step_and_writes_json_and_csv(cluster, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    dataset = write_dataset(tmp_path / "dataset")
+    out, table = tmp_path / "sweep.json", tmp_path / "sweep.csv"
+    cli.main(["bench", "--address", cluster.address, "--collection", "bench-sweep", "--dataset", str(dataset),
+              "--load", "--requests", "100", "--concurrency", "1,4,16", "--skip-cache", "--quiet",
+              "--json", str(out), "--csv", str(table)])
+    documents = json.loads(out.read_text())
+    assert [d["config"]["concurrency"] for d in documents] == [1, 4, 16]
+    assert all(d["answered"] == 100 and d["recall_at_10"] >= 0.99 for d in documents)
+    rows = list(csv.DictReader(table.open()))
+    assert [row["step"] for row in rows] == ["1", "4", "16"] and all(float(row["qps"]) > 0 for row in rows)
+    printed = capsys.readouterr().out
+    assert printed.count("throughput") == 3 and "step qps" in printed
