@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--wait-trained", action="store_true", help="wait until every shard has trained before the run")
     arg("--json", type=Path, help="write the result as JSON here (a list of results for a sweep)")
     arg("--csv", type=Path, help="write one row per step (concurrency or rate) as CSV here")
+    arg("--write-ghz-data", type=Path, metavar="FILE", help="write the Search requests (from --queries or "
+        "--dataset) as a JSON array ghz replays with -D FILE, print the ghz command, and exit without a run")
     gates = parser.add_argument_group("gates (a pipeline's pass/fail: exit 3 naming every gate that failed)")
     gates.add_argument("--max-p99-ms", type=float, help="fail if the p99 latency (ms) is above this")
     gates.add_argument("--min-qps", type=float, help="fail if fewer queries/s were answered")
@@ -115,6 +117,9 @@ def _fail(message: str) -> NoReturn:
 def run(args: argparse.Namespace) -> None:
     """The command: exit 2 when the run could not start, 1 when not one query was answered."""
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.write_ghz_data:
+        write_ghz_data(args)
+        return
     steps = sweep_steps(args)
     results: list[tuple[Any, BenchResult]] = []
     for number, step in enumerate(steps):
@@ -149,6 +154,30 @@ def run(args: argparse.Namespace) -> None:
         print(f"shardsearch bench: gate failed: {message}", file=sys.stderr)
     if failed:
         sys.exit(3)
+
+
+def write_ghz_data(args: argparse.Namespace) -> None:
+    """ghz (https://ghz.sh) replays a JSON array of messages, one per call in turn: the same Search requests this
+    command sends (vectors as base64 float32 bytes, the proto3 JSON mapping)."""
+    from google.protobuf import json_format
+
+    from shardsearch.bench import workload
+    from shardsearch.v1 import search_pb2
+
+    if args.dataset:
+        queries = workload.read_dataset(args.dataset).queries
+    elif args.queries:
+        queries = workload.read_vectors(args.queries)
+    else:
+        _fail("--write-ghz-data needs --queries or --dataset")
+    messages = [json_format.MessageToDict(search_pb2.SearchRequest(
+        collection=args.collection, vector_f32=row.astype("<f4").tobytes(), k=args.k or 10, nprobe=args.nprobe or 0,
+        skip_cache=args.skip_cache), preserving_proto_field_name=True) for row in queries]
+    args.write_ghz_data.write_text(json.dumps(messages) + "\n")
+    address = args.address or "127.0.0.1:50051"
+    print(f"wrote {len(messages)} Search requests to {args.write_ghz_data}; replay them with:\n"
+          f"  ghz --insecure --proto proto/shardsearch/v1/search.proto --import-paths proto "
+          f"--call shardsearch.v1.SearchService/Search -D {args.write_ghz_data} -c 8 -n 100000 {address}")
 
 
 def failed_gates(result: BenchResult, args: argparse.Namespace) -> list[str]:

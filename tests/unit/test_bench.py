@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,19 @@ def test_recorder_recall_latency_and_errors() -> None:
 def test_config_refuses_contradictions(bad: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BenchConfig(collection="c", **bad)
+
+
+def test_ghz_data_is_the_search_requests_in_proto3_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from google.protobuf import json_format
+
+    from shardsearch import cli
+
+    queries = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    np.save(tmp_path / "q.npy", queries)
+    out = tmp_path / "ghz.json"
+    cli.main(["bench", "--collection", "sift", "--queries", str(tmp_path / "q.npy"), "--k", "7", "--skip-cache",
+              "--write-ghz-data", str(out)])
+    messages = [json_format.ParseDict(m, search_pb2.SearchRequest()) for m in json.loads(out.read_text())]
+    assert len(messages) == 5 and all(m.collection == "sift" and m.k == 7 and m.skip_cache for m in messages)
+    assert np.array_equal(np.frombuffer(messages[3].vector_f32, "<f4"), queries[3])
+    assert "ghz --insecure" in capsys.readouterr().out
