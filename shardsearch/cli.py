@@ -1,5 +1,5 @@
 """The `shardsearch` command: `local` (a whole cluster on this machine), `coordinator`, `shard`, `bench`, `eval`,
-`ingest`, `admin`."""
+`ingest`, `export`, `import`, `admin`."""
 
 from __future__ import annotations
 
@@ -137,6 +137,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ingestion = commands.add_parser("ingest", help="bulk-load vectors, JSONL items or an image folder (resumable)")
     ingest.add_arguments(ingestion)
     ingestion.set_defaults(run=ingest.run)
+
+    from shardsearch import transfer
+
+    exporting = commands.add_parser("export", help="write a collection (items, payloads, fields) to a file")
+    transfer.add_export_arguments(exporting)
+    exporting.set_defaults(run=transfer.run_export)
+    importing = commands.add_parser("import", help="load a file written by `export` (any shard count)")
+    transfer.add_import_arguments(importing)
+    importing.set_defaults(run=transfer.run_import)
 
     from shardsearch import admin
 

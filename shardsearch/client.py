@@ -424,12 +424,18 @@ class Client(_Base):
 
     def list_ids(self, collection: str, *, page_size: int = 1000, timeout: float | None = None) -> Iterator[str]:
         """Every id of the collection, a page at a time (each page one call)."""
-        token = ""
+        for ids, _ in self.list_id_pages(collection, page_size=page_size, timeout=timeout):
+            yield from ids
+
+    def list_id_pages(self, collection: str, *, page_size: int = 1000, page_token: str = "",
+                      timeout: float | None = None) -> Iterator[tuple[list[str], str]]:
+        """(ids, token after them) per page, from `page_token` on: a listing can be resumed from any token."""
+        token = page_token
         while True:
             page = self._call("ListIds", search_pb2.ListIdsRequest(collection=collection, page_size=page_size,
                                                                    page_token=token), timeout)
-            yield from page.ids
             token = page.next_page_token
+            yield list(page.ids), token
             if not token:
                 return
 
