@@ -23,7 +23,7 @@ from coordinator.servicer import SearchServicer
 from coordinator.shards import Replication, ShardMetrics, ShardPool
 from encoder_client import EncoderOptions, Encoders, InputLimits
 from encoder_client import cache as embedding_cache
-from shardsearch import grpcserver, metrics, security, topology
+from shardsearch import grpcserver, metrics, security, topology, tracing
 from shardsearch.batching import BatchMetrics
 from shardsearch.clock import HybridClock
 from shardsearch.metrics import RpcMetrics
@@ -47,6 +47,7 @@ class RunningCoordinator:
     router: Router
     resharder: Resharder
     poller: asyncio.Task[None]
+    traced: tracing.Tracing | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         self.background.cancel()
@@ -57,6 +58,8 @@ class RunningCoordinator:
         await self.searcher.close()
         await self.pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.traced is not None:
+            self.traced.shutdown()
 
 
 async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = None) -> RunningCoordinator:
@@ -66,11 +69,14 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     port_security = security.ServerSecurity.from_config(config, registry)  # read every file before starting
     shard_channels = security.client_factory_of(config, "shard_")
     logger.info("calls to the shards: %s", shard_channels.description)
+    traced = tracing.setup("shardsearch-coordinator")
+    if traced is not None:
+        shard_channels = shard_channels.with_interceptors(traced.client_interceptors)
     clock = HybridClock()
     replication = Replication(write_quorum=config.write_quorum, hedge_delay_s=config.hedge_delay_ms / 1000)
     pool = ShardPool(
         addresses, ShardMetrics(registry), channel_factory=shard_channels, replication=replication, clock=clock.now,
-        search_streams=config.search_streams,
+        search_streams=config.search_streams and traced is None,  # a search over a stream is no span of its own
     )
     router = Router(pool, topology.bootstrap(addresses, config.vnodes), config.topology_poll_s)
     await router.refresh()  # a layout stored on the shards wins over the flags
@@ -118,7 +124,7 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
         [SERVICE_NAME, ADMIN_SERVICE_NAME],
         reuse_port=config.reuse_port,
         credentials=port_security.credentials,
-        interceptors=port_security.interceptors,
+        interceptors=(*([traced.server_interceptor] if traced else []), *port_security.interceptors),
         max_concurrent_rpcs=config.max_concurrent_rpcs, max_pending_rpcs=config.max_pending_rpcs,
     )
     metrics_port = grpcserver.serve_metrics_safely(registry, config.host, config.metrics_port)
@@ -140,7 +146,7 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
     poller = asyncio.create_task(router.poll())
     return RunningCoordinator(
-        server, pool, searcher, executor, metrics_port, background, encoders, router, resharder, poller
+        server, pool, searcher, executor, metrics_port, background, encoders, router, resharder, poller, traced
     )
 
 

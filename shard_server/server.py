@@ -21,7 +21,7 @@ from shard_server.replication import Replication, ReplicationMetrics
 from shard_server.servicer import ShardMetrics, ShardServicer
 from shard_server.storage import Storage
 from shard_server.writes import Writer
-from shardsearch import grpcserver, metrics, security
+from shardsearch import grpcserver, metrics, security, tracing
 from shardsearch.batching import BatchMetrics
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
@@ -49,6 +49,7 @@ class RunningShard:
     heartbeat: asyncio.Task[None] | None = None
     anti_entropy: AntiEntropy | None = None
     stall_watch: StallWatch | None = None
+    traced: tracing.Tracing | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.heartbeat is not None:
@@ -63,6 +64,8 @@ class RunningShard:
         await self.servicer.close()
         self.maintenance.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.traced is not None:
+            self.traced.shutdown()
 
 
 async def start(config: ShardConfig, registry: CollectorRegistry | None = None) -> RunningShard:
@@ -89,12 +92,13 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
         await asyncio.get_running_loop().run_in_executor(executor, servicer.recover, bool(config.peers), stale)
     servicer.catching_up = bool(config.peers)  # no read is served before the first catch-up
     port_security = security.ServerSecurity.from_config(config, registry)
+    traced = tracing.setup("shardsearch-shard")
     server = await grpcserver.start_server(
         f"{config.host}:{config.port}",
         [lambda s: shard_pb2_grpc.add_ShardServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
         credentials=port_security.credentials,
-        interceptors=port_security.interceptors,
+        interceptors=(*([traced.server_interceptor] if traced else []), *port_security.interceptors),
         max_concurrent_rpcs=config.max_concurrent_rpcs, max_pending_rpcs=config.max_pending_rpcs,
         serving=not config.peers,  # a replica is ready once it has caught up
     )
@@ -123,7 +127,7 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
     heartbeat = asyncio.create_task(_heartbeat(storage, executor, config)) if storage is not None else None
     return RunningShard(server, servicer, executor, maintenance, metrics_port, replication, heartbeat, anti_entropy,
-                        stall_watch)
+                        stall_watch, traced)
 
 
 def stale_reason(storage: Storage, config: ShardConfig) -> str:
