@@ -93,10 +93,15 @@ class Searcher:
 
     async def search(
         self, spec: search_pb2.Collection, queries: np.ndarray, opts: SearchOptions, timeout: float,
-        use_cache: bool = True,
+        use_cache: bool = True, explain: search_pb2.Explain | None = None,
     ) -> SearchOutcome:
+        """`explain`, when given, is filled in: the cache outcome, and the shards' own accounts (an explained
+        search is sent alone, not batched)."""
         self._metrics.queries.inc(queries.shape[0])
         if self._cache is None or not use_cache:
+            if explain is not None:
+                explain.cache = "skipped"
+                return await self._search_now(spec, queries, opts, timeout, explain)
             return await self._batched(spec, queries, opts, timeout)
         n = queries.shape[0]
         args = (
@@ -110,13 +115,18 @@ class Searcher:
             if value is not None:
                 results[i] = response = search_pb2.SearchResponse.FromString(value)
                 response.cached = True
+        if explain is not None:
+            explain.cache = "miss" if misses else "hit"
         if not misses:
             return SearchOutcome(results, [])  # type: ignore[arg-type]
         if len(misses) == n:
             subset = queries
         else:
             subset = queries[misses] if len(misses) <= 16 else await self._run(np.take, queries, misses, 0)
-        fresh = await self._batched(spec, subset, opts, timeout)
+        if explain is not None:
+            fresh = await self._search_now(spec, subset, opts, timeout, explain)
+        else:
+            fresh = await self._batched(spec, subset, opts, timeout)
         for i, response in zip(misses, fresh.results, strict=True):
             results[i] = response
         if not fresh.missing and lookup.token is not None:  # partial answers are never cached
@@ -156,12 +166,13 @@ class Searcher:
         return split
 
     async def _search_now(
-        self, spec: search_pb2.Collection, queries: np.ndarray, opts: SearchOptions, timeout: float
+        self, spec: search_pb2.Collection, queries: np.ndarray, opts: SearchOptions, timeout: float,
+        explain: search_pb2.Explain | None = None,
     ) -> SearchOutcome:
         request = shard_pb2.ShardSearchRequest(
             collection=spec.name, queries_f32=codec.pack(queries), n=queries.shape[0], k=opts.k,
             nprobe=opts.nprobe, include_payload=opts.include_payload, include_fields=opts.include_fields,
-            filter=search_pb2.Filter.FromString(opts.filter) if opts.filter else None,
+            filter=search_pb2.Filter.FromString(opts.filter) if opts.filter else None, explain=explain is not None,
         )
         dedupe = False
 
@@ -177,7 +188,16 @@ class Searcher:
         answered = [o.response for o in outcomes if o.ok]
         higher_is_better = spec.metric == search_pb2.METRIC_INNER_PRODUCT
         args = (answered, opts.k, higher_is_better, opts.include_payload, missing, opts.include_fields, dedupe)
+        merging = time.perf_counter()
         results = assemble_small(*args) if small(answered) else await self._run(assemble_large, *args)
+        if explain is not None:
+            explain.merge_seconds = time.perf_counter() - merging
+            for outcome in outcomes:
+                if outcome.ok:
+                    shard = explain.shards.add()
+                    shard.CopyFrom(outcome.response.explain)
+                    shard.shard, shard.call_seconds = outcome.shard.name, outcome.seconds
+                    shard.address = outcome.replica.address if outcome.replica is not None else ""
         if missing:
             self._metrics.partial.inc()
         return SearchOutcome(results, missing)

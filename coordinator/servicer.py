@@ -259,13 +259,16 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> search_pb2.SearchResponse:
         """One query vector, with a request's options (Search, SearchByText, SearchByImage share them)."""
         opts = self._options(request)
+        explain = search_pb2.Explain() if getattr(request, "explain", False) else None
         outcome = await self._searcher.search(
             spec, query.reshape(1, -1), replace(opts, k=self._depth(request, opts.k)), timeout,
-            use_cache=not request.skip_cache,
+            use_cache=not request.skip_cache, explain=explain,
         )
         response = outcome.results[0]
         response.request_id = request.request_id
         finish(response, request, spec.metric, opts.k)
+        if explain is not None:
+            response.explain.CopyFrom(explain)
         return response
 
     def _options(self, request: Any) -> SearchOptions:

@@ -77,6 +77,8 @@ class Outcome:
     response: Any = None
     error: ShardSearchError | None = None
     replica: Replica | None = None
+    seconds: float = 0.0
+    """How long the answering call took (explain)."""
 
     @property
     def ok(self) -> bool:
@@ -268,7 +270,7 @@ class ShardPool:
             else:
                 response = await self._unary(replica, method, request, timeout)
             replica.avoid_until = 0.0
-            return Outcome(shard, response=response, replica=replica)
+            return Outcome(shard, response=response, replica=replica, seconds=time.perf_counter() - start)
         except grpc.aio.AioRpcError as exc:
             return self._failed(replica, exc.code(), from_rpc_error(exc, where(replica)))
         finally:

@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import faiss
 import numpy as np
@@ -335,7 +335,8 @@ class Collection:
             return int(np.count_nonzero(self._mask(flt, self._next) & self._alive[: self._next]))
 
     def search(
-        self, queries: np.ndarray, k: int, nprobe: int = 0, flt: search_pb2.Filter | None = None
+        self, queries: np.ndarray, k: int, nprobe: int = 0, flt: search_pb2.Filter | None = None,
+        explain: dict[str, Any] | None = None,
     ) -> SearchResult:
         """Top-k per query: IVF-PQ candidates and the exact buffer, re-ranked exactly, dead labels dropped.
 
@@ -346,9 +347,9 @@ class Collection:
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if flt is not None and flt.WhichOneof("kind") is not None:
-            return self._search_filtered(queries, k, nprobe, flt)
+            return self._search_filtered(queries, k, nprobe, flt, explain)
         with self._lock:
-            found = self._candidates(queries, k, nprobe)
+            found = self._candidates(queries, k, nprobe, explain)
             view = self._view()
         return replace(self._rank(queries, k, found), view=view)
 
@@ -369,7 +370,7 @@ class Collection:
         return replace(self._rank(queries, k, found), view=view)
 
     def _candidates(
-        self, queries: np.ndarray, k: int, nprobe: int
+        self, queries: np.ndarray, k: int, nprobe: int, explain: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """Under the lock: the IVF-PQ and fresh-buffer candidates (labels, valid, safe labels, the vectors), or None."""
         candidates = []
@@ -385,6 +386,13 @@ class Collection:
             kb = min(stop - start, k + dead)
             _, found = faiss.knn(queries, self._vecs[start:stop], kb, metric=self.metric)
             candidates.append(np.where(found >= 0, found + start, -1))
+        if explain is not None:
+            trained = self._params is not None and self._ivf is not None and self._ivf.ntotal > 0
+            explain.update(
+                path="ivf" if trained else "flat", buffered=int(np.count_nonzero(self._alive[start:stop])),
+                nprobe=probe if trained else 0, refine_factor=self._params.refine_factor if trained else 0,
+                candidates=sum(c.shape[1] for c in candidates),
+            )
         if not candidates:
             return None
         labels = np.concatenate(candidates, axis=1)
@@ -403,23 +411,28 @@ class Collection:
         labels, valid, safe, vecs = found
         return self._rerank(labels, valid, self._exact_scores(queries, safe, vecs), k)
 
-    def _search_filtered(self, queries: np.ndarray, k: int, nprobe: int, flt: search_pb2.Filter) -> SearchResult:
+    def _search_filtered(self, queries: np.ndarray, k: int, nprobe: int, flt: search_pb2.Filter,
+                         explain: dict[str, Any] | None = None) -> SearchResult:
         n = queries.shape[0]
         with self._lock:
             upto = self._next
             view, vecs = self._view(), self._vecs
             mask = self._mask(flt, upto) & self._alive[:upto]
             matching = int(np.count_nonzero(mask))
+            if explain is not None:
+                explain.update(matching=matching, path="exact over matches", candidates=matching,
+                               buffered=int(np.count_nonzero(self._alive[self._ivf_upto : upto])))
             if matching == 0:
                 return SearchResult(np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32))
             if matching <= EXACT_FILTER_MAX or self._ivf is None or self._ivf.ntotal == 0:
                 subset = np.flatnonzero(mask)
             else:
-                return replace(self._search_selected(queries, k, nprobe, mask, matching), view=view)
+                return replace(self._search_selected(queries, k, nprobe, mask, matching, explain), view=view)
         return replace(self._exact_subset(queries, k, subset, vecs), view=view)
 
     def _search_selected(
-        self, queries: np.ndarray, k: int, nprobe: int, mask: np.ndarray, matching: int
+        self, queries: np.ndarray, k: int, nprobe: int, mask: np.ndarray, matching: int,
+        explain: dict[str, Any] | None = None,
     ) -> SearchResult:
         """IVF search restricted to the labels in `mask` (under the lock, like the unfiltered search)."""
         assert self._ivf is not None and self._params is not None
@@ -430,6 +443,9 @@ class Collection:
         probe = min(self._params.nlist, math.ceil((nprobe or self._params.default_nprobe) * boost))
         buffered = self._ivf_upto + np.flatnonzero(mask[self._ivf_upto :])
         kf = min(k * self._params.refine_factor, int(self._ivf.ntotal))
+        if explain is not None:
+            explain.update(path="ivf with selector", nprobe=probe, refine_factor=self._params.refine_factor,
+                           candidates=kf + len(buffered))
         out_labels = np.full((n, k), -1, np.int64)
         out_scores = np.zeros((n, k), np.float32)
         todo = np.arange(n)

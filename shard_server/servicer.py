@@ -428,11 +428,30 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         validation.check_query_count(request.n)
         validation.check_search(request.k, request.nprobe)
         flt = request.filter if request.HasField("filter") else None
+        if request.explain:  # alone, so that what it reports is its own
+            return await self._explained(coll, request, queries, flt, timeout)
         # Only searches with the same filter share a FAISS call: the key holds its canonical bytes.
         key = (coll, request.nprobe, request.include_payload, request.include_fields,
                flt.SerializeToString(deterministic=True) if flt is not None else b"")
         self._inline.arrival(busy=bool(self._batcher.waiting or self._batcher.in_flight))
         return await self._batcher.submit(key, (queries, request.k, flt), queries.shape[0], timeout)
+
+    async def _explained(self, coll: Collection, request: shard_pb2.ShardSearchRequest, queries: np.ndarray,
+                         flt: Any, timeout: float) -> shard_pb2.ShardSearchResponse:
+        submitted = time.perf_counter()
+        stats: dict[str, Any] = {}
+
+        def run() -> tuple[shard_pb2.ShardSearchResponse, float, float]:
+            started = time.perf_counter()
+            (response,) = _search_batch(coll, [(queries, request.k, flt)], request.nprobe, request.include_payload,
+                                        request.include_fields, explain=stats)
+            if isinstance(response, BaseException):
+                raise response
+            return response, started - submitted, time.perf_counter() - started
+
+        response, queued, searched = await asyncio.wait_for(self._run(run), timeout)
+        response.explain.CopyFrom(search_pb2.ShardExplain(queued_seconds=queued, search_seconds=searched, **stats))
+        return response
 
     async def _run_batch(
         self, key: Hashable, items: list[tuple[np.ndarray, int, Any]], timeout: float
@@ -683,7 +702,7 @@ MAX_ANSWER_PAYLOAD_BYTES = 32 * 1024 * 1024
 
 def _search_batch(
     coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
-    include_fields: bool = False, wait: bool = True,
+    include_fields: bool = False, wait: bool = True, explain: dict[str, Any] | None = None,
 ) -> list[shard_pb2.ShardSearchResponse] | None:
     """One FAISS call for every request in the batch, split back into one response each (in the executor; with
     `wait` False on the event loop, unfiltered: None if the collection's lock is held).
@@ -694,7 +713,7 @@ def _search_batch(
     queries = items[0][0] if len(items) == 1 else np.concatenate([q for q, _, _ in items])
     k_max = max(k for _, k, _ in items)
     if wait:
-        result = coll.search(queries, k_max, nprobe, items[0][2])  # one batch, one filter (it is in the batch key)
+        result = coll.search(queries, k_max, nprobe, items[0][2], explain)  # one filter per batch (in its key)
     else:
         found = coll.try_search(queries, k_max, nprobe)
         if found is None:

@@ -287,7 +287,7 @@ class GetResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "vector", "k", "vector_f32", "nprobe", "partial_policy", "include_payload", "request_id", "skip_cache", "min_shards", "score_threshold", "filter", "diversity")
+    __slots__ = ("collection", "vector", "k", "vector_f32", "nprobe", "partial_policy", "include_payload", "request_id", "skip_cache", "min_shards", "score_threshold", "filter", "diversity", "explain")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +301,7 @@ class SearchRequest(_message.Message):
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
@@ -314,7 +315,44 @@ class SearchRequest(_message.Message):
     score_threshold: float
     filter: Filter
     diversity: Diversity
-    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., vector_f32: _Optional[bytes] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., request_id: _Optional[str] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
+    explain: bool
+    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., vector_f32: _Optional[bytes] = ..., nprobe: _Optional[int] = ..., partial_policy: _Optional[_Union[PartialPolicy, str]] = ..., include_payload: _Optional[bool] = ..., request_id: _Optional[str] = ..., skip_cache: _Optional[bool] = ..., min_shards: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ..., explain: _Optional[bool] = ...) -> None: ...
+
+class Explain(_message.Message):
+    __slots__ = ("cache", "merge_seconds", "shards")
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    MERGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    cache: str
+    merge_seconds: float
+    shards: _containers.RepeatedCompositeFieldContainer[ShardExplain]
+    def __init__(self, cache: _Optional[str] = ..., merge_seconds: _Optional[float] = ..., shards: _Optional[_Iterable[_Union[ShardExplain, _Mapping]]] = ...) -> None: ...
+
+class ShardExplain(_message.Message):
+    __slots__ = ("shard", "address", "call_seconds", "queued_seconds", "search_seconds", "path", "nprobe", "refine_factor", "candidates", "matching", "buffered")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MATCHING_FIELD_NUMBER: _ClassVar[int]
+    BUFFERED_FIELD_NUMBER: _ClassVar[int]
+    shard: str
+    address: str
+    call_seconds: float
+    queued_seconds: float
+    search_seconds: float
+    path: str
+    nprobe: int
+    refine_factor: int
+    candidates: int
+    matching: int
+    buffered: int
+    def __init__(self, shard: _Optional[str] = ..., address: _Optional[str] = ..., call_seconds: _Optional[float] = ..., queued_seconds: _Optional[float] = ..., search_seconds: _Optional[float] = ..., path: _Optional[str] = ..., nprobe: _Optional[int] = ..., refine_factor: _Optional[int] = ..., candidates: _Optional[int] = ..., matching: _Optional[int] = ..., buffered: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "payload", "fields")
@@ -336,18 +374,20 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[bytes] = ..., fields: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "partial", "missing_shards", "request_id", "cached")
+    __slots__ = ("hits", "partial", "missing_shards", "request_id", "cached", "explain")
     HITS_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     partial: bool
     missing_shards: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
     cached: bool
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    explain: Explain
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., cached: _Optional[bool] = ..., explain: _Optional[_Union[Explain, _Mapping]] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
     __slots__ = ("collection", "vectors_f32", "vectors", "k", "nprobe", "partial_policy", "include_payload", "skip_cache", "min_shards", "score_threshold", "filter", "diversity")

@@ -125,7 +125,7 @@ class ShardGetResponse(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries_f32", "n", "k", "nprobe", "include_payload", "filter", "include_fields", "topology_version")
+    __slots__ = ("collection", "queries_f32", "n", "k", "nprobe", "include_payload", "filter", "include_fields", "topology_version", "explain")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_F32_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class ShardSearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELDS_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries_f32: bytes
     n: int
@@ -144,23 +145,26 @@ class ShardSearchRequest(_message.Message):
     filter: _search_pb2.Filter
     include_fields: bool
     topology_version: int
-    def __init__(self, collection: _Optional[str] = ..., queries_f32: _Optional[bytes] = ..., n: _Optional[int] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., include_payload: _Optional[bool] = ..., filter: _Optional[_Union[_search_pb2.Filter, _Mapping]] = ..., include_fields: _Optional[bool] = ..., topology_version: _Optional[int] = ...) -> None: ...
+    explain: bool
+    def __init__(self, collection: _Optional[str] = ..., queries_f32: _Optional[bytes] = ..., n: _Optional[int] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., include_payload: _Optional[bool] = ..., filter: _Optional[_Union[_search_pb2.Filter, _Mapping]] = ..., include_fields: _Optional[bool] = ..., topology_version: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
-    __slots__ = ("n", "k", "ids", "scores_f32", "payloads", "fields")
+    __slots__ = ("n", "k", "ids", "scores_f32", "payloads", "fields", "explain")
     N_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_F32_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     n: int
     k: int
     ids: _containers.RepeatedScalarFieldContainer[str]
     scores_f32: bytes
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
     fields: _containers.RepeatedCompositeFieldContainer[_search_pb2.Fields]
-    def __init__(self, n: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., scores_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
+    explain: _search_pb2.ShardExplain
+    def __init__(self, n: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., scores_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ..., explain: _Optional[_Union[_search_pb2.ShardExplain, _Mapping]] = ...) -> None: ...
 
 class ShardSearchStreamRequest(_message.Message):
     __slots__ = ("tag", "request", "timeout_s", "request_id")
