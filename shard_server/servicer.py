@@ -263,31 +263,32 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         were newer."""
         if items is not None:
             vectors = codec.unpack(items.vectors_f32, coll.dim)  # a malformed chunk fails here, not in the log
-            ids, versions = list(items.ids), np.asarray(items.versions, dtype=np.uint64)
-            keep = await self._run(coll.newer, ids, versions)
-            if not keep.any():
+            picked = await self._newer(coll, items.ids, items.versions)
+            if picked is None:
                 return 0
-            if not keep.all():
-                picked = np.flatnonzero(keep).tolist()
+            if len(picked) < len(items.ids):
                 items = shard_pb2.ShardUpsertRequest(
-                    collection=items.collection, ids=[ids[i] for i in picked], vectors_f32=codec.pack(vectors[picked]),
+                    collection=items.collection, ids=[items.ids[i] for i in picked],
+                    vectors_f32=codec.pack(vectors[picked]), versions=[items.versions[i] for i in picked],
                     payloads=[items.payloads[i] for i in picked] if len(items.payloads) else (),
-                    versions=versions[picked].tolist(),
                     fields=[items.fields[i] for i in picked] if len(items.fields) else (),
                 )
             await self.upsert(coll, items, APPLY_TIMEOUT_S)
             return len(items.ids)
         assert deletes is not None
-        ids, versions = list(deletes.ids), np.asarray(deletes.versions, dtype=np.uint64)
-        keep = await self._run(coll.newer, ids, versions)
-        if not keep.any():
+        picked = await self._newer(coll, deletes.ids, deletes.versions)
+        if picked is None:
             return 0
-        if not keep.all():
-            picked = np.flatnonzero(keep).tolist()
-            deletes = shard_pb2.ShardDeleteRequest(collection=deletes.collection, ids=[ids[i] for i in picked],
-                                                   versions=versions[picked].tolist())
+        if len(picked) < len(deletes.ids):
+            deletes = shard_pb2.ShardDeleteRequest(collection=deletes.collection, ids=[deletes.ids[i] for i in picked],
+                                                   versions=[deletes.versions[i] for i in picked])
         await self.delete(coll, deletes, APPLY_TIMEOUT_S)
         return len(deletes.ids)
+
+    async def _newer(self, coll: Collection, ids: Any, versions: Any) -> list[int] | None:
+        """Positions of the (id, version) writes that would change something here; None if none would."""
+        keep = await self._run(coll.newer, list(ids), np.asarray(versions, dtype=np.uint64))
+        return np.flatnonzero(keep).tolist() if keep.any() else None
 
     async def delete(self, coll: Collection, request: shard_pb2.ShardDeleteRequest, timeout: float) -> int:
         deleted = await self._writer.delete(coll, request, list(request.ids), timeout)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, Union
 
 import grpc
 import numpy as np
@@ -320,28 +320,35 @@ def _security(tls: bool, ca_file: str | None, cert_file: str | None, key_file: s
 
 
 class _Base:
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
+    """The channel and the call defaults; `_secure` and `_insecure` are the grpc (or grpc.aio) channel makers."""
 
-    def _deadline(self, timeout: float | None) -> float:
-        return self.timeout if timeout is None else timeout
-
-
-class Client(_Base):
-    """Blocking client. `target`: "host:port", or "dns:///name:port" to round-robin over every address it resolves
-    to. Every call takes `timeout` (seconds; default the client's)."""
+    _secure: Callable[..., Any]
+    _insecure: Callable[..., Any]
 
     def __init__(
         self, target: str, *, timeout: float = DEFAULT_TIMEOUT_S, tls: bool = False, ca_file: str | None = None,
         cert_file: str | None = None, key_file: str | None = None, server_name: str | None = None,
         token: str | None = None, token_file: str | None = None, options: Sequence[tuple[str, Any]] | None = None,
     ) -> None:
-        super().__init__(timeout)
+        """`target`: "host:port", or "dns:///name:port" to round-robin over every address it resolves to; TLS when
+        `tls` or a CA or client certificate is given (mutual TLS with `cert_file` and `key_file`); `token` (or the
+        first token of `token_file`) is sent as a bearer token; every call takes `timeout` seconds unless told."""
+        self.timeout = timeout
         sec = _security(tls, ca_file, cert_file, key_file, server_name, token, token_file, options)
         self._metadata = sec.metadata
-        self._channel = (grpc.secure_channel(target, sec.credentials, sec.options) if sec.credentials is not None
-                         else grpc.insecure_channel(target, sec.options))
+        self._channel = (type(self)._secure(target, sec.credentials, sec.options) if sec.credentials is not None
+                         else type(self)._insecure(target, sec.options))
         self._stub = search_pb2_grpc.SearchServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+
+class Client(_Base):
+    """Blocking client (see _Base.__init__ for the connection settings)."""
+
+    _secure = staticmethod(grpc.secure_channel)
+    _insecure = staticmethod(grpc.insecure_channel)
 
     def __enter__(self) -> "Client":
         return self
@@ -443,17 +450,8 @@ class Client(_Base):
 class AsyncClient(_Base):
     """`Client` for asyncio: the same methods, awaited (`list_ids` is an async iterator)."""
 
-    def __init__(
-        self, target: str, *, timeout: float = DEFAULT_TIMEOUT_S, tls: bool = False, ca_file: str | None = None,
-        cert_file: str | None = None, key_file: str | None = None, server_name: str | None = None,
-        token: str | None = None, token_file: str | None = None, options: Sequence[tuple[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(timeout)
-        sec = _security(tls, ca_file, cert_file, key_file, server_name, token, token_file, options)
-        self._metadata = sec.metadata
-        self._channel = (grpc.aio.secure_channel(target, sec.credentials, sec.options) if sec.credentials is not None
-                         else grpc.aio.insecure_channel(target, sec.options))
-        self._stub = search_pb2_grpc.SearchServiceStub(self._channel)  # type: ignore[no-untyped-call]
+    _secure = staticmethod(grpc.aio.secure_channel)
+    _insecure = staticmethod(grpc.aio.insecure_channel)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
