@@ -88,8 +88,9 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
     if storage is None:
         logger.warning("shard %s has no --data-dir: its data lives in memory only and is lost on restart", config.name)
     else:
-        stale = stale_reason(storage, config)
-        await asyncio.get_running_loop().run_in_executor(executor, servicer.recover, bool(config.peers), stale)
+        loop = asyncio.get_running_loop()
+        stale = await loop.run_in_executor(executor, stale_reason, storage, config)  # walks and fsyncs the data dir
+        await loop.run_in_executor(executor, servicer.recover, bool(config.peers), stale)
     servicer.catching_up = bool(config.peers)  # no read is served before the first catch-up
     port_security = security.ServerSecurity.from_config(config, registry)
     traced = tracing.setup("shardsearch-shard")

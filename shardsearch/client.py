@@ -306,7 +306,7 @@ class _Security:
 
 def _security(tls: bool, ca_file: str | None, cert_file: str | None, key_file: str | None, server_name: str | None,
               token: str | None, token_file: str | None, options: Sequence[tuple[str, Any]] | None) -> _Security:
-    if token_file:
+    if token_file:  # the first token of a token file (shardsearch.security's format; not imported: it is server-side)
         token = Path(token_file).read_text().split()[0]
     secure = tls or bool(ca_file or cert_file)
     credentials = None
