@@ -31,6 +31,8 @@ import numpy as np
 from shard_server import device
 from shard_server import params as index_params
 from shard_server import retrain as retraining
+from shard_server import vectors as vector_rows
+from shard_server.ids import IdTable, from_labels
 from shardsearch import topology
 from shardsearch.ring import key_hashes
 from shardsearch.v1 import admin_pb2, search_pb2
@@ -60,7 +62,7 @@ class LabelView:
     """What labels meant when a search took its candidates: the containers are replaced, never changed in place,
     when the collection is relabelled, so a result resolved after a relabel still names the right items."""
 
-    id_of: list[str]
+    id_of: IdTable
     payloads: dict[int, bytes]
     fields: dict[int, bytes]
 
@@ -85,13 +87,12 @@ class Collection:
         self.train_threshold = spec.index.train_threshold or index_params.DEFAULT_TRAIN_THRESHOLD
         self.use_gpu = use_gpu
         self._lock = threading.Lock()
-        self._vecs = np.empty((1024, self.dim), dtype=np.float32)
+        self._vecs = vector_rows.VectorRows(vector_rows.kind_of(spec.index), self.dim, 1024)
         self._alive = np.zeros(1024, dtype=bool)
         self._ver = np.zeros(1024, dtype=np.uint64)
         self._hash = np.zeros(1024, dtype=np.uint64)  # id_hash of each label's id: the order of ListIds
         self._deleted: dict[str, int] = {}  # delete markers: id -> version of the delete
-        self._id_of: list[str] = []
-        self._label_of: dict[str, int] = {}
+        self._ids = IdTable()  # id by label, live label by id
         self._payloads: dict[int, bytes] = {}
         self._fields: dict[int, bytes] = {}  # label -> serialised search_pb2.Fields
         self._keywords: dict[str, dict[str, array.array]] = {}  # field -> keyword -> labels holding it (append-only)
@@ -121,30 +122,33 @@ class Collection:
         n = len(ids)
         if versions is None:
             versions = np.zeros(n, dtype=np.uint64)
+        hashes = id_hashes(ids)
         with self._lock:
-            owned = self._owned(ids)  # under the lock: a new layout's purge and `keep` change together
-            keep = [i for i, item_id in enumerate(ids) if owned[i] and self._newer(item_id, int(versions[i]))]
-            if len(keep) < n:
-                ids = [ids[i] for i in keep]
-                vectors, versions = vectors[keep], versions[keep]
-                payloads = [payloads[i] for i in keep] if payloads else payloads
-                fields = [fields[i] for i in keep] if fields else fields
+            current = self._ids.find(ids, hashes, self._alive)
+            # `_owned` under the lock: a new layout's purge and `keep` change together
+            wanted = self._owned(hashes) & self._newer_mask(ids, versions, current)
+            if len(ids) != len(set(ids)):  # one write per id (requests are checked; this guards replays)
+                last = {item_id: i for i, item_id in enumerate(ids)}
+                wanted &= np.fromiter((last[item_id] == i for i, item_id in enumerate(ids)), dtype=bool, count=n)
+            if not wanted.all():
+                keep = np.flatnonzero(wanted)
+                ids = [ids[i] for i in keep.tolist()]
+                vectors, versions, hashes, current = vectors[keep], versions[keep], hashes[keep], current[keep]
+                payloads = [payloads[i] for i in keep.tolist()] if payloads else payloads
+                fields = [fields[i] for i in keep.tolist()] if fields else fields
             count = len(ids)
             self._reserve(self._next + count)
-            for item_id in ids:
-                old = self._label_of.get(item_id)
-                if old is not None:
-                    self._kill(old)
-                elif self._deleted:
+            for old in current[current >= 0].tolist():
+                self._kill(old)
+            if self._deleted:
+                for item_id in ids:
                     self._deleted.pop(item_id, None)
             start = self._next
-            self._vecs[start : start + count] = vectors
+            self._vecs.put(start, vectors)
             self._alive[start : start + count] = True
             self._ver[start : start + count] = versions
-            self._hash[start : start + count] = id_hashes(ids)
-            self._id_of.extend(ids)
-            for offset, item_id in enumerate(ids):
-                self._label_of[item_id] = start + offset
+            self._hash[start : start + count] = hashes
+            self._ids.append(ids)
             if payloads:
                 for offset, payload in enumerate(payloads):
                     if payload:
@@ -155,6 +159,7 @@ class Collection:
                         self._index_fields(start + offset, item_fields)
             self._next += count
             self._live += count
+            self._ids.settle(self._hash, self._alive)
             self._last_write = time.monotonic()
         return n
 
@@ -162,18 +167,19 @@ class Collection:
         """Deletes each id unless it holds a newer version; versioned deletes leave a marker. Returns the number
         of live items removed."""
         deleted = 0
+        if versions is None:
+            versions = np.zeros(len(ids), dtype=np.uint64)
+        hashes = id_hashes(ids)
         with self._lock:
-            owned = self._owned(ids)
-            for i, item_id in enumerate(ids):
-                version = 0 if versions is None else int(versions[i])
-                if not owned[i] or not self._newer(item_id, version):
-                    continue
-                label = self._label_of.pop(item_id, None)
-                if label is not None:
+            current = self._ids.find(ids, hashes, self._alive)
+            wanted = self._owned(hashes) & self._newer_mask(ids, versions, current)
+            for i in np.flatnonzero(wanted).tolist():
+                label, version = int(current[i]), int(versions[i])
+                if label >= 0 and self._alive[label]:
                     self._kill(label)
                     deleted += 1
                 if version:
-                    self._deleted[item_id] = version
+                    self._deleted[ids[i]] = max(version, self._deleted.get(ids[i], 0))
         return deleted
 
     def room_for_markers(self, count: int, limit: int) -> int:
@@ -186,9 +192,9 @@ class Collection:
             self._deleted = {i: v for i, v in self._deleted.items() if v > horizon}
             return len(self._deleted) if len(self._deleted) + count > limit else 0
 
-    def _owned(self, ids: list[str]) -> np.ndarray:
+    def _owned(self, hashes: np.ndarray) -> np.ndarray:
         keep = self.keep
-        return np.ones(len(ids), dtype=bool) if keep is None else keep(id_hashes(ids))
+        return np.ones(len(hashes), dtype=bool) if keep is None else keep(hashes)
 
     def set_keep(self, keep: Callable[[np.ndarray], np.ndarray] | None) -> int:
         """Sets `keep` and drops the items (and delete markers) of ids it leaves out, leaving no marker: they live
@@ -200,7 +206,6 @@ class Collection:
             labels = np.flatnonzero(self._alive[: self._next])
             foreign = labels[~keep(self._hash[labels])]
             for label in foreign.tolist():
-                del self._label_of[self._id_of[label]]
                 self._kill(label)
             if self._deleted:
                 marked = list(self._deleted)
@@ -211,15 +216,19 @@ class Collection:
 
     def newer(self, ids: list[str], versions: np.ndarray) -> np.ndarray:
         """Which of these (id, version) writes would change something here (a copy skips the rest)."""
+        hashes = id_hashes(ids)
         with self._lock:
-            return np.fromiter((self._newer(i, int(v)) for i, v in zip(ids, versions.tolist())), dtype=bool,
-                               count=len(ids))
+            return self._newer_mask(ids, versions, self._ids.find(ids, hashes, self._alive))
 
-    def _newer(self, item_id: str, version: int) -> bool:
-        """Whether a write with `version` beats what the id holds (unversioned writes only beat unversioned)."""
-        label = self._label_of.get(item_id)
-        current = int(self._ver[label]) if label is not None else self._deleted.get(item_id, 0)
-        return version > current or version == current == 0
+    def _newer_mask(self, ids: list[str], versions: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """Whether each write with `versions` beats what its id holds (its live label `current`, else its delete
+        marker); unversioned writes only beat unversioned. Under the lock."""
+        held = np.where(current >= 0, self._ver[np.maximum(current, 0)], np.uint64(0))
+        if self._deleted:
+            for i in np.flatnonzero(current < 0).tolist():
+                held[i] = self._deleted.get(ids[i], 0)
+        versions = versions.astype(np.uint64, copy=False)
+        return (versions > held) | ((versions == held) & (held == 0))
 
     def _index_fields(self, label: int, fields: search_pb2.Fields, blob: bytes | None = None) -> None:
         """Keeps the item's fields and adds its label to the keyword lists and number columns (under the lock).
@@ -253,8 +262,7 @@ class Collection:
             return
         while capacity < size:
             capacity *= 2
-        vecs = np.empty((capacity, self.dim), dtype=np.float32)
-        vecs[: self._next] = self._vecs[: self._next]
+        vecs = self._vecs.grown(capacity, self._next)
         alive = np.zeros(capacity, dtype=bool)
         alive[: self._next] = self._alive[: self._next]
         ver = np.zeros(capacity, dtype=np.uint64)
@@ -270,17 +278,21 @@ class Collection:
     # ---- reads --------------------------------------------------------------------------------------------
 
     def get(self, ids: list[str]) -> tuple[list[str], np.ndarray, list[bytes]]:
+        hashes = id_hashes(ids)
         with self._lock:
-            found = [(i, self._label_of[i]) for i in ids if i in self._label_of]
-            labels = np.fromiter((label for _, label in found), dtype=np.int64, count=len(found))
-            vectors = self._vecs[labels].copy()
-            payloads = [self._payloads.get(label, b"") for _, label in found]
-        return [i for i, _ in found], vectors, payloads
+            labels = self._ids.find(ids, hashes, self._alive)
+            found = np.flatnonzero(labels >= 0)
+            labels = labels[found]
+            vectors = np.array(self._vecs[labels], dtype=np.float32)
+            payloads = [self._payloads.get(label, b"") for label in labels.tolist()]
+        return [ids[i] for i in found.tolist()], vectors, payloads
 
     def fields_of_ids(self, ids: list[str]) -> list[bytes]:
         """Serialised Fields of each id that exists (b"" for none), in the order `get` returns them."""
+        hashes = id_hashes(ids)
         with self._lock:
-            return [self._fields.get(self._label_of[i], b"") for i in ids if i in self._label_of]
+            labels = self._ids.find(ids, hashes, self._alive)
+            return [self._fields.get(label, b"") for label in labels[labels >= 0].tolist()]
 
     def fields_for(self, labels: np.ndarray, view: LabelView | None = None) -> list[bytes]:
         with self._lock:
@@ -354,7 +366,7 @@ class Collection:
         return replace(self._rank(queries, k, found), view=view)
 
     def _view(self) -> LabelView:
-        return LabelView(self._id_of, self._payloads, self._fields)
+        return LabelView(self._ids, self._payloads, self._fields)
 
     def try_search(self, queries: np.ndarray, k: int, nprobe: int = 0) -> SearchResult | None:
         """`search` without a filter, or None at once if a write or maintenance holds the collection (for a caller
@@ -478,14 +490,9 @@ class Collection:
             scores = np.pad(scores, ((0, 0), (0, k - kk)))
         return SearchResult(out_labels.astype(np.int64), scores.astype(np.float32))
 
-    def _exact_scores(self, queries: np.ndarray, labels: np.ndarray, vecs: np.ndarray) -> np.ndarray:
-        """Exact scores of each query against its candidate rows, in FAISS (SIMD, no n x c x d gather in numpy)."""
-        n, c = labels.shape
-        scores = np.empty((n, c), dtype=np.float32)
-        ids = np.ascontiguousarray(labels, dtype=np.int64)
-        by_idx = faiss.fvec_inner_products_by_idx if self.inner_product else faiss.fvec_L2sqr_by_idx
-        by_idx(faiss.swig_ptr(scores), faiss.swig_ptr(queries), faiss.swig_ptr(vecs), faiss.swig_ptr(ids), self.dim, n, c)
-        return scores
+    def _exact_scores(self, queries: np.ndarray, labels: np.ndarray, vecs: vector_rows.VectorRows) -> np.ndarray:
+        """Exact scores of each query against its candidate rows (of the stored vectors, as the store holds them)."""
+        return vecs.scores(queries, labels, self.inner_product)
 
     def _rerank(self, labels: np.ndarray, valid: np.ndarray, scores: np.ndarray, k: int) -> SearchResult:
         order_key = -scores if self.inner_product else scores.copy()
@@ -505,8 +512,11 @@ class Collection:
         return SearchResult(out_labels, out_scores)
 
     def ids_for(self, labels: np.ndarray, view: LabelView | None = None) -> list[str]:
-        id_of = (view or self._view()).id_of
-        return [id_of[label] if label >= 0 else "" for label in labels.ravel().tolist()]
+        table = (view or self._view()).id_of
+        flat = labels.ravel().tolist()
+        if min(flat, default=0) >= 0:
+            return table.ids_of(flat)
+        return [table.id_of(label) if label >= 0 else "" for label in flat]
 
     def payloads_for(self, labels: np.ndarray, view: LabelView | None = None) -> list[bytes]:
         with self._lock:
@@ -562,8 +572,7 @@ class Collection:
             capacity = 1024
             while capacity < n:
                 capacity *= 2
-            vecs = np.empty((capacity, self.dim), dtype=np.float32)
-            vecs[:n] = self._vecs[live]
+            vecs = self._vecs.taken(live, capacity)
             alive = np.zeros(capacity, dtype=bool)
             alive[:n] = True
             ver = np.zeros(capacity, dtype=np.uint64)
@@ -571,11 +580,11 @@ class Collection:
             hashes = np.zeros(capacity, dtype=np.uint64)
             hashes[:n] = self._hash[live]
             old_labels = live.tolist()
-            id_of = [self._id_of[label] for label in old_labels]
+            id_of = self._ids.ids_of(old_labels)
             payloads = {new: self._payloads[old] for new, old in enumerate(old_labels) if old in self._payloads}
             fields = {new: self._fields[old] for new, old in enumerate(old_labels) if old in self._fields}
             self._vecs, self._alive, self._ver, self._hash = vecs, alive, ver, hashes
-            self._id_of, self._label_of, self._payloads = id_of, {i: j for j, i in enumerate(id_of)}, payloads
+            self._ids, self._payloads = from_labels(id_of, capacity, hashes, alive), payloads
             self._fields, self._keywords, self._numbers = {}, {}, {}
             for label, blob in fields.items():
                 self._index_fields(label, search_pb2.Fields.FromString(blob), blob)
@@ -623,6 +632,8 @@ class Collection:
         started = time.perf_counter()
         result = retraining.outcome(False, 0.0, 0.0, started, len(labels), "failed: interrupted")
         try:
+            if vecs.wants_fit():
+                vecs = self._quantize(vecs, labels, upto)
             result = self._shadow(vecs, labels, alive, upto, gate, options, started, first)
         except Exception as exc:  # kept for RetrainStatus; the current index stays
             logger.exception("collection %s: retraining failed", self.spec.name)
@@ -634,6 +645,21 @@ class Collection:
                 tracker.hold(self._next, len(labels))
                 self._training = False
         return result
+
+    def _quantize(self, vecs: vector_rows.VectorRows, labels: np.ndarray, upto: int) -> vector_rows.VectorRows:
+        """Fits an sq8 store's range on the live rows and re-encodes them (outside the lock), then swaps the encoded
+        store in with the rows written meanwhile; returns it."""
+        quantizer = vecs.fit(labels)
+        encoded = vecs.quantized(quantizer, upto)
+        with self._lock:
+            current, stop = self._vecs, self._next
+            if encoded.capacity < current.capacity:
+                encoded = encoded.grown(current.capacity, upto)
+            encoded.data[upto:stop] = quantizer.compute_codes(np.ascontiguousarray(current.data[upto:stop]))
+            self._vecs = encoded
+        logger.info("collection %s: vectors stored as sq8 (%d bytes a row, was %d)", self.spec.name,
+                    encoded.row_bytes, vecs.row_bytes)
+        return encoded
 
     def _shadow(
         self, vecs: np.ndarray, labels: np.ndarray, alive: np.ndarray, upto: int, gate: bool,
@@ -824,15 +850,18 @@ class Collection:
             horizon = time.time_ns() - self.marker_retention_ns
             self._deleted = {i: v for i, v in self._deleted.items() if v > horizon}
             deleted = list(self._deleted.items())
-        ids = [self._id_of[label].encode() for label in labels.tolist()]
+        ids = [item_id.encode() for item_id in self._ids.ids_of(labels.tolist())]
         blobs = [payloads.get(label, b"") for label in labels.tolist()]
         field_blobs = [fields.get(label, b"") for label in labels.tolist()]
         params = np.array(
             [chosen.nlist, chosen.pq_m, chosen.pq_nbits, chosen.default_nprobe, chosen.refine_factor]
             if chosen is not None else [], dtype=np.int64,
         )
+        # An encoded store saves its codes (and sq8 its range): a restart holds what a fresh load holds.
+        stored = {"vector_codes": vecs.data[labels], "vector_range": vecs.quantizer_state()} if vecs.encoded else {
+            "vectors": vecs[labels]}
         return {
-            "meta": meta, "labels": labels, "vectors": vecs[labels], "params": params, "ivf": ivf,
+            "meta": meta, "labels": labels, **stored, "params": params, "ivf": ivf,
             "versions": versions, "deleted_versions": np.array([v for _, v in deleted], dtype=np.uint64),
             **_pack_strings("ids", ids), **_pack_strings("payloads", blobs), **_pack_strings("fields", field_blobs),
             **_pack_strings("deleted_ids", [i.encode() for i, _ in deleted]),
@@ -846,7 +875,13 @@ class Collection:
         payloads = _unpack_strings(state, "payloads")
         with self._lock:
             self._reserve(max(upto, 1))
-            self._vecs[labels] = state["vectors"]
+            if "vector_codes" in state:
+                ranges = state["vector_range"]
+                quantizer = vector_rows.quantizer_from(self.dim, ranges) if len(ranges) else None
+                self._vecs = vector_rows.VectorRows(self._vecs.kind, self.dim, self._vecs.capacity, quantizer)
+                self._vecs.put_codes(labels, state["vector_codes"])
+            else:
+                self._vecs.data[labels] = self._vecs.encode(state["vectors"])
             self._alive[:] = False
             self._alive[labels] = True
             if "versions" in state:  # snapshots written before versions existed hold unversioned items
@@ -856,9 +891,10 @@ class Collection:
             id_of: list[str] = [""] * upto
             for label, raw in zip(labels.tolist(), ids):
                 id_of[label] = raw.decode()
-            self._id_of = id_of
-            self._label_of = {id_of[label]: label for label in labels.tolist()}
+            del ids
             self._hash[labels] = id_hashes([id_of[label] for label in labels.tolist()])
+            self._ids = from_labels(id_of, len(self._alive), self._hash, self._alive)
+            del id_of
             self._payloads = {label: blob for label, blob in zip(labels.tolist(), payloads) if blob}
             if "fields_ends" in state:  # snapshots written before fields existed have none
                 self._fields, self._keywords, self._numbers = {}, {}, {}
@@ -902,7 +938,7 @@ class Collection:
                 found += len(alive)
                 start = end
             labels = np.concatenate(picked) if picked else np.zeros(0, np.int64)
-            ids = [self._id_of[label] for label in labels.tolist()]
+            ids = self._ids.ids_of(labels.tolist())
             payloads = [self._payloads.get(label, b"") for label in labels.tolist()]
             fields = [self._fields.get(label, b"") for label in labels.tolist()]
             return ids, self._vecs[labels], payloads, self._ver[labels], last, fields
@@ -929,7 +965,7 @@ class Collection:
         order = np.argsort(hashes, kind="stable")
         labels, hashes = labels[order], hashes[order]
         with self._lock:
-            ids = [self._id_of[label] for label in labels.tolist()]
+            ids = self._ids.ids_of(labels.tolist())
         return ids, int(hashes[-1]) if len(hashes) else 0, more
 
     def delete_markers(self, select: Callable[[np.ndarray], np.ndarray] | None = None) -> list[tuple[str, int]]:
@@ -952,7 +988,9 @@ class Collection:
         items = np.empty(len(labels), dtype=np.uint64)
         for lo in range(0, len(labels), ADD_CHUNK):
             part = slice(lo, lo + ADD_CHUNK)
-            items[part] = topology.item_hashes(hashes[part], versions[part], vecs[labels[part]])
+            # A lossy store's bits differ between replicas that fitted their ranges apart: (id, version) names the write.
+            vectors = None if vecs.lossy else vecs[labels[part]]
+            items[part] = topology.item_hashes(hashes[part], versions[part], vectors)
         return topology.checksums(hashes, items)
 
     # ---- introspection ------------------------------------------------------------------------------------
@@ -981,7 +1019,31 @@ class Collection:
                 )
             )
             info.index_description = f"{chosen.factory()},Refine(Flat) + exact buffer on {device.name(self.use_gpu)}"
+        if self._vecs.lossy:
+            info.index.vector_store = self.spec.index.vector_store
+            stored = "sq8" if self._vecs.encoded else "float32 until the first training fits the sq8 range"
+            info.index_description += f"; vectors stored as {stored if self._vecs.kind == 'sq8' else 'float16'}"
         return info
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this collection holds, by part (an estimate from sizes, for the memory gauge): "vectors" (rows
+        written, dead ones included), "index" (IVF codes, their ids and the centroids), "ids" (the id strings and
+        their lookup), "columns" (live flags, versions, id hashes and number fields), "payloads", "fields" and
+        "markers" (delete markers). Python containers are counted at ~100 bytes an entry."""
+        with self._lock:
+            rows, upto, ivf = self._vecs, self._next, self._ivf
+            payloads, fields = list(self._payloads.values()), list(self._fields.values())
+            markers, numbers = len(self._deleted), len(self._numbers)
+            ids = self._ids.nbytes()
+        index = 0
+        if ivf is not None:
+            code_size, nlist = getattr(ivf, "code_size", 0), getattr(ivf, "nlist", 0)  # GPU indexes lack some
+            index = int(ivf.ntotal) * (int(code_size) + 8) + int(nlist) * self.dim * 4
+        return {
+            "vectors": upto * rows.row_bytes, "index": index, "ids": ids, "columns": upto * (17 + 8 * numbers),
+            "payloads": sum(map(len, payloads)) + 100 * len(payloads),
+            "fields": sum(map(len, fields)) + 100 * len(fields), "markers": 100 * markers,
+        }
 
     @property
     def live(self) -> int:

@@ -8,6 +8,7 @@ import threading
 import weakref
 from typing import Callable
 
+from shard_server import memory
 from shard_server.index import Collection
 
 logger = logging.getLogger(__name__)
@@ -42,10 +43,14 @@ class Maintenance:
 
     def _run(self) -> None:
         self._thread_init()
+        worked = False
         while True:
             try:
                 collection = self._queue.get(timeout=TICK_S)
             except queue.Empty:
+                if worked:  # idle after work: give what it freed back (see shard_server.memory)
+                    memory.trim()
+                    worked = False
                 for seen in list(self._seen):
                     self.nudge(seen)
                 continue
@@ -53,6 +58,7 @@ class Maintenance:
                 return
             with self._lock:
                 self._queued.discard(id(collection))
+            worked = True
             try:
                 collection.maintain()
             except Exception:

@@ -67,6 +67,9 @@ def check_options(dim: int, opts: search_pb2.IndexOptions) -> None:
         raise ValueError(f"index.pq_nbits: {opts.pq_nbits}; use 4 (fast-scan) or 8")
     if opts.nlist > MAX_NLIST:
         raise ValueError(f"index.nlist: {opts.nlist} exceeds {MAX_NLIST}")
+    if opts.vector_store not in search_pb2.VectorStore.values():
+        raise ValueError(f"index.vector_store: {opts.vector_store} is none of "
+                         f"{', '.join(search_pb2.VectorStore.keys())}")
     if opts.refine_factor > 100:
         raise ValueError(f"index.refine_factor: {opts.refine_factor} exceeds 100")
     # A shard trains on train_threshold vectors: k-means needs at least one per centroid, or FAISS throws and the

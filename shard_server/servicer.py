@@ -22,6 +22,8 @@ from typing import Any, AsyncIterator, Callable, Hashable, Iterator, TypeVar
 import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from shard_server.index import Collection, Relabelled
 from shard_server.maintenance import Maintenance
@@ -111,6 +113,25 @@ class ShardMetrics(RpcMetrics):
             "shardsearch_shard_vectors", "Live vectors held by this shard, by collection.", ["collection"],
             registry=registry,
         )
+        self.collections: Callable[[], list[Collection]] = lambda: []
+        registry.register(_MemoryCollector(self))
+
+
+class _MemoryCollector(Collector):
+    """shardsearch_shard_memory_bytes{collection, part}: each collection's own estimate of what it holds."""
+
+    def __init__(self, metrics: ShardMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "shardsearch_shard_memory_bytes",
+            "Bytes a collection holds on this shard, by part (vectors, index, ids, columns, payloads, fields, "
+            "markers): estimated from sizes, beside process_resident_memory_bytes.", labels=["collection", "part"])
+        for coll in self._metrics.collections():
+            for part, size in coll.memory().items():
+                family.add_metric([coll.spec.name, part], size)
+        yield family
 
 
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
@@ -148,6 +169,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self._inline = InlinePolicy(enabled=inline_search and not use_gpu)
         self._max_markers = max_delete_markers
         self._collections: dict[str, Collection] = {}
+        metrics.collections = lambda: list(self._collections.values())
         self._creating: set[str] = set()
         self._lock = threading.Lock()
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Hashable, TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from shard_server import memory
 from shard_server.index import Collection
 from shard_server.storage import DELETE, UPSERT, CollectionStore, CorruptLog, Storage, WalFailed, fsync_dir
 from shardsearch import codec
@@ -239,6 +240,7 @@ def _load(store: CollectionStore, use_gpu: bool) -> tuple[Collection, int, int]:
         _apply(coll, record.kind, record.payload)
         store.seq = record.seq
         replayed += 1
+    memory.trim()  # the snapshot's arrays and the replayed records are garbage now
     return coll, after, replayed
 
 
@@ -310,3 +312,5 @@ def _persist(store: CollectionStore, capture: Capture) -> None:
     fsync_dir(store.folder)
     for segment in capture.covered:
         segment.unlink(missing_ok=True)
+    capture.state.clear()
+    memory.trim()

@@ -237,11 +237,24 @@ METRICS = {"l2": search_pb2.METRIC_L2, "ip": search_pb2.METRIC_INNER_PRODUCT,
            "inner_product": search_pb2.METRIC_INNER_PRODUCT}
 
 
-def _create(name: str, dim: int, metric: str, index: Mapping[str, int]) -> search_pb2.CreateCollectionRequest:
+VECTOR_STORES = {"float32": search_pb2.VECTOR_STORE_FLOAT32, "float16": search_pb2.VECTOR_STORE_FLOAT16,
+                 "sq8": search_pb2.VECTOR_STORE_SQ8}
+
+
+def _create(name: str, dim: int, metric: str, vector_store: str | None,
+            index: Mapping[str, int]) -> search_pb2.CreateCollectionRequest:
     if metric not in METRICS:
         raise ValueError(f"metric: one of {', '.join(METRICS)}")
-    return search_pb2.CreateCollectionRequest(name=name, dim=dim, metric=METRICS[metric],
-                                              index=search_pb2.IndexOptions(**index))
+    options = search_pb2.IndexOptions()
+    for option, value in index.items():
+        if option == "vector_store" or option not in search_pb2.IndexOptions.DESCRIPTOR.fields_by_name:
+            raise ValueError(f"{option}: not an index option")
+        setattr(options, option, value)
+    if vector_store is not None:
+        if vector_store not in VECTOR_STORES:
+            raise ValueError(f"vector_store: one of {', '.join(VECTOR_STORES)}")
+        options.vector_store = VECTOR_STORES[vector_store]
+    return search_pb2.CreateCollectionRequest(name=name, dim=dim, metric=METRICS[metric], index=options)
 
 
 def _upserts(collection: str, ids: Sequence[str], vectors: Any, payloads: Sequence[bytes] | None,
@@ -365,11 +378,13 @@ class Client(_Base):
         except grpc.RpcError as exc:
             raise error_from(exc) from None
 
-    def create_collection(self, name: str, dim: int, metric: str = "l2", *, timeout: float | None = None,
-                          **index: int) -> search_pb2.Collection:
-        """`index`: IndexOptions fields (nlist, pq_m, pq_nbits, train_threshold, default_nprobe, refine_factor)."""
+    def create_collection(self, name: str, dim: int, metric: str = "l2", *, vector_store: str | None = None,
+                          timeout: float | None = None, **index: int) -> search_pb2.Collection:
+        """`vector_store`: "float32" (the default), "float16" or "sq8" (memory against precision: see the
+        VectorStore enum). `index`: IndexOptions fields (nlist, pq_m, pq_nbits, train_threshold, default_nprobe,
+        refine_factor)."""
         response: search_pb2.CreateCollectionResponse = self._call(
-            "CreateCollection", _create(name, dim, metric, index), timeout)
+            "CreateCollection", _create(name, dim, metric, vector_store, index), timeout)
         return response.collection
 
     def drop_collection(self, name: str, *, timeout: float | None = None) -> None:
@@ -468,10 +483,10 @@ class AsyncClient(_Base):
         except grpc.RpcError as exc:
             raise error_from(exc) from None
 
-    async def create_collection(self, name: str, dim: int, metric: str = "l2", *, timeout: float | None = None,
-                                **index: int) -> search_pb2.Collection:
+    async def create_collection(self, name: str, dim: int, metric: str = "l2", *, vector_store: str | None = None,
+                                timeout: float | None = None, **index: int) -> search_pb2.Collection:
         response: search_pb2.CreateCollectionResponse = await self._call(
-            "CreateCollection", _create(name, dim, metric, index), timeout)
+            "CreateCollection", _create(name, dim, metric, vector_store, index), timeout)
         return response.collection
 
     async def drop_collection(self, name: str, *, timeout: float | None = None) -> None:

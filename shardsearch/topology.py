@@ -145,12 +145,15 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def item_hashes(id_hashes: np.ndarray, versions: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each item's (id, version, vector bits). The version names the write, so equal hashes mean
-    the same write (payload and fields included) on both sides."""
-    words = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32).astype(np.uint64)
+def item_hashes(id_hashes: np.ndarray, versions: np.ndarray, vectors: np.ndarray | None) -> np.ndarray:
+    """A 64-bit hash of each item's (id, version, vector bits; None: the vectors left out). The version names the
+    write, so equal hashes mean the same write (payload and fields included) on both sides."""
     with np.errstate(over="ignore"):
-        vector_hash = (words * np.resize(_MULTIPLIERS, words.shape[1])).sum(axis=1, dtype=np.uint64)
+        if vectors is None:
+            vector_hash = np.zeros(len(id_hashes), dtype=np.uint64)
+        else:
+            words = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32).astype(np.uint64)
+            vector_hash = (words * np.resize(_MULTIPLIERS, words.shape[1])).sum(axis=1, dtype=np.uint64)
         return _mix(id_hashes ^ _mix(versions.astype(np.uint64) ^ _mix(vector_hash)))
 
 

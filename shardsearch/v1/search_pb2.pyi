@@ -19,6 +19,13 @@ class PartialPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PARTIAL_POLICY_FAIL: _ClassVar[PartialPolicy]
     PARTIAL_POLICY_ALLOW: _ClassVar[PartialPolicy]
 
+class VectorStore(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VECTOR_STORE_UNSPECIFIED: _ClassVar[VectorStore]
+    VECTOR_STORE_FLOAT32: _ClassVar[VectorStore]
+    VECTOR_STORE_FLOAT16: _ClassVar[VectorStore]
+    VECTOR_STORE_SQ8: _ClassVar[VectorStore]
+
 class Combine(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     COMBINE_UNSPECIFIED: _ClassVar[Combine]
@@ -30,25 +37,31 @@ METRIC_L2: Metric
 PARTIAL_POLICY_UNSPECIFIED: PartialPolicy
 PARTIAL_POLICY_FAIL: PartialPolicy
 PARTIAL_POLICY_ALLOW: PartialPolicy
+VECTOR_STORE_UNSPECIFIED: VectorStore
+VECTOR_STORE_FLOAT32: VectorStore
+VECTOR_STORE_FLOAT16: VectorStore
+VECTOR_STORE_SQ8: VectorStore
 COMBINE_UNSPECIFIED: Combine
 COMBINE_MEAN: Combine
 COMBINE_RRF: Combine
 
 class IndexOptions(_message.Message):
-    __slots__ = ("nlist", "pq_m", "pq_nbits", "train_threshold", "default_nprobe", "refine_factor")
+    __slots__ = ("nlist", "pq_m", "pq_nbits", "train_threshold", "default_nprobe", "refine_factor", "vector_store")
     NLIST_FIELD_NUMBER: _ClassVar[int]
     PQ_M_FIELD_NUMBER: _ClassVar[int]
     PQ_NBITS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_NPROBE_FIELD_NUMBER: _ClassVar[int]
     REFINE_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_STORE_FIELD_NUMBER: _ClassVar[int]
     nlist: int
     pq_m: int
     pq_nbits: int
     train_threshold: int
     default_nprobe: int
     refine_factor: int
-    def __init__(self, nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., pq_nbits: _Optional[int] = ..., train_threshold: _Optional[int] = ..., default_nprobe: _Optional[int] = ..., refine_factor: _Optional[int] = ...) -> None: ...
+    vector_store: VectorStore
+    def __init__(self, nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., pq_nbits: _Optional[int] = ..., train_threshold: _Optional[int] = ..., default_nprobe: _Optional[int] = ..., refine_factor: _Optional[int] = ..., vector_store: _Optional[_Union[VectorStore, str]] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "dim", "metric", "index")
