@@ -11,6 +11,7 @@ import importlib.util
 import os
 from typing import Sequence
 
+from shard_server import memory
 from shard_server.config import ENV_PREFIX, ShardConfig
 from shardsearch import config as settings
 from shardsearch import security
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
         security.check_files(config, "peer_")
     if config.omp_threads > 0:  # must precede the first FAISS import: OpenMP reads it once
         os.environ["OMP_NUM_THREADS"] = str(config.omp_threads)
+    memory.configure()  # before the servers' threads start (see shard_server/memory.py)
     asyncio.run(serve_config(config))
 
 

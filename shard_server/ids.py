@@ -46,8 +46,8 @@ class IdTable:
             out.append(blob[start : int(ends[label])].decode())
         return out
 
-    def append(self, ids: list[str]) -> None:
-        """Gives the next len(ids) labels to these ids."""
+    def append(self, ids: list[str], index: bool = True) -> None:
+        """Gives the next len(ids) labels to these ids (`index`: findable at once; else after `rebuild`)."""
         encoded = [item_id.encode() for item_id in ids]
         stop = self._next + len(ids)
         if stop > len(self._ends):
@@ -57,9 +57,10 @@ class IdTable:
         base = int(self._ends[self._next - 1]) if self._next else 0
         self._ends[self._next : stop] = base + np.cumsum([len(raw) for raw in encoded], dtype=np.int64)
         self._blob += b"".join(encoded)
-        recent = self._recent
-        for offset, item_id in enumerate(ids):
-            recent[item_id] = self._next + offset
+        if index:
+            recent = self._recent
+            for offset, item_id in enumerate(ids):
+                recent[item_id] = self._next + offset
         self._next = stop
 
     def find(self, ids: list[str], hashes: np.ndarray, alive: np.ndarray) -> np.ndarray:
@@ -111,9 +112,28 @@ class IdTable:
                 + 100 * len(self._recent))
 
 
+def saved(table: IdTable, upto: int) -> dict[str, np.ndarray]:
+    """Labels below `upto` as two arrays for a snapshot: the id bytes and each label's end offset (one copy of the
+    bytes, no Python object per id)."""
+    ends = table._ends[:upto].copy()
+    size = int(ends[-1]) if upto else 0
+    return {"id_blob": np.frombuffer(bytes(table._blob[:size]), dtype=np.uint8), "id_ends": ends}
+
+
+def restored(state: dict[str, np.ndarray], capacity: int, hashes: np.ndarray, alive: np.ndarray) -> IdTable:
+    """The table `saved` wrote (sorted array built)."""
+    table = IdTable(max(capacity, 1))
+    ends = state["id_ends"]
+    table._blob = bytearray(state["id_blob"].tobytes())
+    table._ends[: len(ends)] = ends
+    table._next = len(ends)
+    table.rebuild(hashes, alive)
+    return table
+
+
 def from_labels(ids_by_label: list[str], capacity: int, hashes: np.ndarray, alive: np.ndarray) -> IdTable:
     """A table whose label i is ids_by_label[i] (restores and relabels), sorted array built."""
     table = IdTable(max(capacity, 1))
-    table.append(ids_by_label)
+    table.append(ids_by_label, index=False)
     table.rebuild(hashes, alive)
     return table

@@ -29,10 +29,11 @@ import faiss
 import numpy as np
 
 from shard_server import device
+from shard_server import ids as id_table
 from shard_server import params as index_params
 from shard_server import retrain as retraining
 from shard_server import vectors as vector_rows
-from shard_server.ids import IdTable, from_labels
+from shard_server.ids import IdTable
 from shardsearch import topology
 from shardsearch.ring import key_hashes
 from shardsearch.v1 import admin_pb2, search_pb2
@@ -584,7 +585,7 @@ class Collection:
             payloads = {new: self._payloads[old] for new, old in enumerate(old_labels) if old in self._payloads}
             fields = {new: self._fields[old] for new, old in enumerate(old_labels) if old in self._fields}
             self._vecs, self._alive, self._ver, self._hash = vecs, alive, ver, hashes
-            self._ids, self._payloads = from_labels(id_of, capacity, hashes, alive), payloads
+            self._ids, self._payloads = id_table.from_labels(id_of, capacity, hashes, alive), payloads
             self._fields, self._keywords, self._numbers = {}, {}, {}
             for label, blob in fields.items():
                 self._index_fields(label, search_pb2.Fields.FromString(blob), blob)
@@ -850,20 +851,21 @@ class Collection:
             horizon = time.time_ns() - self.marker_retention_ns
             self._deleted = {i: v for i, v in self._deleted.items() if v > horizon}
             deleted = list(self._deleted.items())
-        ids = [item_id.encode() for item_id in self._ids.ids_of(labels.tolist())]
+            id_state, hashes = id_table.saved(self._ids, upto), self._hash[:upto].copy()
         blobs = [payloads.get(label, b"") for label in labels.tolist()]
         field_blobs = [fields.get(label, b"") for label in labels.tolist()]
         params = np.array(
             [chosen.nlist, chosen.pq_m, chosen.pq_nbits, chosen.default_nprobe, chosen.refine_factor]
             if chosen is not None else [], dtype=np.int64,
         )
-        # An encoded store saves its codes (and sq8 its range): a restart holds what a fresh load holds.
-        stored = {"vector_codes": vecs.data[labels], "vector_range": vecs.quantizer_state()} if vecs.encoded else {
-            "vectors": vecs[labels]}
+        # The rows below `upto` as the store holds them (codes, and sq8 its range; dead rows too), ids and hashes by
+        # label: a view and three flat copies, no Python object per item, and a restart holds what a fresh load
+        # holds. Rows below `upto` never change, so the view may be written out after the lock is released.
         return {
-            "meta": meta, "labels": labels, **stored, "params": params, "ivf": ivf,
+            "meta": meta, "labels": labels, "vector_rows": vecs.data[:upto], "vector_range": vecs.quantizer_state(),
+            **id_state, "hashes": hashes, "params": params, "ivf": ivf,
             "versions": versions, "deleted_versions": np.array([v for _, v in deleted], dtype=np.uint64),
-            **_pack_strings("ids", ids), **_pack_strings("payloads", blobs), **_pack_strings("fields", field_blobs),
+            **_pack_strings("payloads", blobs), **_pack_strings("fields", field_blobs),
             **_pack_strings("deleted_ids", [i.encode() for i, _ in deleted]),
         }
 
@@ -871,16 +873,15 @@ class Collection:
         """Restores what `export_state` saved (into a new, empty collection)."""
         upto, ivf_upto, trained_on = (int(x) for x in state["meta"])
         labels = state["labels"]
-        ids = _unpack_strings(state, "ids")
         payloads = _unpack_strings(state, "payloads")
         with self._lock:
             self._reserve(max(upto, 1))
-            if "vector_codes" in state:
+            if "vector_rows" in state:
                 ranges = state["vector_range"]
                 quantizer = vector_rows.quantizer_from(self.dim, ranges) if len(ranges) else None
                 self._vecs = vector_rows.VectorRows(self._vecs.kind, self.dim, self._vecs.capacity, quantizer)
-                self._vecs.put_codes(labels, state["vector_codes"])
-            else:
+                self._vecs.data[:upto] = state["vector_rows"]
+            else:  # snapshots written before vector stores hold float32 vectors of the live labels
                 self._vecs.data[labels] = self._vecs.encode(state["vectors"])
             self._alive[:] = False
             self._alive[labels] = True
@@ -888,13 +889,15 @@ class Collection:
                 self._ver[labels] = state["versions"]
                 marked = _unpack_strings(state, "deleted_ids")
                 self._deleted = {raw.decode(): int(v) for raw, v in zip(marked, state["deleted_versions"].tolist())}
-            id_of: list[str] = [""] * upto
-            for label, raw in zip(labels.tolist(), ids):
-                id_of[label] = raw.decode()
-            del ids
-            self._hash[labels] = id_hashes([id_of[label] for label in labels.tolist()])
-            self._ids = from_labels(id_of, len(self._alive), self._hash, self._alive)
-            del id_of
+            if "id_ends" in state:
+                self._hash[:upto] = state["hashes"]
+                self._ids = id_table.restored(state, len(self._alive), self._hash, self._alive)
+            else:  # snapshots written before the id table hold the live labels' ids
+                id_of: list[str] = [""] * upto
+                for label, raw in zip(labels.tolist(), _unpack_strings(state, "ids")):
+                    id_of[label] = raw.decode()
+                self._hash[labels] = id_hashes([id_of[label] for label in labels.tolist()])
+                self._ids = id_table.from_labels(id_of, len(self._alive), self._hash, self._alive)
             self._payloads = {label: blob for label, blob in zip(labels.tolist(), payloads) if blob}
             if "fields_ends" in state:  # snapshots written before fields existed have none
                 self._fields, self._keywords, self._numbers = {}, {}, {}

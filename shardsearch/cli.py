@@ -81,7 +81,21 @@ def _local(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+SERVER_PARTS = {"prometheus_client", "redis", "tritonclient", "PIL", "tqdm", "grpc_health", "grpc_reflection",
+                "pythonjsonlogger", "packaging"}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except ModuleNotFoundError as exc:  # a client-only install (`pip install shardsearch`) has none of these
+        if (exc.name or "").split(".")[0] not in SERVER_PARTS:
+            raise
+        raise SystemExit(f"shardsearch: the command line needs {exc.name}, which the client-only install leaves out: "
+                         "pip install 'shardsearch[server]' (or 'shardsearch[cpu]' to run shards too)") from None
+
+
+def _main(argv: Sequence[str] | None) -> None:
     from shardsearch.local import RestartPolicy
 
     parser = argparse.ArgumentParser(prog="shardsearch", description="A gRPC sharded vector-search cluster.")

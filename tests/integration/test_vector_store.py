@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
+from typing import Callable, TypeVar
 
 import grpc
 import numpy as np
@@ -15,9 +16,9 @@ from shardsearch import client as sc
 from shardsearch.datasets import embedding_like
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
-from tests.integration.conftest import retry_until_ok
 
 DIM, N = 32, 6_000
+T = TypeVar("T")
 
 
 def memory_parts(port: int) -> dict[str, float]:
@@ -28,6 +29,18 @@ def memory_parts(port: int) -> dict[str, float]:
 
 def top10(client: sc.Client, queries: np.ndarray) -> list[list[str]]:
     return [[h.id for h in row] for row in client.search("v", queries, 10, nprobe=8, skip_cache=True)]
+
+
+def until_served(call: Callable[[], T], seconds: float = 15.0) -> T:
+    """What a caller does on UNAVAILABLE right after a restart: retry (the coordinator may still be reconnecting)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except sc.Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def recall_of(found: list[list[str]], truth: np.ndarray) -> float:
@@ -65,7 +78,7 @@ def test_an_sq8_collection_keeps_recall_costs_a_byte_a_value_and_survives_a_rest
         cluster.restart_shard(0, timeout=60)
         # From its snapshot (the codes) or its log (float32, encoded again with a range fitted anew): the same
         # precision either way, and the store is sq8 again, not float32.
-        again = np.stack([item.vector for item in retry_until_ok(lambda: client.get("v", ids[:50]))])
+        again = np.stack([item.vector for item in until_served(lambda: client.get("v", ids[:50]))])
         assert np.all(np.abs(again - base[:50]) <= span * 1.02 / 510 + 1e-6)
         assert recall_of(top10(client, queries), truth) >= 0.95
         assert sum(memory_parts(proc.metrics_port)["vectors"] for proc in cluster.shard_procs) == N * DIM
