@@ -26,7 +26,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from shardsearch import security
-from shardsearch.client import AlreadyExists, Client, ClientError, FieldValue
+from shardsearch.client import VECTOR_STORES, AlreadyExists, Client, ClientError, FieldValue
 from shardsearch.v1 import search_pb2
 
 FORMAT, VERSION = "shardsearch-export", 1
@@ -58,6 +58,8 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="source", required=True, type=Path, help="a file written by `shardsearch export`")
     parser.add_argument("--collection", help="import under this name (default: the exported collection's)")
     parser.add_argument("--batch-size", type=int, default=500, help="items per Upsert (default 500)")
+    parser.add_argument("--vector-store", choices=tuple(VECTOR_STORES),
+                        help="create the collection with this vector store (default: the exported collection's)")
     _common(parser)
 
 
@@ -127,15 +129,21 @@ def read_export(path: Path) -> tuple[search_pb2.Collection, Iterator[dict[str, A
     return spec, records()
 
 
+STORE_NAMES = {value: name for name, value in VECTOR_STORES.items()}
+
+
 def import_collection(client: Client, path: Path, *, name: str | None = None, batch_size: int = 500,
-                      quiet: bool = True) -> int:
-    """Creates the collection from the file's header (or checks the existing one) and upserts every item."""
+                      quiet: bool = True, vector_store: str | None = None) -> int:
+    """Creates the collection from the file's header (or checks the existing one) and upserts every item.
+    `vector_store` replaces the exported collection's (the way to move a collection to another store)."""
     spec, records = read_export(path)
     name = name or spec.name
     metric = "ip" if spec.metric == search_pb2.METRIC_INNER_PRODUCT else "l2"
-    index = {k: v for k, v in json_format.MessageToDict(spec.index, preserving_proto_field_name=True).items()}
+    index = {k: v for k, v in json_format.MessageToDict(spec.index, preserving_proto_field_name=True).items()
+             if k != "vector_store"}
+    store = vector_store or STORE_NAMES.get(spec.index.vector_store)
     try:
-        client.create_collection(name, spec.dim, metric, **index)
+        client.create_collection(name, spec.dim, metric, vector_store=store, **index)
     except AlreadyExists:
         existing = client.describe(name).collection
         if (existing.dim, existing.metric) != (spec.dim, spec.metric):
@@ -179,7 +187,7 @@ def run_import(args: argparse.Namespace) -> None:
     with _client(args) as client:
         try:
             n = import_collection(client, args.source, name=args.collection, batch_size=args.batch_size,
-                                  quiet=args.quiet)
+                                  quiet=args.quiet, vector_store=args.vector_store)
         except (ClientError, ValueError, OSError) as exc:
             print(f"shardsearch import: error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -12,7 +12,7 @@ import sys
 from typing import NoReturn
 
 from shardsearch import security
-from shardsearch.ingest.loader import METRICS, IngestError, ingest
+from shardsearch.ingest.loader import METRICS, VECTOR_STORES, IngestError, ingest
 from shardsearch.ingest.sources import Source, SourceError, image_source, jsonl_source, vector_source
 
 
@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                             "images, learned from the coordinator's encoder by encoding the first)")
     arg("--metric", choices=tuple(METRICS), default="l2",
         help="with --create: l2 (default) or ip (inner product, usual for text and image embeddings)")
+    arg("--vector-store", choices=tuple(VECTOR_STORES), default="float32",
+        help="with --create: how shards keep the vectors (default float32; sq8 is a quarter of the memory, "
+             "docs/OPERATIONS.md \"Capacity\")")
     arg("--overwrite", action="store_true", help="upsert every item (default: skip ids already stored, i.e. resume)")
     arg("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     arg("--json", help="also write the summary as JSON to this file ('-': stdout; the text summary goes to stderr)")
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
         summary = asyncio.run(ingest(
             args.address, args.collection, source_from_args(args), batch_size=args.batch_size,
             concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, overwrite=args.overwrite,
-            create=args.create, dim=args.dim, metric=args.metric, progress=False if args.no_progress else None,
+            create=args.create, dim=args.dim, metric=args.metric, vector_store=args.vector_store, progress=False if args.no_progress else None,
             **security.ClientSecurity.from_args(args),
         ))
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import grpc
 from tqdm import tqdm
 
 from shardsearch import security
+from shardsearch.client import VECTOR_STORES
 from shardsearch.grpcserver import channel_options
 from shardsearch.ingest.sources import Record, Source, open_source
 from shardsearch.ingest.summary import IngestSummary
@@ -54,6 +55,8 @@ class IngestOptions(security.ClientSecurity):
     """With create: the dimension; 0: the vector file's, else the first item's vector's, else the length of the
     coordinator's embedding of the first text or image (an `Encode` call)."""
     metric: str = "l2"
+    vector_store: str = "float32"
+    """With create: how the shards keep the vectors (float32, float16 or sq8: search.proto's VectorStore)."""
     progress: bool | None = False
     """Show a progress bar on stderr; None: only when stderr is a terminal."""
 
@@ -62,6 +65,8 @@ class IngestOptions(security.ClientSecurity):
             raise ValueError("batch_size and dim must be >= 0, concurrency >= 1, timeout > 0 and retries >= 0")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.vector_store not in VECTOR_STORES:
+            raise ValueError(f"vector_store must be one of {', '.join(VECTOR_STORES)}, got {self.vector_store!r}")
 
 
 async def ingest(address: str, collection: str, source: Source | str | Path, *, ids: str | Path | None = None,
@@ -121,7 +126,8 @@ async def prepare_collection(stub: search_pb2_grpc.SearchServiceStub, name: str,
 async def _create(stub: search_pb2_grpc.SearchServiceStub, name: str, source: Source, opts: IngestOptions,
                   policy: RetryPolicy) -> search_pb2.Collection:
     dim = opts.dim or source.dim or await learn_dim(stub, source, opts, policy)
-    request = search_pb2.CreateCollectionRequest(name=name, dim=dim, metric=METRICS[opts.metric])
+    index = search_pb2.IndexOptions(vector_store=VECTOR_STORES[opts.vector_store])
+    request = search_pb2.CreateCollectionRequest(name=name, dim=dim, metric=METRICS[opts.metric], index=index)
     try:
         spec = (await with_retries(lambda: _call(stub.CreateCollection, request, opts.timeout), policy)).collection
     except RpcFailure as failure:

@@ -146,13 +146,14 @@ def test_the_command_exit_codes_and_json(cluster, stub, base, tmp_path: Path) ->
     assert missing.returncode == 2 and "collection 'cli' does not exist (pass --create" in missing.stderr
 
     ok = shardsearch(*common, "--collection", "cli", "--vectors", str(tmp_path / "v.fvecs"), "--ids",
-                     str(tmp_path / "ids.txt"), "--create", "--metric", "ip", "--json", "-")
+                     str(tmp_path / "ids.txt"), "--create", "--metric", "ip", "--vector-store", "sq8", "--json", "-")
     assert ok.returncode == 0, ok.stderr
     doc = json.loads(ok.stdout)
     assert (doc["done"], doc["skipped"], doc["failed"], doc["failures"]) == (200, 0, 0, [])
     assert doc["collection"] == "cli" and doc["elapsed_s"] > 0 and "200 done" in ok.stderr
     info = stub.DescribeCollection(search_pb2.DescribeCollectionRequest(name="cli"))
     assert (info.collection.metric, info.total_vectors) == (search_pb2.METRIC_INNER_PRODUCT, 200)
+    assert info.collection.index.vector_store == search_pb2.VECTOR_STORE_SQ8
 
     bad = [{"id": "f0", "vector": vectors[0].tolist()}, {"id": "short", "vector": [1.0, 2.0]},
            {"id": "new", "vector": vectors[300].tolist(), "payload": ["x"]}]

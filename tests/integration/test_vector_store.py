@@ -6,12 +6,14 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import grpc
 import numpy as np
 import pytest
 
+from shardsearch import cli
 from shardsearch import client as sc
 from shardsearch.datasets import embedding_like
 from shardsearch.local import LocalCluster
@@ -92,3 +94,24 @@ def test_an_unknown_vector_store_is_invalid_argument_naming_the_field() -> None:
                 name="bad", dim=8, metric=search_pb2.METRIC_L2, index=search_pb2.IndexOptions(vector_store=7)), timeout=10)  # type: ignore[arg-type]
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "index.vector_store" in (caught.value.details() or "")
+
+
+def test_export_keeps_the_store_and_import_can_move_a_collection_to_another(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    ids = [f"x{i}" for i in range(300)]
+    with LocalCluster(shards=2) as cluster, sc.Client(cluster.address, timeout=30) as client:
+        client.create_collection("f16", 8, "l2", vector_store="float16")
+        client.upsert("f16", ids, vectors)
+        out = tmp_path / "f16.jsonl"
+        cli.main(["export", "--address", cluster.address, "--collection", "f16", "--out", str(out), "--quiet"])
+        cli.main(["import", "--address", cluster.address, "--in", str(out), "--collection", "same", "--quiet"])
+        cli.main(["import", "--address", cluster.address, "--in", str(out), "--collection", "small", "--quiet",
+                  "--vector-store", "sq8"])
+        stores = {name: client.describe(name).collection.index.vector_store for name in ("f16", "same", "small")}
+        assert stores == {"f16": search_pb2.VECTOR_STORE_FLOAT16, "same": search_pb2.VECTOR_STORE_FLOAT16,
+                          "small": search_pb2.VECTOR_STORE_SQ8}
+        assert all(client.describe(name).total_vectors == 300 for name in stores)
+        got = {item.id: item.vector for item in client.get("same", ids[:20])}
+        for i in range(20):  # float16 twice is float16 once: the export wrote the rounded values
+            np.testing.assert_array_equal(got[ids[i]], vectors[i].astype(np.float16).astype(np.float32))
