@@ -96,6 +96,7 @@ class Collection:
         self._ids = IdTable()  # id by label, live label by id
         self._payloads: dict[int, bytes] = {}
         self._fields: dict[int, bytes] = {}  # label -> serialised search_pb2.Fields
+        self._payload_bytes = self._field_bytes = 0  # the bytes of the values above (for `memory`)
         self._keywords: dict[str, dict[str, array.array]] = {}  # field -> keyword -> labels holding it (append-only)
         self._numbers: dict[str, np.ndarray] = {}  # field -> value by label (NaN: absent)
         self._next = 0
@@ -154,6 +155,7 @@ class Collection:
                 for offset, payload in enumerate(payloads):
                     if payload:
                         self._payloads[start + offset] = payload
+                        self._payload_bytes += len(payload)
             if fields:
                 for offset, item_fields in enumerate(fields):
                     if item_fields.values:
@@ -234,7 +236,9 @@ class Collection:
     def _index_fields(self, label: int, fields: search_pb2.Fields, blob: bytes | None = None) -> None:
         """Keeps the item's fields and adds its label to the keyword lists and number columns (under the lock).
         Entries of labels that die later stay behind and are masked by `alive`; a snapshot drops them."""
-        self._fields[label] = blob if blob is not None else fields.SerializeToString()
+        blob = blob if blob is not None else fields.SerializeToString()
+        self._fields[label] = blob
+        self._field_bytes += len(blob)
         for name, value in fields.values.items():
             kind = value.WhichOneof("kind")
             if kind == "keyword":
@@ -252,8 +256,8 @@ class Collection:
     def _kill(self, label: int) -> None:
         self._alive[label] = False
         self._live -= 1
-        self._payloads.pop(label, None)
-        self._fields.pop(label, None)
+        self._payload_bytes -= len(self._payloads.pop(label, b""))
+        self._field_bytes -= len(self._fields.pop(label, b""))
         if label < self._ivf_upto:
             self._ivf_dead += 1
 
@@ -587,6 +591,7 @@ class Collection:
             self._vecs, self._alive, self._ver, self._hash = vecs, alive, ver, hashes
             self._ids, self._payloads = id_table.from_labels(id_of, capacity, hashes, alive), payloads
             self._fields, self._keywords, self._numbers = {}, {}, {}
+            self._payload_bytes, self._field_bytes = sum(map(len, payloads.values())), 0
             for label, blob in fields.items():
                 self._index_fields(label, search_pb2.Fields.FromString(blob), blob)
             self._next, self._live = n, n
@@ -899,8 +904,10 @@ class Collection:
                 self._hash[labels] = id_hashes([id_of[label] for label in labels.tolist()])
                 self._ids = id_table.from_labels(id_of, len(self._alive), self._hash, self._alive)
             self._payloads = {label: blob for label, blob in zip(labels.tolist(), payloads) if blob}
+            self._payload_bytes = sum(map(len, self._payloads.values()))
             if "fields_ends" in state:  # snapshots written before fields existed have none
                 self._fields, self._keywords, self._numbers = {}, {}, {}
+                self._field_bytes = 0
                 for label, blob in zip(labels.tolist(), _unpack_strings(state, "fields")):
                     if blob:
                         self._index_fields(label, search_pb2.Fields.FromString(blob), blob)
@@ -1032,10 +1039,10 @@ class Collection:
         """Bytes this collection holds, by part (an estimate from sizes, for the memory gauge): "vectors" (rows
         written, dead ones included), "index" (IVF codes, their ids and the centroids), "ids" (the id strings and
         their lookup), "columns" (live flags, versions, id hashes and number fields), "payloads", "fields" and
-        "markers" (delete markers). Python containers are counted at ~100 bytes an entry."""
+        "markers" (delete markers). Python containers are counted at ~100 bytes an entry. O(1)."""
         with self._lock:
             rows, upto, ivf = self._vecs, self._next, self._ivf
-            payloads, fields = list(self._payloads.values()), list(self._fields.values())
+            payloads, fields = (len(self._payloads), self._payload_bytes), (len(self._fields), self._field_bytes)
             markers, numbers = len(self._deleted), len(self._numbers)
             ids = self._ids.nbytes()
         index = 0
@@ -1044,8 +1051,7 @@ class Collection:
             index = int(ivf.ntotal) * (int(code_size) + 8) + int(nlist) * self.dim * 4
         return {
             "vectors": upto * rows.row_bytes, "index": index, "ids": ids, "columns": upto * (17 + 8 * numbers),
-            "payloads": sum(map(len, payloads)) + 100 * len(payloads),
-            "fields": sum(map(len, fields)) + 100 * len(fields), "markers": 100 * markers,
+            "payloads": payloads[1] + 100 * payloads[0], "fields": fields[1] + 100 * fields[0], "markers": 100 * markers,
         }
 
     @property

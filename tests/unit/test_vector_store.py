@@ -184,3 +184,20 @@ def test_sq8_replicas_that_fitted_different_ranges_agree_on_checksums(data: np.n
 def test_an_unknown_vector_store_is_refused_with_the_field_named() -> None:
     with pytest.raises(ValueError, match="index.vector_store"):
         index_params.check_options(DIM, search_pb2.IndexOptions(vector_store=9))  # type: ignore[arg-type]
+
+
+def test_the_memory_gauge_follows_payloads_and_fields_through_overwrites_deletes_and_relabels() -> None:
+    coll = collection("float32", threshold=10**9)
+    vectors = np.zeros((3, DIM), np.float32)
+    fields = [search_pb2.Fields(values={"kind": search_pb2.Value(keyword="k")})] * 3
+    coll.upsert(["a", "b", "c"], vectors, payloads=[b"x" * 10, b"y" * 20, b""], fields=fields)
+    blob = len(fields[0].SerializeToString())
+    assert coll.memory()["payloads"] == 30 + 200 and coll.memory()["fields"] == 3 * (blob + 100)
+    coll.upsert(["a"], vectors[:1], payloads=[b"z"])  # overwrite: the old payload goes
+    coll.delete(["b"])
+    assert coll.memory()["payloads"] == 1 + 100 and coll.memory()["fields"] == blob + 100
+    coll.relabel()
+    assert coll.memory()["payloads"] == 1 + 100 and coll.memory()["fields"] == blob + 100
+    restored = collection("float32", threshold=10**9)
+    restored.import_state(coll.export_state())
+    assert restored.memory()["payloads"] == 1 + 100 and restored.memory()["fields"] == blob + 100
