@@ -60,8 +60,10 @@ def test_each_image_installs_one_faiss_build_without_an_uninstall_step() -> None
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert not any(dep.startswith("faiss") for dep in project["dependencies"]), "FAISS is chosen by an extra"
-    assert [d.split(">")[0] for d in extras["cpu"]] == ["faiss-cpu"]
-    assert [d.split(">")[0] for d in extras["gpu"]] == ["faiss-gpu"]
+    # each image's extra: the server parts plus exactly one FAISS build
+    assert [d.split(">")[0] for d in extras["cpu"]] == ["shardsearch[server]", "faiss-cpu"]
+    assert [d.split(">")[0] for d in extras["gpu"]] == ["shardsearch[server]", "faiss-gpu"]
+    assert not any(dep.startswith("faiss") for dep in extras["server"])
     for dockerfile, extra in (("Dockerfile", "cpu"), ("Dockerfile.gpu", "gpu")):
         runs = " ".join(arg for op, arg in instructions(dockerfile) if op == "RUN")
         assert f"'.[{extra}]'" in runs and f"'shardsearch[{extra}]'" in runs, dockerfile
