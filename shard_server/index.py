@@ -638,7 +638,7 @@ class Collection:
         started = time.perf_counter()
         result = retraining.outcome(False, 0.0, 0.0, started, len(labels), "failed: interrupted")
         try:
-            if vecs.wants_fit():
+            if vecs.wants_fit() and len(labels):
                 vecs = self._quantize(vecs, labels, upto)
             result = self._shadow(vecs, labels, alive, upto, gate, options, started, first)
         except Exception as exc:  # kept for RetrainStatus; the current index stays
@@ -842,7 +842,8 @@ class Collection:
 
     def export_state(self) -> dict[str, np.ndarray]:
         """Everything needed to rebuild this collection, as arrays (for `np.savez`). Consistent with the writes
-        applied so far: the caller must not apply writes concurrently. Dead rows are left out."""
+        applied so far: the caller must not apply writes concurrently. Dead items are left out (their rows and id bytes
+        stay, as in memory, until a relabel)."""
         with self._lock:
             upto = self._next
             labels = np.flatnonzero(self._alive[:upto]).astype(np.int64)
@@ -962,6 +963,7 @@ class Collection:
         with self._lock:
             labels = np.flatnonzero(self._alive[: self._next])
             hashes = self._hash[labels]
+            table = self._ids  # a relabel meanwhile makes a new table; these labels stay this one's
         if select is not None:
             picked = select(hashes)
             labels, hashes = labels[picked], hashes[picked]
@@ -974,8 +976,7 @@ class Collection:
             labels, hashes = labels[first], hashes[first]
         order = np.argsort(hashes, kind="stable")
         labels, hashes = labels[order], hashes[order]
-        with self._lock:
-            ids = self._ids.ids_of(labels.tolist())
+        ids = table.ids_of(labels.tolist())
         return ids, int(hashes[-1]) if len(hashes) else 0, more
 
     def delete_markers(self, select: Callable[[np.ndarray], np.ndarray] | None = None) -> list[tuple[str, int]]:

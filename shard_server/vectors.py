@@ -127,7 +127,8 @@ class VectorRows:
         for lo in range(0, len(labels), chunk):
             part = self[labels[lo : lo + chunk]]
             low, high = np.minimum(low, part.min(axis=0)), np.maximum(high, part.max(axis=0))
-        span = np.maximum(high - low, 1e-12)
+        span = high - low  # a dimension constant in these rows still gets a range (a thousandth of the widest)
+        span = np.maximum(span, max(float(span.max()) * 1e-3, 1e-6))
         low, span = low - SQ_RANGE_MARGIN * span, span * (1 + 2 * SQ_RANGE_MARGIN)
         return quantizer_from(self.dim, np.concatenate([low, span]))
 

@@ -201,3 +201,17 @@ def test_the_memory_gauge_follows_payloads_and_fields_through_overwrites_deletes
     restored = collection("float32", threshold=10**9)
     restored.import_state(coll.export_state())
     assert restored.memory()["payloads"] == 1 + 100 and restored.memory()["fields"] == blob + 100
+
+
+def test_an_sq8_range_keeps_room_in_a_dimension_that_was_constant_when_fitted() -> None:
+    coll = collection("sq8", threshold=300)
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((400, DIM)).astype(np.float32)
+    vectors[:, 0] = 0.0  # constant (padding) while the range is fitted
+    coll.upsert([f"i{i}" for i in range(400)], vectors)
+    coll.train()
+    later = rng.standard_normal((1, DIM)).astype(np.float32)
+    later[0, 0] = 0.001
+    coll.upsert(["later"], later)
+    got = coll.get(["later"])[1][0]
+    assert np.isfinite(got).all() and got[0] > 0
