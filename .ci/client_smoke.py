@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import signal
-import subprocess
 import sys
-import tempfile
+
+from smoke import launch
 
 SERVER_ONLY = ("faiss", "tritonclient", "PIL", "redis", "prometheus_client", "tqdm", "grpc_health", "grpc_reflection")
 
@@ -20,19 +20,8 @@ def main(shardsearch: str) -> None:
 
     from shardsearch.client import Client, NotFound, match
 
-    launcher = subprocess.Popen([shardsearch, "local", "--shards", "2", "--port", "0", "--data-dir",
-                                 tempfile.mkdtemp(prefix="client-smoke-")],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher, address = launch(shardsearch, echo=False)  # .ci/smoke.py, beside this file (no server imports)
     try:
-        address = ""
-        assert launcher.stdout is not None
-        for line in launcher.stdout:
-            if line.startswith("coordinator"):
-                address = line.split()[1]
-            if line.startswith("ready"):
-                break
-        else:
-            raise SystemExit(f"shardsearch local exited with {launcher.wait()} before it was ready")
         vectors = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
         with Client(address) as client:
             client.create_collection("photos", dim=16, metric="l2")

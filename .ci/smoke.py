@@ -27,6 +27,24 @@ def import_everything() -> int:
     return count
 
 
+def launch(cli: str, echo: bool = True) -> tuple[subprocess.Popen[str], str]:
+    """`cli local` with 2 shards on a free port, once it says ready: the launcher and the coordinator's address."""
+    launcher = subprocess.Popen(
+        [cli, "local", "--shards", "2", "--port", "0", "--data-dir", tempfile.mkdtemp(prefix="smoke-")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    address = ""
+    assert launcher.stdout is not None
+    for line in launcher.stdout:
+        if echo:
+            print("  |", line, end="")
+        if line.startswith("coordinator"):
+            address = line.split()[1]
+        if line.startswith("ready"):
+            return launcher, address
+    raise SystemExit(f"shardsearch local exited with {launcher.wait()} before it was ready")
+
+
 def serve_and_search() -> None:
     import grpc
     import numpy as np
@@ -35,22 +53,8 @@ def serve_and_search() -> None:
     from shardsearch import codec
     from shardsearch.v1 import search_pb2, search_pb2_grpc
 
-    cli = os.path.join(os.path.dirname(sys.executable), "shardsearch")
-    launcher = subprocess.Popen(
-        [cli, "local", "--shards", "2", "--port", "0", "--data-dir", tempfile.mkdtemp(prefix="smoke-")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    launcher, address = launch(os.path.join(os.path.dirname(sys.executable), "shardsearch"))
     try:
-        address = ""
-        assert launcher.stdout is not None
-        for line in launcher.stdout:
-            print("  |", line, end="")
-            if line.startswith("coordinator"):
-                address = line.split()[1]
-            if line.startswith("ready"):
-                break
-        else:
-            raise SystemExit(f"shardsearch local exited with {launcher.wait()} before it was ready")
         with grpc.insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert health.status == health_pb2.HealthCheckResponse.SERVING, health
