@@ -29,7 +29,7 @@ from shard_server.index import Collection, Relabelled
 from shard_server.maintenance import Maintenance
 from shard_server.storage import write_atomically
 from shard_server.writes import Writer
-from shardsearch import codec, logs, topology, validation
+from shardsearch import codec, logs, topology, tracing, validation
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.clock import HybridClock
 from shardsearch.errors import (
@@ -481,25 +481,36 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     ) -> list[shard_pb2.ShardSearchResponse]:
         coll, nprobe, include_payload, include_fields, flt = key  # type: ignore[misc]
         rows = sum(queries.shape[0] for queries, _, _ in items)
+        timing: list[int] | None = [] if tracing.current() is not None else None  # the FAISS call's span, traced
+        responses = await self._search_rows(coll, items, nprobe, include_payload, include_fields, flt, rows, timing)
+        if timing:
+            tracing.record("faiss", timing[0], timing[1], **{"faiss.rows": rows, "faiss.nprobe": nprobe,
+                                                               "faiss.filtered": bool(flt)})
+        return responses
+
+    async def _search_rows(
+        self, coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
+        include_fields: bool, flt: Any, rows: int, timing: list[int] | None,
+    ) -> list[shard_pb2.ShardSearchResponse]:
         plain = not (include_payload or include_fields or flt)  # what the inline path serves and is measured on
         if plain and self._inline.allows(coll, rows):
             started = time.thread_time()
-            responses = _search_batch(coll, items, nprobe, False, False, wait=False)
+            responses = _search_batch(coll, items, nprobe, False, False, wait=False, timing=timing)
             self._inline.ran_inline()
             if responses is not None:  # None: a write or maintenance holds the collection; wait in the executor
                 self._inline.record(coll, rows, time.thread_time() - started)
                 return responses
         return await self._run(self._timed_search_batch, coll, items, nprobe, include_payload, include_fields,
-                               rows if plain else 0)
+                               rows if plain else 0, timing)
 
     def _timed_search_batch(
         self, coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
-        include_fields: bool, rows: int,
+        include_fields: bool, rows: int, timing: list[int] | None,
     ) -> list[shard_pb2.ShardSearchResponse]:
         """`_search_batch` in the executor; its CPU time is recorded for the inline policy when `rows` (0: a batch
         the inline path would not serve)."""
         started = time.thread_time()
-        responses = _search_batch(coll, items, nprobe, include_payload, include_fields)
+        responses = _search_batch(coll, items, nprobe, include_payload, include_fields, timing=timing)
         assert responses is not None
         if rows:
             self._inline.record(coll, rows, time.thread_time() - started)
@@ -726,13 +737,16 @@ MAX_ANSWER_PAYLOAD_BYTES = 32 * 1024 * 1024
 def _search_batch(
     coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
     include_fields: bool = False, wait: bool = True, explain: dict[str, Any] | None = None,
+    timing: list[int] | None = None,
 ) -> list[shard_pb2.ShardSearchResponse] | None:
     """One FAISS call for every request in the batch, split back into one response each (in the executor; with
     `wait` False on the event loop, unfiltered: None if the collection's lock is held).
 
     Requests may ask for different k: the batch searches the largest, and each keeps its own top k (results are
-    sorted, so a prefix of the top-K is the top-k).
+    sorted, so a prefix of the top-K is the top-k). `timing`, if given, receives the FAISS call's start and end
+    (epoch ns, for its span).
     """
+    started_ns = tracing.now_ns() if timing is not None else 0
     queries = items[0][0] if len(items) == 1 else np.concatenate([q for q, _, _ in items])
     k_max = max(k for _, k, _ in items)
     if wait:
@@ -742,6 +756,8 @@ def _search_batch(
         if found is None:
             return None
         result = found
+    if timing is not None:
+        timing[:] = (started_ns, tracing.now_ns())
     responses: list[Any] = []
     offset = 0
     for rows, k, _ in items:

@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable, Generic, Hashable, Sequence, TypeVa
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shardsearch import config, logs
+from shardsearch import config, logs, tracing
 from shardsearch.errors import DeadlineExceeded, ResourceExhausted
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,19 @@ class BatchMetrics:
 
 
 @dataclass(eq=False)
+class _Traced:
+    """A queued request's trace (only while tracing is on): its span, and the batch that answered it."""
+
+    span: Any
+    enqueued_ns: int
+    started_ns: int = 0
+    ended_ns: int = 0
+    batch: Any = None  # the batch's span, in the trace of the batch's first traced request
+    first: bool = False  # this request is that one
+    attributes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(eq=False)
 class _Pending(Generic[Item, Result]):
     item: Item
     rows: int
@@ -130,6 +143,7 @@ class _Pending(Generic[Item, Result]):
     enqueued: float
     future: asyncio.Future[Result]
     request_id: str
+    traced: _Traced | None = None
 
 
 RunBatch = Callable[[Hashable, list[Item], float], Awaitable[Sequence[Result | BaseException]]]
@@ -182,8 +196,10 @@ class Batcher(Generic[Item, Result]):
                     f"{self.name} is overloaded: its queue is {waited * 1000:.0f} ms behind (limit "
                     f"{self.config.max_queue_time_ms:g} ms); retry with backoff or add capacity"
                 )
+        span = tracing.current()
         pending: _Pending[Item, Result] = _Pending(
-            item, rows, now + timeout, now, loop.create_future(), logs.current_request_id()
+            item, rows, now + timeout, now, loop.create_future(), logs.current_request_id(),
+            _Traced(span, tracing.now_ns()) if span is not None else None,
         )
         queue = self._queues.get(key)
         if queue is None:
@@ -196,7 +212,19 @@ class Batcher(Generic[Item, Result]):
         self._arrival.set()
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch_forever(), name=f"{self.name}-dispatcher")
-        return await pending.future
+        try:
+            return await pending.future
+        finally:
+            if pending.traced is not None:
+                self._record_stages(pending.traced)
+
+    def _record_stages(self, traced: _Traced) -> None:
+        """The queued request's own spans: its wait, and (unless its trace holds the batch) the batch's time."""
+        started = traced.started_ns or tracing.now_ns()
+        tracing.record(f"{self.name} queue", traced.enqueued_ns, started, parent=traced.span)
+        if traced.batch is not None and not traced.first:
+            tracing.record(f"{self.name} batch", started, traced.ended_ns, parent=traced.span, links=[traced.batch],
+                           **traced.attributes)
 
     async def _run_now(self, key: Hashable, item: Item, rows: int, timeout: float) -> Result:
         """The fast path: nothing waits and nothing runs, so the request is a batch of its own, run in the
@@ -207,7 +235,8 @@ class Batcher(Generic[Item, Result]):
         self._metrics.queue_time.observe(0.0)
         started = time.monotonic()
         try:
-            (result,) = await self._run(key, [item], timeout)
+            with tracing.batch_span(f"{self.name} batch", (tracing.current(),), **_batch_attributes(1, rows)):
+                (result,) = await self._run(key, [item], timeout)
         finally:
             self._finished(started)
         if isinstance(result, BaseException):
@@ -220,7 +249,8 @@ class Batcher(Generic[Item, Result]):
         try:
             self._metrics.size.observe(rows)
             self._metrics.queue_time.observe(0.0)
-            (result,) = await self._run(key, [item], timeout)
+            with tracing.batch_span(f"{self.name} batch", (tracing.current(),), **_batch_attributes(1, rows)):
+                (result,) = await self._run(key, [item], timeout)
         finally:
             self._in_flight -= 1
             self._metrics.compute_time.observe(time.monotonic() - started)
@@ -243,6 +273,7 @@ class Batcher(Generic[Item, Result]):
 
     async def _dispatch_forever(self) -> None:
         logs.bind_request_id("")  # this task was started inside some request's context: it works for none
+        tracing.detach()  # nor is it part of that request's trace (each batch joins its own: _execute)
         while True:
             if self._in_flight >= self.config.max_in_flight:
                 self._slot_free.clear()
@@ -307,10 +338,16 @@ class Batcher(Generic[Item, Result]):
     async def _execute(self, key: Hashable, batch: list[_Pending[Item, Result]]) -> None:
         logs.bind_request_id(logs.join_request_ids(p.request_id for p in batch))  # its calls and logs carry them all
         started = time.monotonic()
-        self._metrics.size.observe(sum(p.rows for p in batch))
+        rows = sum(p.rows for p in batch)
+        self._metrics.size.observe(rows)
+        traced = [p.traced for p in batch if p.traced is not None]
+        attributes = _batch_attributes(len(batch), rows)
+        started_ns = tracing.now_ns() if traced else 0
+        span = None
         try:
-            timeout = max(p.deadline for p in batch) - started
-            results = await self._run(key, [p.item for p in batch], timeout)
+            with tracing.batch_span(f"{self.name} batch", [t.span for t in traced], **attributes) as span:
+                timeout = max(p.deadline for p in batch) - started
+                results = await self._run(key, [p.item for p in batch], timeout)
             for pending, result in zip(batch, results, strict=True):
                 if pending.future.done():
                     continue
@@ -323,6 +360,10 @@ class Batcher(Generic[Item, Result]):
                 if not pending.future.done():
                     pending.future.set_exception(exc)
         finally:
+            ended_ns = tracing.now_ns() if traced else 0
+            for t in traced:  # read by each request's task when it wakes (_record_stages)
+                t.started_ns, t.ended_ns, t.batch, t.attributes = started_ns, ended_ns, span, attributes
+                t.first = t is traced[0]
             self._finished(started)
 
     def _finished(self, started: float) -> None:
@@ -333,3 +374,7 @@ class Batcher(Generic[Item, Result]):
         self._in_flight -= 1
         self._slot_free.set()
         self._arrival.set()  # a dispatcher waiting for company should go now if nothing else runs
+
+
+def _batch_attributes(requests: int, rows: int) -> dict[str, int]:
+    return {"batch.requests": requests, "batch.rows": rows}

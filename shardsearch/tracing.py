@@ -10,14 +10,22 @@ a child of the caller's span) and every call the coordinator makes to a shard ge
 sent on, so one search is one trace: the coordinator's Search span, a child span per shard call, and each shard's
 own span for it. Health checks are not traced. The coordinator searches its shards with unary calls while tracing
 is on (a search over the long-lived SearchStream would be one span for the stream's whole life).
+
+Inside a server, the dynamic batchers add their stages (`batch_spans`, `record`): a request that waited gets a
+"<batcher> queue" span; the batch that answered it is a "<batcher> batch" span (attributes `batch.requests`,
+`batch.rows`) whose children are the batch's own work, its shard calls at the coordinator and its "faiss" span at a
+shard. One batch answers several requests, so it lives in the trace of the first of them and links to the others'
+spans, and each of the others gets a "<batcher> batch" span of its own over the same time, linking back to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import grpc
 
@@ -73,6 +81,80 @@ def setup(service: str) -> Tracing | None:
         else:
             logger.warning("OTEL_TRACES_EXPORTER: unknown exporter %r (console, otlp, none); ignored", name)
     trace.set_tracer_provider(provider)
+    global _tracer
+    _tracer = provider.get_tracer("shardsearch")
     traced = filters.negate(filters.any_of(*(filters.service_name(s) for s in UNTRACED_SERVICES)))
     logger.info("tracing on: %s spans as service %s", ", ".join(names), os.environ.get("OTEL_SERVICE_NAME", service))
     return Tracing(aio_server_interceptor(provider, filter_=traced), aio_client_interceptors(provider), provider)
+
+
+# ---- stages inside a server ------------------------------------------------------------------------------------
+
+_tracer: Any = None
+"""The stage tracer, set by `setup`; None while tracing is off (every helper below is then a no-op)."""
+
+
+def now_ns() -> int:
+    """A span timestamp (epoch nanoseconds, what OpenTelemetry records)."""
+    return time.time_ns()
+
+
+def current() -> Any:
+    """The calling request's span (to parent or link its batch to), or None while tracing is off."""
+    if _tracer is None:
+        return None
+    from opentelemetry import trace
+
+    return trace.get_current_span()
+
+
+def record(name: str, start_ns: int, end_ns: int, parent: Any = None, links: Sequence[Any] = (),
+           **attributes: Any) -> Any:
+    """A span over [start_ns, end_ns] that has already happened, a child of `parent` (a span; default: the current
+    one), linking to `links` (spans); returns it (None while tracing is off)."""
+    if _tracer is None:
+        return None
+    from opentelemetry import trace
+
+    context = trace.set_span_in_context(parent) if parent is not None else None
+    span = _tracer.start_span(name, context=context, links=_links(links), start_time=start_ns,
+                              attributes=attributes)
+    span.end(end_time=end_ns)
+    return span
+
+
+_OFF = contextlib.nullcontext()
+
+
+def batch_span(name: str, requests: Sequence[Any], **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+    """The span of one batch, current while its work runs: a child of the first request's span (`requests`: their
+    spans, from `current()`), linking to the rest. A shared no-op context while tracing is off."""
+    if _tracer is None:
+        return _OFF
+    return _batch_span(name, requests, attributes)
+
+
+@contextlib.contextmanager
+def _batch_span(name: str, requests: Sequence[Any], attributes: dict[str, Any]) -> Iterator[Any]:
+    from opentelemetry import trace
+
+    first = next((r for r in requests if r is not None), None)
+    context = trace.set_span_in_context(first) if first is not None else None
+    others = [r for r in requests if r is not None and r is not first]
+    with _tracer.start_as_current_span(name, context=context, links=_links(others), attributes=attributes) as span:
+        yield span
+
+
+def detach() -> None:
+    """Makes the calling task belong to no trace (a long-lived task started inside some request's context)."""
+    if _tracer is None:
+        return
+    from opentelemetry import context
+
+    context.attach(context.Context())
+
+
+def _links(spans: Sequence[Any]) -> list[Any]:
+    from opentelemetry import trace
+
+    return [trace.Link(span.get_span_context()) for span in spans if span is not None]
