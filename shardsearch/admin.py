@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import json_format
 
 from shardsearch import security
-from shardsearch.grpcserver import channel_options
+from shardsearch.client import AsyncClient
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc
 
 DONE_POLL_S = 1.0
@@ -51,15 +51,16 @@ def run(args: argparse.Namespace) -> None:
     except grpc.aio.AioRpcError as exc:
         print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
         sys.exit(1)
+    except ValueError as exc:  # settings that cannot work (TLS files, token file)
+        print(f"shardsearch admin: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     print(json_format.MessageToJson(answer, indent=2))
 
 
 async def _call(args: argparse.Namespace) -> object:
-    connect = security.ClientSecurity(**security.ClientSecurity.from_args(args)).channel_factory(
-        options=channel_options()
-    )
-    async with connect(args.coordinator) as channel:
-        return await call(admin_pb2_grpc.AdminServiceStub(channel), args)
+    settings = security.ClientSecurity(**security.ClientSecurity.from_args(args)).client_kwargs()
+    async with AsyncClient(args.coordinator, timeout=args.timeout, **settings) as client:
+        return await call(admin_pb2_grpc.AdminServiceStub(client.channel), args)
 
 
 async def call(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace) -> object:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import numpy as np
 
-from shardsearch import codec
-from shardsearch.v1 import search_pb2, search_pb2_grpc
+from shardsearch.client import Client
 
 DIM = 64
 
@@ -22,33 +20,22 @@ def gaussian_mixture(n: int, dim: int, seed: int = 0, clusters: int = 100) -> np
 
 
 def run(address: str, n: int = 20_000, collection: str = "demo") -> None:
-    with grpc.insecure_channel(address) as channel:
-        stub = search_pb2_grpc.SearchServiceStub(channel)
+    with Client(address, timeout=60) as client:
         data = gaussian_mixture(n + 100, DIM)
         base, queries = data[:n], data[n:]
-        stub.CreateCollection(search_pb2.CreateCollectionRequest(
-            name=collection, dim=DIM, metric=search_pb2.METRIC_INNER_PRODUCT,
-            index=search_pb2.IndexOptions(train_threshold=2_000),
-        ))
+        client.create_collection(collection, DIM, "ip", train_threshold=2_000)
         started = time.perf_counter()
-        for lo in range(0, n, 1000):
-            stub.Upsert(search_pb2.UpsertRequest(collection=collection, items=[
-                search_pb2.Item(id=f"doc-{i}", vector_f32=codec.pack(base[i]), payload=f"document {i}".encode())
-                for i in range(lo, min(n, lo + 1000))
-            ]))
+        client.upsert(collection, [f"doc-{i}" for i in range(n)], base,
+                      payloads=[f"document {i}".encode() for i in range(n)])
         print(f"loaded {n} vectors ({DIM}-d, inner product) into {collection!r} in {time.perf_counter() - started:.1f}s")
-        reply = stub.Search(search_pb2.SearchRequest(
-            collection=collection, vector_f32=codec.pack(queries[0]), k=5, include_payload=True
-        ))
         print("example query, top 5:")
-        for hit in reply.hits:
+        for hit in client.search(collection, queries[0], k=5, include_payload=True):
             print(f"  {hit.id:<12} score {hit.score:.4f}  payload {hit.payload.decode()!r}")
         truth = np.argsort(-(queries @ base.T), axis=1)[:, :10]
-        batch = stub.BatchSearch(search_pb2.BatchSearchRequest(collection=collection, vectors_f32=codec.pack(queries), k=10))
+        results = client.search(collection, queries, k=10)
         recall = np.mean([
-            len({int(h.id[4:]) for h in r.hits} & set(truth[i].tolist())) / 10 for i, r in enumerate(batch.results)
+            len({int(h.id[4:]) for h in hits} & set(truth[i].tolist())) / 10 for i, hits in enumerate(results)
         ])
         print(f"recall@10 over {len(queries)} queries against exact search: {recall:.3f}")
-        info = stub.DescribeCollection(search_pb2.DescribeCollectionRequest(name=collection))
-        for shard in info.shards:
+        for shard in client.describe(collection).shards:
             print(f"  {shard.shard}: {shard.vectors} vectors, trained={shard.trained}, {shard.index_description}")

@@ -36,7 +36,7 @@ import grpc
 import numpy as np
 
 from shardsearch import codec, security
-from shardsearch.grpcserver import channel_options
+from shardsearch.client import AsyncClient, Unavailable
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -396,18 +396,18 @@ async def run_eval(config: EvalConfig, queries: Sequence[Query] | None = None) -
     """
     if queries is None:
         queries = await asyncio.to_thread(load_queries, config.queries)
-    connect = config.channel_factory(options=channel_options())
-    channel = connect(config.address)
+    # No gRPC retries: a failed search is counted, as the caller would have seen it.
+    client = AsyncClient(config.address, timeout=config.timeout, retries=False, **config.client_kwargs())
     try:
         try:
-            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
-        except TimeoutError:
+            await client.wait_ready(CONNECT_TIMEOUT_S)
+        except Unavailable:
             raise ConnectionError(f"could not connect to {config.address}") from None
         started = time.perf_counter()
-        results = await search_all(search_pb2_grpc.SearchServiceStub(channel), config, queries)
+        results = await search_all(search_pb2_grpc.SearchServiceStub(client.channel), config, queries)
         elapsed = time.perf_counter() - started
     finally:
-        await channel.close()
+        await client.close()
     return await asyncio.to_thread(score, results, config.ks, asdict(config), elapsed)
 
 

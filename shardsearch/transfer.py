@@ -34,9 +34,8 @@ PAGE = 1000
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.address or "127.0.0.1:50051", timeout=args.timeout, ca_file=args.tls_ca_file or None,
-                  cert_file=args.tls_cert_file or None, key_file=args.tls_key_file or None,
-                  server_name=args.tls_server_name or None, token_file=args.token_file or None)
+    settings = security.ClientSecurity(**security.ClientSecurity.from_args(args)).client_kwargs()
+    return Client(args.address or "127.0.0.1:50051", timeout=args.timeout, **settings)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

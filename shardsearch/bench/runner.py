@@ -19,7 +19,7 @@ from shardsearch.bench.callers import Caller, StreamCaller, UnaryCaller
 from shardsearch.bench.recorder import Recorder, report_progress
 from shardsearch.bench.schedule import Plan, closed_loop, open_loop
 from shardsearch.bench.workload import Request, Workload
-from shardsearch.grpcserver import channel_options
+from shardsearch.client import AsyncClient, Unavailable
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ TRAIN_WAIT_S = 600.0
 CONNECT_TIMEOUT_S = 10.0
 RANDOM_QUERIES = 1000
 # Its own connection per channel (not one shared subchannel), so --channels spreads load over TCP connections.
-_CHANNEL_OPTIONS = [*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
+_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @dataclass(frozen=True)
@@ -206,12 +206,14 @@ async def _drive(config: BenchConfig, caller: Caller, plan: Plan, recorder: Reco
 
 async def run_bench(config: BenchConfig, data: Workload | None = None) -> BenchResult:
     """Runs one benchmark against `config.address`; `data`, if given, replaces the config's query files."""
-    connect = config.channel_factory(options=_CHANNEL_OPTIONS)
-    channels = [connect(config.address) for _ in range(config.channels)]
+    # Clients for their channels (TLS, token, limits); no gRPC retries: a benchmark counts what failed.
+    clients = [AsyncClient(config.address, retries=False, options=_CHANNEL_OPTIONS, **config.client_kwargs())
+               for _ in range(config.channels)]
+    channels = [client.channel for client in clients]
     try:
         try:
-            await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), CONNECT_TIMEOUT_S)
-        except TimeoutError:
+            await asyncio.gather(*(client.wait_ready(CONNECT_TIMEOUT_S) for client in clients))
+        except Unavailable:
             raise ConnectionError(f"could not connect to {config.address}") from None
         if data is None:
             data = await _prepare(config, search_pb2_grpc.SearchServiceStub(channels[0]))
@@ -220,7 +222,7 @@ async def run_bench(config: BenchConfig, data: Workload | None = None) -> BenchR
         plan = Plan(requests, build, config.warmup, config.duration, config.requests)
         await _drive(config, _caller(config, channels), plan, recorder)
     finally:
-        await asyncio.gather(*(ch.close() for ch in channels))
+        await asyncio.gather(*(client.close() for client in clients))
     return _result(config, plan, recorder)
 
 

@@ -15,8 +15,7 @@ import grpc
 from tqdm import tqdm
 
 from shardsearch import security
-from shardsearch.client import VECTOR_STORES
-from shardsearch.grpcserver import channel_options
+from shardsearch.client import VECTOR_STORES, AsyncClient, Unavailable
 from shardsearch.ingest.sources import Record, Source, open_source
 from shardsearch.ingest.summary import IngestSummary
 from shardsearch.ingest.writer import RetryPolicy, RpcFailure, batches, with_retries, write_batch
@@ -79,18 +78,18 @@ async def ingest(address: str, collection: str, source: Source | str | Path, *, 
     opts = IngestOptions(**options)
     if not isinstance(source, Source):
         source = await asyncio.to_thread(open_source, source, ids)
-    connect = opts.channel_factory(options=channel_options())
-    channel = connect(address)
+    # No gRPC retries: the writers retry with their own policy, and count what they retried.
+    client = AsyncClient(address, timeout=opts.timeout, retries=False, **opts.client_kwargs())
     try:
         try:
-            await asyncio.wait_for(channel.channel_ready(), min(CONNECT_TIMEOUT_S, opts.timeout))
-        except TimeoutError:
+            await client.wait_ready(min(CONNECT_TIMEOUT_S, opts.timeout))
+        except Unavailable:
             raise IngestError(f"could not connect to the coordinator at {address}") from None
-        stub = search_pb2_grpc.SearchServiceStub(channel)
+        stub = search_pb2_grpc.SearchServiceStub(client.channel)
         await prepare_collection(stub, collection, source, opts)
         summary = await load(stub, collection, source, opts)
     finally:
-        await channel.close()
+        await client.close()
     summary.address = address
     return summary
 

@@ -3,6 +3,7 @@ protobuf, the exception tree, and an install-light import."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -120,3 +121,42 @@ def test_the_client_imports_no_faiss_tritonclient_or_pillow() -> None:
 def test_the_shipped_service_config_is_the_clients() -> None:
     shipped = json.loads((Path(__file__).parents[2] / "docs" / "service_config.json").read_text())
     assert shipped == sc.SERVICE_CONFIG
+
+
+def test_settings_that_cannot_work_say_which(tmp_path: Path) -> None:
+    for kwargs, message in (
+        ({"cert_file": "c.pem"}, "needs both its certificate and its key file"),
+        ({"server_name": "localhost"}, "a TLS server name needs TLS"),
+        ({"ca_file": str(tmp_path / "missing.pem")}, "cannot read TLS CA file"),
+        ({"token_file": str(tmp_path / "missing")}, "cannot read token file"),
+    ):
+        with pytest.raises(sc.SettingsError, match=message):
+            sc.Client("127.0.0.1:1", **kwargs)
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(sc.SettingsError, match="is empty"):
+        sc.AsyncClient("127.0.0.1:1", token_file=str(tmp_path / "empty"))
+    (tmp_path / "tokens").write_text("\n  first-token read\nsecond admin\n")
+    assert sc.read_token(str(tmp_path / "tokens")) == "first-token"
+
+
+def test_wait_ready_names_the_target_it_cannot_reach(cluster: LocalCluster) -> None:
+    with sc.Client(cluster.address) as client:
+        client.wait_ready(10)
+    with sc.Client("127.0.0.1:1") as client, pytest.raises(sc.Unavailable, match="could not connect to 127.0.0.1:1"):
+        client.wait_ready(0.2)
+
+    async def check() -> None:
+        async with sc.AsyncClient(cluster.address) as client:
+            await client.wait_ready(10)
+        async with sc.AsyncClient("127.0.0.1:1") as client:
+            with pytest.raises(sc.Unavailable, match="within 0.2 s"):
+                await client.wait_ready(0.2)
+
+    asyncio.run(check())
+
+
+def test_without_retries_the_channel_has_no_retry_policy() -> None:
+    options = dict(sc.channel_options(retries=False))
+    assert options["grpc.enable_retries"] == 0
+    assert json.loads(options["grpc.service_config"]) == {"loadBalancingConfig": [{"round_robin": {}}]}
+    assert dict(sc.channel_options())["grpc.enable_retries"] == 1

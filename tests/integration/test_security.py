@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from shardsearch import cli, codec, security
+from shardsearch.client import AsyncClient
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
 from tests.pki import Pki, make_pki
@@ -214,6 +215,30 @@ def test_the_load_generator_drives_a_secured_coordinator(secured: Secured, bench
     with pytest.raises(SystemExit) as exit_:  # without the token it cannot even read the collection's dimension
         cli.main(flags)
     assert exit_.value.code == 2 and f"UNAUTHENTICATED: {security.MISSING_CREDENTIALS}" in capsys.readouterr().err
+
+
+def test_the_admin_command_and_the_async_clients_channel_carry_tls_and_the_token(
+        secured: Secured, capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["admin", "--coordinator", secured.cluster.address, "--tls-ca-file", str(secured.pki.ca),
+             "--tls-server-name", "localhost"]
+    cli.main([*flags, "--token-file", secured.token_file("admin-token", CLIENT_TOKEN), "topology"])
+    assert json.loads(capsys.readouterr().out)["shards"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*flags, "topology"])
+    assert exit_.value.code == 1 and "UNAUTHENTICATED" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # settings that cannot work: named, exit 2
+        cli.main(["admin", "--coordinator", secured.cluster.address, "--tls-server-name", "localhost", "topology"])
+    assert exit_.value.code == 2 and "a TLS server name needs TLS" in capsys.readouterr().err
+
+    async def raw() -> None:  # a stub the client does not wrap, on its channel: the token goes along
+        async with AsyncClient(secured.cluster.address, ca_file=str(secured.pki.ca), server_name="localhost",
+                               token=CLIENT_TOKEN) as client:
+            topology = await admin_pb2_grpc.AdminServiceStub(client.channel).GetTopology(
+                admin_pb2.GetTopologyRequest(), timeout=10)
+            assert topology.shards
+            await client.list_collections()  # and its own calls
+
+    asyncio.run(raw())
 
 
 async def test_no_token_or_a_wrong_one_is_unauthenticated(secured: Secured) -> None:
