@@ -250,6 +250,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     # ---- search ---------------------------------------------------------------------------------------------
 
     async def _search_one(self, request: search_pb2.SearchRequest, timeout: float) -> search_pb2.SearchResponse:
+        if request.vectors_f32:
+            raise InvalidArgument("vectors_f32: Search takes one query (vector or vector_f32); several go in one "
+                                  "BatchSearch, or in one StreamSearch message")
         spec = await self._catalog.get(request.collection, timeout)
         query = codec.one_vector(request.vector, request.vector_f32, spec.dim, "vector")
         return await self._search_vector(spec, query, request, timeout)
@@ -309,10 +312,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             self._admission.release(started, signal=False)  # its latency grows with its size: not a load signal
 
     async def _batch_search(self, request: search_pb2.BatchSearchRequest, context: Any) -> Any:
-        timeout = self._timeout(context)
+        return await self._search_rows(request, request.vectors, request.vectors_f32, self._timeout(context))
+
+    async def _search_rows(self, request: Any, vectors: Sequence[float], packed: bytes,
+                           timeout: float) -> search_pb2.BatchSearchResponse:
+        """Many queries with one request's options: a BatchSearch, or a StreamSearch message's vectors_f32."""
         spec = await self._catalog.get(request.collection, timeout)
         opts = self._options(request)
-        queries = await self._run(codec.many_vectors, request.vectors, request.vectors_f32, spec.dim, "vectors")
+        queries = await self._run(codec.many_vectors, vectors, packed, spec.dim, "vectors")
         n = queries.shape[0]
         validation.check_query_count(n, self._limits, k=opts.k)
         searched = self._depth(request, opts.k)
@@ -610,6 +617,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         finally:
             feeder.cancel()
 
+    async def _stream_rows(self, request: search_pb2.SearchRequest, timeout: float) -> search_pb2.BatchSearchResponse:
+        if request.vector or request.vector_f32:
+            raise InvalidArgument("vectors_f32: a message holds either one query (vector, vector_f32) or several "
+                                  "(vectors_f32), not both")
+        if request.explain:
+            raise InvalidArgument("explain: explains one query; send it in a message of its own (vector_f32)")
+        return await self._search_rows(request, (), request.vectors_f32, timeout)
+
     async def _stream_item(
         self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext, peer: str
     ) -> search_pb2.StreamSearchResponse:
@@ -622,9 +637,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         try:
             admitted = self._admission.acquire()
             try:
+                if request.vectors_f32:  # several queries: one BatchSearch
+                    batch = await self._stream_rows(request, self._timeout(context))
+                    return search_pb2.StreamSearchResponse(request_id=request.request_id, batch=batch)
                 response = await self._search_one(request, self._timeout(context))
             finally:
-                self._admission.release(admitted)
+                self._admission.release(admitted, signal=not request.vectors_f32)  # as BatchSearch: by size
             return search_pb2.StreamSearchResponse(request_id=request.request_id, response=response)
         except ShardSearchError as exc:
             code = exc.code

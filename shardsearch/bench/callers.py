@@ -94,7 +94,8 @@ class _Stream:
                 future.set_exception(CallFailed(code))
         self._pending.clear()
 
-    async def request(self, request_id: str, payload: bytes, timeout: float | None) -> search_pb2.SearchResponse:
+    async def request(self, request_id: str, payload: bytes,
+                      timeout: float | None) -> Sequence[search_pb2.SearchResponse]:
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         self._outbox.put_nowait(with_request_id(payload, request_id))
@@ -105,7 +106,7 @@ class _Stream:
             raise CallFailed("DEADLINE_EXCEEDED") from None
         if reply.error_code:
             raise CallFailed(CODE_NAMES.get(reply.error_code, str(reply.error_code)))
-        return reply.response
+        return reply.batch.results if reply.HasField("batch") else (reply.response,)
 
     async def close(self, grace: float) -> None:
         """Half-closes the stream and waits for the server to finish it; cancels it after `grace` seconds."""
@@ -118,7 +119,8 @@ class _Stream:
 
 
 class StreamCaller:
-    """StreamSearch over `streams` long-lived bidi calls spread over the channels; each message is one query.
+    """StreamSearch over `streams` long-lived bidi calls spread over the channels; a message is one query, or several
+    (SearchRequest.vectors_f32: the `stream-batch` call), answered as a whole.
 
     A stream that fails is replaced on its next request, so a run rides through a coordinator restart (the failed
     messages are counted). The timeout is enforced by the client per message: a stream has one deadline for its life.
@@ -140,7 +142,7 @@ class StreamCaller:
         slot = next(self._slots)
         if self._streams[slot].failed:
             self._streams[slot] = _Stream(self._open[slot])
-        return (await self._streams[slot].request(str(next(self._ids)), payload, self._timeout),)
+        return await self._streams[slot].request(str(next(self._ids)), payload, self._timeout)
 
     async def close(self) -> None:
         await asyncio.gather(*(stream.close(grace=5.0) for stream in self._streams))

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--address", help="coordinator host:port (default 127.0.0.1:50051)")
     arg("--collection", required=True, help="collection to search (and to create with --load)")
     arg("--mode", choices=MODES, help="closed: fixed concurrency (default); open: fixed arrival rate")
-    arg("--call", choices=CALLS, help="unary: Search (default); batch: BatchSearch; stream: StreamSearch")
+    arg("--call", choices=CALLS, help="unary: Search (default); batch: BatchSearch; stream: StreamSearch; "
+        "stream-batch: StreamSearch messages of --batch-size queries each")
     arg("--concurrency", type=_steps(int), help="closed loop: requests (stream: messages) in flight (default 8); "
         "a list (1,8,64,256) runs one step per value")
     arg("--rate", type=_steps(float), help="open loop: queries per second to offer; a list runs one step per value")

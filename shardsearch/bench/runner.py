@@ -25,7 +25,8 @@ from shardsearch.v1 import search_pb2, search_pb2_grpc
 logger = logging.getLogger(__name__)
 
 MODES = ("closed", "open")
-CALLS = ("unary", "batch", "stream")
+CALLS = ("unary", "batch", "stream", "stream-batch")
+BATCHED = ("batch", "stream-batch")  # calls carrying batch_size queries
 POLICIES = {"fail": search_pb2.PARTIAL_POLICY_FAIL, "allow": search_pb2.PARTIAL_POLICY_ALLOW}
 TRAIN_WAIT_S = 600.0
 CONNECT_TIMEOUT_S = 10.0
@@ -167,8 +168,9 @@ def _requests(config: BenchConfig, queries: np.ndarray) -> tuple[list[Request], 
     """Every distinct request of the run, serialized once, and the builder for a shortened last batch."""
     shared = {"collection": config.collection, "k": config.k, "nprobe": config.nprobe,
               "partial_policy": POLICIES[config.partial_policy], "skip_cache": config.skip_cache}
-    if config.call == "batch":
-        build = functools.partial(workload.batch_request, queries, **shared)
+    if config.call in BATCHED:
+        make = workload.batch_request if config.call == "batch" else workload.stream_batch_request
+        build = functools.partial(make, queries, **shared)
         return [build(rows) for rows in workload.batches(len(queries), config.batch_size)], build
     build = functools.partial(workload.search_request, queries, **shared)
     return [build((row,)) for row in range(len(queries))], build
@@ -181,7 +183,7 @@ def _truth_sets(truth: np.ndarray | None, id_format: str) -> list[frozenset[str]
 
 
 def _caller(config: BenchConfig, channels: Sequence[grpc.aio.Channel]) -> Caller:
-    if config.call == "stream":
+    if config.call in ("stream", "stream-batch"):
         return StreamCaller(channels, config.streams, config.timeout)
     return UnaryCaller(channels, config.timeout, batch=config.call == "batch")
 
@@ -192,7 +194,7 @@ async def _drive(config: BenchConfig, caller: Caller, plan: Plan, recorder: Reco
         progress = asyncio.create_task(report_progress(recorder, plan.start, plan.measure_from, sys.stderr))
     try:
         if config.mode == "open":
-            per_call = config.batch_size if config.call == "batch" else 1
+            per_call = config.batch_size if config.call in BATCHED else 1
             await open_loop(plan, caller, recorder, per_call / config.rate, config.max_outstanding)
         else:
             await closed_loop(plan, caller, recorder, config.concurrency)

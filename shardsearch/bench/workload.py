@@ -100,6 +100,12 @@ def batch_request(queries: np.ndarray, rows: tuple[int, ...], **fields: Any) -> 
     return Request(message.SerializeToString(), rows)
 
 
+def stream_batch_request(queries: np.ndarray, rows: tuple[int, ...], **fields: Any) -> Request:
+    """A StreamSearch message carrying the queries in `rows` (SearchRequest.vectors_f32), in that order."""
+    message = search_pb2.SearchRequest(vectors_f32=codec.pack(queries[list(rows)]), **fields)
+    return Request(message.SerializeToString(), rows)
+
+
 def batches(n: int, size: int) -> list[tuple[int, ...]]:
     """Rows of `size`-query batches that walk n queries in order, the last one wrapping round to the start."""
     return [tuple((start + j) % n for j in range(size)) for start in range(0, n, size)]

@@ -198,7 +198,8 @@ class SearchServiceServicer:
     def StreamSearch(self, request_iterator, context):
         """Bidirectional stream of searches. Requests are processed concurrently and responses are sent as they
         complete (not necessarily in request order): set `request_id` to correlate. A bad request does not end the
-        stream: its response carries `error_code`/`error_message` instead of hits.
+        stream: its response carries `error_code`/`error_message` instead of hits. A message may carry many queries
+        (SearchRequest.vectors_f32, answered in StreamSearchResponse.batch), so a stream costs what BatchSearch does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -72,6 +72,34 @@ def test_a_stream_survives_a_bad_request(stub, vectors) -> None:
     assert replies["missing"].error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
+def test_a_stream_message_may_carry_many_queries_and_is_answered_as_batch_search(stub, vectors) -> None:
+    _, queries, _, _ = vectors
+    batch = batch_search(stub, VECTORS, queries[:30])
+    requests = [
+        search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(queries[:10]), k=10, request_id="a"),
+        search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(queries[10]), k=10, request_id="one"),
+        search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(queries[10:30]), k=10, request_id="b"),
+        search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(queries[:2]), k=5, request_id="explain",
+                                 explain=True),
+        search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(queries[:2]), k=5, request_id="both",
+                                 vector_f32=codec.pack(queries[0])),
+        search_pb2.SearchRequest(collection=VECTORS, vectors_f32=b"\0" * 12, k=5, request_id="ragged"),
+        search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(np.zeros((1001, 128), np.float32)), k=5,
+                                 request_id="many"),
+    ]
+    replies = {r.request_id: r for r in stub.StreamSearch(iter(requests))}
+    assert [ids_of(r) for r in replies["a"].batch.results] == [ids_of(r) for r in batch.results[:10]]
+    assert [ids_of(r) for r in replies["b"].batch.results] == [ids_of(r) for r in batch.results[10:]]
+    assert not replies["a"].HasField("response") and not replies["one"].HasField("batch")
+    assert ids_of(replies["one"].response) == ids_of(batch.results[10])
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    for rid, words in (("explain", "explain"), ("both", "not both"), ("ragged", "vectors"), ("many", "1001")):
+        assert replies[rid].error_code == invalid and words in replies[rid].error_message, replies[rid]
+    with pytest.raises(grpc.RpcError) as err:  # unary Search takes one query
+        stub.Search(search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(queries[:2]), k=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "BatchSearch" in err.value.details()
+
+
 def test_upserted_vector_is_its_own_top_hit_at_once(stub, vectors) -> None:
     rng = np.random.default_rng(11)
     for round_ in range(5):
