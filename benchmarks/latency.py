@@ -148,8 +148,18 @@ def batch(address: str, queries: np.ndarray, nprobe: int, seconds: float, thread
     return {"qps": sum(done) / (time.perf_counter() - started), "threads": threads, "rows": rows}
 
 
+def packed_request(queries: np.ndarray, nprobe: int, rows: int = 100) -> Callable[[int], search_pb2.SearchRequest]:
+    """StreamSearch messages of `rows` queries each (SearchRequest.vectors_f32), as BatchSearch's calls."""
+    def build(i: int) -> search_pb2.SearchRequest:
+        lo = (i * rows) % (len(queries) - rows + 1)
+        return search_pb2.SearchRequest(collection=COLLECTION, vectors_f32=codec.pack(queries[lo : lo + rows]), k=10,
+                                        nprobe=nprobe, skip_cache=True)
+    return build
+
+
 def stream(address: str, request: Callable[[int], Any], seconds: float, window: int = 64) -> dict[str, Any]:
-    """One StreamSearch with `window` queries in flight (a new one is sent as each answer arrives)."""
+    """One StreamSearch with `window` messages in flight (a new one is sent as each answer arrives); counts queries
+    (a packed message's rows each)."""
     slots: queue.Queue[None] = queue.Queue()
     for _ in range(window):
         slots.put(None)
@@ -169,7 +179,7 @@ def stream(address: str, request: Callable[[int], Any], seconds: float, window: 
         replies = search_pb2_grpc.SearchServiceStub(channel).StreamSearch(requests())
         started = time.perf_counter()
         for reply in replies:
-            answered += 1
+            answered += len(reply.batch.results) if reply.HasField("batch") else 1
             errors += reply.error_code != 0
             slots.put(None)
             if time.perf_counter() - started > seconds:
@@ -317,6 +327,7 @@ def measure_cluster(shards: int, base: np.ndarray, queries: np.ndarray, gt: np.n
             "conc8": with_cpu(pids, lambda: conc(address, request, 8, seconds)),
             "conc64": conc(address, request, 64, seconds),
             "batch": batch(address, queries, nprobe, seconds), "stream": stream(address, request, seconds),
+            "stream_packed": {**stream(address, packed_request(queries, nprobe), seconds, window=4), "rows": 100},
             "h2load": h2load(address, queries[0], nprobe, True, h2load_seconds) if h2load_seconds else None,
         }
         if floor:
@@ -355,28 +366,29 @@ def ratio(a: float | None, b: float | None) -> str:
 def report(results: dict[str, Any], command: str) -> str:
     noop, raw, m = results["noop"], results["raw"], results["machine"]
     rows = [
-        "| system | recall@10 | seq p50 | seq p99 | conc 8 | conc 64 | BatchSearch | StreamSearch | h2load unary |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | recall@10 | seq p50 | seq p99 | conc 8 | conc 64 | BatchSearch | StreamSearch | StreamSearch, "
+        "100 a message | h2load unary |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| no-op grpc.aio SearchService (transport ceiling) | | {noop['seq']['p50_ms']:.2f} ms | "
-        f"{noop['seq']['p99_ms']:.2f} ms | {noop['conc8']['qps']:,.0f} q/s | {noop['conc64']['qps']:,.0f} q/s | | | "
+        f"{noop['seq']['p99_ms']:.2f} ms | {noop['conc8']['qps']:,.0f} q/s | {noop['conc64']['qps']:,.0f} q/s | | | | "
         f"{fmt_qps((noop.get('h2load') or {}).get('qps'))} |",
         f"| raw FAISS in-process, `{raw['factory']}` nprobe {raw['nprobe']} (refine x{raw['refine_factor']}) | "
         f"{raw['recall']:.3f} | {raw['seq']['p50_ms']:.2f} ms | {raw['seq']['p99_ms']:.2f} ms | | | "
-        f"{raw['batched_qps']:,.0f} q/s (batches of {results['queries']}, {raw['batched_threads']} threads) | | |",
+        f"{raw['batched_qps']:,.0f} q/s (batches of {results['queries']}, {raw['batched_threads']} threads) | | | |",
     ]
     for c in results["clusters"]:
         if "floor" in c:
             f = c["floor"]
             rows.append(f"| no-logic grpc.aio forwarder -> the 1-shard cluster's shard (two-hop floor) | | "
                         f"{f['seq']['p50_ms']:.2f} ms | {f['seq']['p99_ms']:.2f} ms | {f['conc8']['qps']:,.0f} q/s | | "
-                        "| | |")
+                        "| | | |")
     for c in results["clusters"]:
         h2 = (c.get("h2load") or {}).get("qps")
         rows.append(
             f"| shardsearch, {c['shards']} shard(s), nprobe {c['nprobe']} | {c['recall']:.3f} | "
             f"{c['seq']['p50_ms']:.2f} ms | {c['seq']['p99_ms']:.2f} ms | {c['conc8']['qps']:,.0f} q/s | "
             f"{c['conc64']['qps']:,.0f} q/s | {c['batch']['qps']:,.0f} q/s | {c['stream']['qps']:,.0f} q/s | "
-            f"{fmt_qps(h2)} |")
+            f"{fmt_qps((c.get('stream_packed') or {}).get('qps'))} | {fmt_qps(h2)} |")
     ratios = ["| cluster | conc(8) / ceiling | conc(64) / ceiling | seq p50 / ceiling's | BatchSearch / raw FAISS | "
               "h2load / ceiling's |", "|---|---:|---:|---:|---:|---:|"]
     for c in results["clusters"]:
@@ -414,7 +426,8 @@ def report(results: dict[str, Any], command: str) -> str:
         f">= {TARGET}. One machine: {m['cores']} cores ({m['cpu']}), FAISS {m['faiss']}, grpcio {m['grpcio']}; the "
         "client, the servers and FAISS share it. Cache off. seq: one client, one unary Search at a time; conc N: N "
         "client threads with a channel each, closed loop; BatchSearch: 4 threads x 100 queries a call; "
-        "StreamSearch: one stream, 64 queries in flight.", "",
+        "StreamSearch: one stream, 64 queries in flight; StreamSearch, 100 a message: one stream, 4 messages of 100 "
+        "queries (SearchRequest.vectors_f32) in flight.", "",
         *rows, "", "Ratios (same run):", "", *ratios, "",
         "Where one query's time goes (the servers' own histograms over the seq run; shard: shard-0):", "",
         *stage_rows, "",

@@ -54,8 +54,9 @@ async def test_closed_unary_reports_exact_recall(cluster, files) -> None:
     assert result.qps > 0 and result.calls_per_s == pytest.approx(result.qps)
 
 
-async def test_batch_counts_queries_not_calls(cluster, files) -> None:
-    result = await run_bench(config(cluster, files, call="batch", batch_size=16, requests=100, concurrency=2))
+@pytest.mark.parametrize("call", ["batch", "stream-batch"])
+async def test_batch_counts_queries_not_calls(cluster, files, call: str) -> None:
+    result = await run_bench(config(cluster, files, call=call, batch_size=16, requests=100, concurrency=2))
     assert (result.requests, result.queries, result.answered) == (7, 100, 100)  # 6 full batches and one of 4
     assert result.recall_at_10 is not None and result.recall_at_10 >= 0.99
     assert result.qps == pytest.approx(result.calls_per_s * 100 / 7)
@@ -82,10 +83,10 @@ async def test_open_loop_issues_rate_times_duration(cluster, files, call: str, b
 
 
 async def test_errors_are_counted_by_code(cluster, files) -> None:
-    for call in ("unary", "stream", "batch"):
+    for call in ("unary", "stream", "batch", "stream-batch"):
         result = await run_bench(config(cluster, files, collection="missing", call=call, requests=20, batch_size=5))
         assert result.answered == 0 and result.recall_at_10 is None and result.latency_s["p50"] is None
-        assert result.errors == {"NOT_FOUND": 4 if call == "batch" else 20}, call
+        assert result.errors == {"NOT_FOUND": 4 if call in ("batch", "stream-batch") else 20}, call
 
 
 def test_command_exits_non_zero_when_every_request_fails(cluster, files, tmp_path: Path) -> None:

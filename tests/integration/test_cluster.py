@@ -84,7 +84,7 @@ def test_a_stream_message_may_carry_many_queries_and_is_answered_as_batch_search
         search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(queries[:2]), k=5, request_id="both",
                                  vector_f32=codec.pack(queries[0])),
         search_pb2.SearchRequest(collection=VECTORS, vectors_f32=b"\0" * 12, k=5, request_id="ragged"),
-        search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(np.zeros((1001, 128), np.float32)), k=5,
+        search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(np.zeros((1001, 128), np.float32)), k=1000,
                                  request_id="many"),
     ]
     replies = {r.request_id: r for r in stub.StreamSearch(iter(requests))}
@@ -93,7 +93,7 @@ def test_a_stream_message_may_carry_many_queries_and_is_answered_as_batch_search
     assert not replies["a"].HasField("response") and not replies["one"].HasField("batch")
     assert ids_of(replies["one"].response) == ids_of(batch.results[10])
     invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    for rid, words in (("explain", "explain"), ("both", "not both"), ("ragged", "vectors"), ("many", "1001")):
+    for rid, words in (("explain", "explain"), ("both", "not both"), ("ragged", "vectors"), ("many", "1001 queries x k 1000")):
         assert replies[rid].error_code == invalid and words in replies[rid].error_message, replies[rid]
     with pytest.raises(grpc.RpcError) as err:  # unary Search takes one query
         stub.Search(search_pb2.SearchRequest(collection=VECTORS, vectors_f32=codec.pack(queries[:2]), k=5))
