@@ -236,9 +236,6 @@ class Router:
             for s in np.unique(owners)
         ]
 
-    def read_owner(self, item_id: str) -> Shard:
-        return self._pool.by_name[self.layout.read_ring().owner(item_id)]
-
     def search_shards(self) -> list[Shard]:
         """Every shard of the layout (both rings during a move)."""
         return [self._pool.by_name[name] for name in self.layout.search_names()]

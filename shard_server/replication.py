@@ -103,10 +103,6 @@ class Replication:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def wait(self) -> None:
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
-
     async def _run(self) -> None:
         if not logs.current_request_id():  # at start-up; a Resync's catch-up keeps the id of the write it missed
             logs.bind_request_id("catch-up-" + logs.new_request_id())

@@ -126,46 +126,26 @@ def _main(argv: Sequence[str] | None) -> None:
 
     from coordinator import __main__ as coordinator_main
     from shard_server import __main__ as shard_main
-
-    coordinator = commands.add_parser("coordinator", help="run the coordinator (public SearchService)")
-    coordinator_main.add_arguments(coordinator)
-    coordinator.set_defaults(run=coordinator_main.run)
-    shard = commands.add_parser("shard", help="run one shard server")
-    shard_main.add_arguments(shard)
-    shard.set_defaults(run=shard_main.run)
-
+    from shardsearch import admin, evaluate, ingest, transfer
     from shardsearch.bench import cli as bench_main
 
-    bench = commands.add_parser("bench", help="load-test a coordinator: QPS, latency, errors and recall")
-    bench_main.add_arguments(bench)
-    bench.set_defaults(run=bench_main.run)
-
-    from shardsearch import evaluate
-
-    evaluation = commands.add_parser("eval", help="offline quality: Recall, Precision, mAP, MRR of a query set")
-    evaluate.add_arguments(evaluation)
-    evaluation.set_defaults(run=evaluate.run)
-
-    from shardsearch import ingest
-
-    ingestion = commands.add_parser("ingest", help="bulk-load vectors, JSONL items or an image folder (resumable)")
-    ingest.add_arguments(ingestion)
-    ingestion.set_defaults(run=ingest.run)
-
-    from shardsearch import transfer
-
-    exporting = commands.add_parser("export", help="write a collection (items, payloads, fields) to a file")
-    transfer.add_export_arguments(exporting)
-    exporting.set_defaults(run=transfer.run_export)
-    importing = commands.add_parser("import", help="load a file written by `export` (any shard count)")
-    transfer.add_import_arguments(importing)
-    importing.set_defaults(run=transfer.run_import)
-
-    from shardsearch import admin
-
-    administration = commands.add_parser("admin", help="operate a cluster: add or remove shards, retrain indexes")
-    admin.add_arguments(administration)
-    administration.set_defaults(run=admin.run)
+    for name, about, add_arguments, run_command in (
+        ("coordinator", "run the coordinator (public SearchService)", coordinator_main.add_arguments,
+         coordinator_main.run),
+        ("shard", "run one shard server", shard_main.add_arguments, shard_main.run),
+        ("bench", "load-test a coordinator: QPS, latency, errors and recall", bench_main.add_arguments,
+         bench_main.run),
+        ("eval", "offline quality: Recall, Precision, mAP, MRR of a query set", evaluate.add_arguments, evaluate.run),
+        ("ingest", "bulk-load vectors, JSONL items or an image folder (resumable)", ingest.add_arguments, ingest.run),
+        ("export", "write a collection (items, payloads, fields) to a file", transfer.add_export_arguments,
+         transfer.run_export),
+        ("import", "load a file written by `export` (any shard count)", transfer.add_import_arguments,
+         transfer.run_import),
+        ("admin", "operate a cluster: add or remove shards, retrain indexes", admin.add_arguments, admin.run),
+    ):
+        command = commands.add_parser(name, help=about)
+        add_arguments(command)
+        command.set_defaults(run=run_command)
 
     args = parser.parse_args(argv)
     run = args.run
