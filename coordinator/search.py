@@ -5,11 +5,10 @@ Shard failures are handled by the request's partial policy; merging and building
 
 from __future__ import annotations
 
-import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Hashable, Sequence, TypeVar
+from typing import Hashable, Sequence
 
 import grpc
 import numpy as np
@@ -23,9 +22,9 @@ from coordinator.shards import Outcome, ShardPool
 from shardsearch import codec
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.errors import AnswerTooLarge, NotFound, ShardSearchError
+from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2, shard_pb2
 
-T = TypeVar("T")
 LOOKUP_BATCH_ROWS = 1024
 SMALL_MERGE_HITS = 160  # candidates (queries x shards x k) up to which a merge runs inline, in plain Python (~100 us)
 
@@ -77,7 +76,7 @@ class Searcher:
         self._pool = pool
         self._router = router
         self._catalog = catalog
-        self._executor = executor
+        self._run = Offload(executor)
         self._metrics = metrics
         self._cache = cache
         self._batcher: Batcher[_Job, SearchOutcome] = Batcher("coordinator batcher", batching, self._run_batch, batch_metrics)
@@ -142,9 +141,6 @@ class Searcher:
             split.append(Lookup(lookup.token, lookup.values[offset : offset + len(keys)]))
             offset += len(keys)
         return split
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _batched(
         self, spec: search_pb2.Collection, queries: np.ndarray, opts: SearchOptions, timeout: float

@@ -47,6 +47,7 @@ from shardsearch.errors import (
     Unavailable,
 )
 from shardsearch.metrics import LATENCY_BUCKETS
+from shardsearch.offload import Offload
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Encoder:
         self._options = options
         self._metrics = metrics
         self._cache = cache
-        self._executor = executor
+        self._run = Offload(executor)
         self.server_side = kind == "image" and info.takes_bytes
         if kind == "image":
             mode = options.image_preprocess
@@ -177,9 +178,6 @@ class Encoder:
         if self.kind == "image":
             how = ", preprocessing in the model" if self.server_side else f", preprocessing here to {self._pixels}"
         return f"{self.kind} model {self.info.label} ({self.info.dim}-d, max batch {self.info.max_batch_size}{how})"
-
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def encode(
         self, values: Sequence[str] | Sequence[bytes], field: str | Sequence[str], timeout: float

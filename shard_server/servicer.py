@@ -17,7 +17,7 @@ import time
 import weakref
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Hashable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Callable, Hashable, Iterator
 
 import grpc
 import numpy as np
@@ -40,16 +40,17 @@ from shardsearch.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    ShardSearchError,
     Unavailable,
     rpc,
+    rpc_stream,
+    status_of,
 )
 from shardsearch.metrics import RpcMetrics
+from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 30.0  # for a search whose caller set no deadline
 EXPORT_CHUNK_ITEMS = 4096
 DRAIN_TIMEOUT_S = 30.0  # longest SetTopology waits for writes admitted under an older layout
@@ -158,7 +159,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self.repairing = False
         """After a pause (see antientropy.StallWatch): reads are refused until a peer has been compared."""
         self.clock = HybridClock()
-        self._executor = executor
+        self.run = self._run = Offload(executor)  # run: for the replication parts (catch-up, anti-entropy)
         self._writer = writer
         self._batcher: Batcher[tuple[np.ndarray, int], shard_pb2.ShardSearchResponse] = Batcher(
             "shard batcher", batching, self._run_batch, batch_metrics
@@ -172,11 +173,6 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         metrics.collections = lambda: list(self._collections.values())
         self._creating: set[str] = set()
         self._lock = threading.Lock()
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    run = _run  # for the replication parts (catch-up, anti-entropy): FAISS and numpy work off the event loop
 
     def collection_names(self) -> list[str]:
         return list(self._collections)
@@ -429,11 +425,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         bound = logs.bind_request_id(logs.request_id_from(((logs.REQUEST_ID_HEADER, message.request_id),)))
         try:
             into.CopyFrom(await self._search(message.request, message.timeout_s or DEFAULT_TIMEOUT_S))
-        except ShardSearchError as exc:
-            code, details = exc.code, str(exc)
-        except Exception:
-            code, details = grpc.StatusCode.INTERNAL, "internal error in Search; see server logs"
-            logger.exception("Search failed")
+        except Exception as exc:
+            code, details = status_of(exc, "Search")
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.inflight.dec()
@@ -534,16 +527,16 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     # ---- replication ----------------------------------------------------------------------------------------
 
+    @rpc_stream("ExportCollection")
     async def ExportCollection(
         self, request: shard_pb2.ShardExportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[shard_pb2.ShardExportChunk]:
         """Streams one collection ("" = all) as versioned items and delete markers. Allowed while catching up:
         a peer applying what this replica holds never loses anything (versions decide)."""
-        logs.bind_request_id(logs.request_id_from(context.invocation_metadata()))
         if request.collection:
             coll = self._collections.get(request.collection)
             if coll is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"collection {request.collection!r} does not exist")
+                raise NotFound(f"collection {request.collection!r} does not exist")
             colls = [coll]
         else:
             colls = sorted(self._collections.values(), key=lambda c: c.spec.name)

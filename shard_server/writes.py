@@ -16,7 +16,7 @@ import os
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, Callable, Hashable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -28,11 +28,11 @@ from shardsearch import codec
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.errors import AlreadyExists, DataLoss, ResourceExhausted, ShardSearchError, Unavailable
 from shardsearch.metrics import LATENCY_BUCKETS
+from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2, shard_pb2
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 SNAPSHOT = 0
 SNAPSHOT_RETRY_S = 10.0
 WRITE_BATCHING = BatchingConfig(max_batch_size=4096, max_queue_delay_us=0, max_queue_size=8192, max_in_flight=1)
@@ -60,7 +60,7 @@ class Writer:
     def __init__(
         self, executor: Executor, storage: Storage | None, snapshot_bytes: int, registry: CollectorRegistry,
     ) -> None:
-        self._executor = executor
+        self._run = Offload(executor)
         self.storage = storage
         self._snapshot_bytes = snapshot_bytes
         self._stores: dict[str, CollectionStore] = {}
@@ -86,8 +86,6 @@ class Writer:
     def durable(self) -> bool:
         return self.storage is not None
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # ---- collections ---------------------------------------------------------------------------------------
 

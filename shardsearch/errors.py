@@ -1,11 +1,13 @@
-"""Domain errors that carry a gRPC status, and the one decorator that maps them onto a servicer's context."""
+"""Domain errors that carry a gRPC status, and the one rule (`status_of`) that maps any failure onto the status a
+caller sees: `rpc` applies it to unary handlers, `rpc_stream` to server-streaming ones, and the stream handlers that
+answer each message with its own status call it directly."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 
@@ -92,6 +94,15 @@ def from_status(code: grpc.StatusCode, details: str, where: str) -> ShardSearchE
 T = TypeVar("T")
 
 
+def status_of(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status a call that raised `exc` answers with: a domain error's own code and message; anything else is a
+    bug here, logged with its traceback and answered INTERNAL without internals in the message."""
+    if isinstance(exc, ShardSearchError):
+        return exc.code, str(exc)
+    logger.error("%s failed", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error in {method}; see server logs"
+
+
 def rpc(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Decorates a unary servicer method: domain errors become `context.abort`, anything else INTERNAL.
 
@@ -113,16 +124,12 @@ def rpc(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Aw
             context.set_trailing_metadata(echo)  # the caller can quote it
             try:
                 return await fn(self, request, context)
-            except ShardSearchError as exc:
-                code = exc.code
-                await context.abort(exc.code, str(exc), echo)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                logger.exception("%s failed", method)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server logs", echo)
+            except Exception as exc:
+                code, details = status_of(exc, method)
+                await context.abort(code, details, echo)
             finally:
                 elapsed = time.perf_counter() - start
                 if metrics is not None:
@@ -131,6 +138,30 @@ def rpc(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Aw
                 logs.log_access(method, code, elapsed, context.peer)
                 logs.unbind_request_id(bound)
             raise AssertionError("unreachable")  # abort() always raises
+
+        return handler
+
+    return wrap
+
+
+def rpc_stream(
+    method: str,
+) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[..., AsyncIterator[T]]]:
+    """`rpc` for a server-streaming handler (an async generator): its request id is bound while it runs and a failure
+    ends the stream with `status_of`'s status. Metrics and access lines are the handler's: a stream that answers
+    each message with its own status counts those, not the stream."""
+
+    def wrap(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+        @functools.wraps(fn)
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
+            logs.bind_request_id(logs.request_id_from(context.invocation_metadata()))
+            try:
+                async for message in fn(self, request, context):
+                    yield message
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await context.abort(*status_of(exc, method))
 
         return handler
 
