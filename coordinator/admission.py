@@ -9,13 +9,16 @@ the coordinator keeps answering the searches it took at about the target latency
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from typing import Callable
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shardsearch.errors import ResourceExhausted
 
+T = TypeVar("T")
 INITIAL_LIMIT = 256.0
 MIN_LIMIT = 8.0
 DECREASE = 0.9
@@ -79,3 +82,28 @@ class AdaptiveLimit:
             self.limit = min(self.maximum, self.limit + (1.0 if latency < self.target_s / 2 else 1.0 / self.limit))
         if self._metrics is not None:
             self._metrics.limit.set(self.limit)
+
+    @contextlib.contextmanager
+    def admitted(self, signal: bool = True) -> Iterator[None]:
+        """One search admitted for the block's length (`acquire`, then `release` however the block ends)."""
+        started = self.acquire()
+        try:
+            yield
+        finally:
+            self.release(started, signal)
+
+
+def admitted(signal: bool = True) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Runs a servicer method admitted by its `admission` (an AdaptiveLimit). `signal` False keeps the method's
+    latency out of the limit: a call whose time grows with its size (BatchSearch), with the parts it fuses, or with
+    encoding says nothing about the shards' load."""
+
+    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def handler(self: Any, *args: Any) -> T:
+            with self.admission.admitted(signal):
+                return await fn(self, *args)
+
+        return handler
+
+    return wrap

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from coordinator.servicer import fuse_rrf
+from coordinator.combine import fuse_rrf
 from shardsearch import codec
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from coordinator.cache import entry_keys
+from coordinator.combine import fuse_rrf
 from coordinator.diversity import depth, diversify, strip_fields
+from coordinator.postprocess import finish
 from coordinator.search import assemble
-from coordinator.servicer import finish, fuse_rrf
 from shardsearch import codec
 from shardsearch.v1 import search_pb2, shard_pb2
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from coordinator.router import Router
-from coordinator.servicer import route_items
+from coordinator.writes import route_items
 from shardsearch import codec, topology
 from shardsearch.errors import InvalidArgument
 from shardsearch.v1 import search_pb2
