@@ -17,7 +17,6 @@ Callers run these methods off the event loop (an executor or a batcher thread).
 
 from __future__ import annotations
 
-import array
 import logging
 import math
 import threading
@@ -33,6 +32,7 @@ from shard_server import ids as id_table
 from shard_server import params as index_params
 from shard_server import retrain as retraining
 from shard_server import vectors as vector_rows
+from shard_server.fields import FieldIndex
 from shard_server.ids import IdTable
 from shardsearch import topology
 from shardsearch.ring import key_hashes
@@ -95,10 +95,8 @@ class Collection:
         self._deleted: dict[str, int] = {}  # delete markers: id -> version of the delete
         self._ids = IdTable()  # id by label, live label by id
         self._payloads: dict[int, bytes] = {}
-        self._fields: dict[int, bytes] = {}  # label -> serialised search_pb2.Fields
-        self._payload_bytes = self._field_bytes = 0  # the bytes of the values above (for `memory`)
-        self._keywords: dict[str, dict[str, array.array]] = {}  # field -> keyword -> labels holding it (append-only)
-        self._numbers: dict[str, np.ndarray] = {}  # field -> value by label (NaN: absent)
+        self._payload_bytes = 0  # the bytes of the payloads (for `memory`)
+        self._fields = FieldIndex(len(self._alive))
         self._next = 0
         self._live = 0
         self._ivf: faiss.Index | None = None
@@ -159,7 +157,7 @@ class Collection:
             if fields:
                 for offset, item_fields in enumerate(fields):
                     if item_fields.values:
-                        self._index_fields(start + offset, item_fields)
+                        self._fields.add(start + offset, item_fields)
             self._next += count
             self._live += count
             self._ids.settle(self._hash, self._alive)
@@ -233,31 +231,11 @@ class Collection:
         versions = versions.astype(np.uint64, copy=False)
         return (versions > held) | ((versions == held) & (held == 0))
 
-    def _index_fields(self, label: int, fields: search_pb2.Fields, blob: bytes | None = None) -> None:
-        """Keeps the item's fields and adds its label to the keyword lists and number columns (under the lock).
-        Entries of labels that die later stay behind and are masked by `alive`; a snapshot drops them."""
-        blob = blob if blob is not None else fields.SerializeToString()
-        self._fields[label] = blob
-        self._field_bytes += len(blob)
-        for name, value in fields.values.items():
-            kind = value.WhichOneof("kind")
-            if kind == "keyword":
-                self._keywords.setdefault(name, {}).setdefault(value.keyword, array.array("q")).append(label)
-            elif kind == "keywords":
-                lists = self._keywords.setdefault(name, {})
-                for keyword in set(value.keywords.values):
-                    lists.setdefault(keyword, array.array("q")).append(label)
-            elif kind == "number":
-                column = self._numbers.get(name)
-                if column is None:
-                    column = self._numbers[name] = np.full(len(self._alive), np.nan)
-                column[label] = value.number
-
     def _kill(self, label: int) -> None:
         self._alive[label] = False
         self._live -= 1
         self._payload_bytes -= len(self._payloads.pop(label, b""))
-        self._field_bytes -= len(self._fields.pop(label, b""))
+        self._fields.drop(label)
         if label < self._ivf_upto:
             self._ivf_dead += 1
 
@@ -275,10 +253,7 @@ class Collection:
         hashes = np.zeros(capacity, dtype=np.uint64)
         hashes[: self._next] = self._hash[: self._next]
         self._vecs, self._alive, self._ver, self._hash = vecs, alive, ver, hashes
-        for name, column in self._numbers.items():
-            grown = np.full(capacity, np.nan)
-            grown[: len(column)] = column
-            self._numbers[name] = grown
+        self._fields.grow(capacity)
 
     # ---- reads --------------------------------------------------------------------------------------------
 
@@ -297,7 +272,7 @@ class Collection:
         hashes = id_hashes(ids)
         with self._lock:
             labels = self._ids.find(ids, hashes, self._alive)
-            return [self._fields.get(label, b"") for label in labels[labels >= 0].tolist()]
+            return [self._fields.get(label) for label in labels[labels >= 0].tolist()]
 
     def fields_for(self, labels: np.ndarray, view: LabelView | None = None) -> list[bytes]:
         with self._lock:
@@ -306,50 +281,9 @@ class Collection:
 
     # ---- filters ------------------------------------------------------------------------------------------
 
-    def _mask(self, flt: search_pb2.Filter, upto: int) -> np.ndarray:
-        """Labels below `upto` whose fields pass `flt` (alive or not; the caller masks). Under the lock."""
-        kind = flt.WhichOneof("kind")
-        if kind == "match":
-            mask = np.zeros(upto, dtype=bool)
-            lists = self._keywords.get(flt.match.field, {})
-            for value in flt.match.values:
-                labels = lists.get(value)
-                if labels:
-                    found = np.frombuffer(labels, dtype=np.int64)
-                    mask[found[found < upto]] = True
-            return mask
-        if kind == "range":
-            column = self._numbers.get(flt.range.field)
-            if column is None:
-                return np.zeros(upto, dtype=bool)
-            values = column[:upto]
-            mask = ~np.isnan(values)
-            bounds = flt.range
-            with np.errstate(invalid="ignore"):
-                if bounds.HasField("gt"):
-                    mask &= values > bounds.gt
-                if bounds.HasField("gte"):
-                    mask &= values >= bounds.gte
-                if bounds.HasField("lt"):
-                    mask &= values < bounds.lt
-                if bounds.HasField("lte"):
-                    mask &= values <= bounds.lte
-            return mask
-        if kind == "all_of":
-            mask = np.ones(upto, dtype=bool)
-            for child in flt.all_of.filters:
-                mask &= self._mask(child, upto)
-            return mask
-        if kind in ("any_of", "none_of"):
-            mask = np.zeros(upto, dtype=bool)
-            for child in getattr(flt, kind).filters:
-                mask |= self._mask(child, upto)
-            return ~mask if kind == "none_of" else mask
-        return np.ones(upto, dtype=bool)  # no filter
-
     def count_matching(self, flt: search_pb2.Filter) -> int:
         with self._lock:
-            return int(np.count_nonzero(self._mask(flt, self._next) & self._alive[: self._next]))
+            return int(np.count_nonzero(self._fields.mask(flt, self._next) & self._alive[: self._next]))
 
     def search(
         self, queries: np.ndarray, k: int, nprobe: int = 0, flt: search_pb2.Filter | None = None,
@@ -371,7 +305,7 @@ class Collection:
         return replace(self._rank(queries, k, found), view=view)
 
     def _view(self) -> LabelView:
-        return LabelView(self._ids, self._payloads, self._fields)
+        return LabelView(self._ids, self._payloads, self._fields.blobs)
 
     def try_search(self, queries: np.ndarray, k: int, nprobe: int = 0) -> SearchResult | None:
         """`search` without a filter, or None at once if a write or maintenance holds the collection (for a caller
@@ -412,11 +346,7 @@ class Collection:
             )
         if not candidates:
             return None
-        labels = np.concatenate(candidates, axis=1)
-        valid = labels >= 0
-        safe = np.where(valid, labels, 0)
-        valid &= self._alive[safe]
-        return labels, valid, safe, self._vecs  # rows below `next` never change; a resize makes a new array
+        return (*_resolved(candidates, self._alive), self._vecs)  # rows below `next` never change; a resize makes a new array
 
     def _rank(
         self, queries: np.ndarray, k: int, found: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
@@ -434,7 +364,7 @@ class Collection:
         with self._lock:
             upto = self._next
             view, vecs = self._view(), self._vecs
-            mask = self._mask(flt, upto) & self._alive[:upto]
+            mask = self._fields.mask(flt, upto) & self._alive[:upto]
             matching = int(np.count_nonzero(mask))
             if explain is not None:
                 explain.update(matching=matching, path="exact over matches", candidates=matching,
@@ -453,7 +383,7 @@ class Collection:
     ) -> SearchResult:
         """IVF search restricted to the labels in `mask` (under the lock, like the unfiltered search)."""
         assert self._ivf is not None and self._params is not None
-        n, upto = queries.shape[0], len(mask)
+        n = queries.shape[0]
         bits = np.packbits(mask, bitorder="little")  # bit i % 8 of byte i // 8 = label i, as IDSelectorBitmap reads
         selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # labels past the bitmap: not selected
         boost = min(self._live / matching, MAX_FILTER_PROBE_BOOST)
@@ -473,10 +403,7 @@ class Collection:
             if len(buffered):
                 _, near = faiss.knn(batch, self._vecs[buffered], min(len(buffered), k), metric=self.metric)
                 candidates.append(np.where(near >= 0, buffered[np.maximum(near, 0)], -1))
-            labels = np.concatenate(candidates, axis=1)
-            valid = (labels >= 0) & (labels < upto)
-            safe = np.where(valid, labels, 0)
-            valid &= mask[safe]
+            labels, valid, safe = _resolved(candidates, mask)
             part = self._rerank(labels, valid, self._exact_scores(batch, safe, self._vecs), k)
             out_labels[todo], out_scores[todo] = part.labels, part.scores
             short = np.flatnonzero((part.labels >= 0).sum(axis=1) < min(k, matching))
@@ -587,13 +514,12 @@ class Collection:
             old_labels = live.tolist()
             id_of = self._ids.ids_of(old_labels)
             payloads = {new: self._payloads[old] for new, old in enumerate(old_labels) if old in self._payloads}
-            fields = {new: self._fields[old] for new, old in enumerate(old_labels) if old in self._fields}
+            blobs = self._fields.blobs
+            fields = {new: blobs[old] for new, old in enumerate(old_labels) if old in blobs}
             self._vecs, self._alive, self._ver, self._hash = vecs, alive, ver, hashes
             self._ids, self._payloads = id_table.from_labels(id_of, capacity, hashes, alive), payloads
-            self._fields, self._keywords, self._numbers = {}, {}, {}
-            self._payload_bytes, self._field_bytes = sum(map(len, payloads.values())), 0
-            for label, blob in fields.items():
-                self._index_fields(label, search_pb2.Fields.FromString(blob), blob)
+            self._fields = FieldIndex.rebuilt(fields, capacity)
+            self._payload_bytes = sum(map(len, payloads.values()))
             self._next, self._live = n, n
             self._ivf_upto = self._ivf_dead = 0
             self._retrain.hold_next = max(0, self._retrain.hold_next - (upto - n))
@@ -757,10 +683,8 @@ class Collection:
         buffered = start + np.flatnonzero(alive[start:upto])
         if len(buffered):
             candidates.append(retraining.exact_search(queries, vecs, buffered, k, self.metric)[1])
-        labels = np.concatenate(candidates, axis=1)
-        valid = (labels >= 0) & (labels < upto) & (labels != sample.labels[:, None])
-        safe = np.where(valid, labels, 0)
-        valid &= alive[safe]
+        labels, valid, safe = _resolved(candidates, alive[:upto])
+        valid &= labels != sample.labels[:, None]  # the sample's own items are held out
         result = self._rerank(labels, valid, self._exact_scores(queries, safe, vecs), retraining.RECALL_K)
         return retraining.recall(sample, result.labels, result.scores, self.inner_product)
 
@@ -848,7 +772,7 @@ class Collection:
             upto = self._next
             labels = np.flatnonzero(self._alive[:upto]).astype(np.int64)
             payloads = dict(self._payloads)
-            fields = dict(self._fields)
+            fields = dict(self._fields.blobs)
             ivf = faiss.serialize_index(device.to_cpu(self._ivf)) if self._ivf is not None else np.zeros(0, np.uint8)
             chosen = self._params
             meta = np.array([upto, self._ivf_upto, self._trained_on], dtype=np.int64)
@@ -907,11 +831,8 @@ class Collection:
             self._payloads = {label: blob for label, blob in zip(labels.tolist(), payloads) if blob}
             self._payload_bytes = sum(map(len, self._payloads.values()))
             if "fields_ends" in state:  # snapshots written before fields existed have none
-                self._fields, self._keywords, self._numbers = {}, {}, {}
-                self._field_bytes = 0
-                for label, blob in zip(labels.tolist(), _unpack_strings(state, "fields")):
-                    if blob:
-                        self._index_fields(label, search_pb2.Fields.FromString(blob), blob)
+                blobs = dict(zip(labels.tolist(), _unpack_strings(state, "fields")))
+                self._fields = FieldIndex.rebuilt(blobs, len(self._alive))
             self._next, self._live = upto, len(labels)
             if len(state["ivf"]):
                 self._params = index_params.IndexParams(*(int(x) for x in state["params"]))
@@ -951,7 +872,7 @@ class Collection:
             labels = np.concatenate(picked) if picked else np.zeros(0, np.int64)
             ids = self._ids.ids_of(labels.tolist())
             payloads = [self._payloads.get(label, b"") for label in labels.tolist()]
-            fields = [self._fields.get(label, b"") for label in labels.tolist()]
+            fields = [self._fields.get(label) for label in labels.tolist()]
             return ids, self._vecs[labels], payloads, self._ver[labels], last, fields
 
     def list_ids(
@@ -1043,8 +964,8 @@ class Collection:
         "markers" (delete markers). Python containers are counted at ~100 bytes an entry. O(1)."""
         with self._lock:
             rows, upto, ivf = self._vecs, self._next, self._ivf
-            payloads, fields = (len(self._payloads), self._payload_bytes), (len(self._fields), self._field_bytes)
-            markers, numbers = len(self._deleted), len(self._numbers)
+            payloads, fields = (len(self._payloads), self._payload_bytes), (len(self._fields.blobs), self._fields.nbytes)
+            markers, numbers = len(self._deleted), self._fields.columns
             ids = self._ids.nbytes()
         index = 0
         if ivf is not None:
@@ -1058,6 +979,17 @@ class Collection:
     @property
     def live(self) -> int:
         return self._live
+
+
+def _resolved(candidates: list[np.ndarray], allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate labels of each query side by side (FAISS's -1: none), whether each is a label `allowed` holds
+    True for (alive, or alive and passing a filter), and the labels with 0 in place of the others (safe to index
+    the stored vectors with: their scores are masked by `valid`)."""
+    labels = np.concatenate(candidates, axis=1)
+    valid = (labels >= 0) & (labels < len(allowed))
+    safe = np.where(valid, labels, 0)
+    valid &= allowed[safe]
+    return labels, valid, safe
 
 
 def _ivf_candidates(
