@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import faiss
 import numpy as np
 
-from shard_server import device
+from shard_server import ann, device
 from shard_server import ids as id_table
 from shard_server import params as index_params
 from shard_server import retrain as retraining
@@ -43,12 +43,10 @@ logger = logging.getLogger(__name__)
 ABSORB_THRESHOLD = 2_048  # fresh vectors that get encoded into a trained index in one go (the buffer is brute force)
 IDLE_ABSORB_S = 2.0  # a smaller buffer is absorbed once writes have paused this long
 COMPACT_DEAD_FRACTION = 0.2  # remove dead codes from the IVF lists past this fraction
-MAX_TRAIN_SAMPLE = 200_000
 DELETE_MARKER_RETENTION_NS = 7 * 24 * 3600 * 10**9  # a replica down longer than this must be re-seeded
-ADD_CHUNK = 65_536
 EXPORT_WINDOW = 65_536  # labels scanned per step of an export
+CHECKSUM_CHUNK = 65_536  # items hashed per step of a checksum
 EXACT_FILTER_MAX = 20_000  # a filter matching at most this many items is answered by exact search over them
-MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items probes min(1/f, this) times more lists
 
 
 RELABEL_MIN_DEAD = 4_096  # an untrained collection with more dead rows than this, and than live ones, is relabelled
@@ -325,12 +323,9 @@ class Collection:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """Under the lock: the IVF-PQ and fresh-buffer candidates (labels, valid, safe labels, the vectors), or None."""
         candidates = []
-        if self._ivf is not None and self._ivf.ntotal > 0:
-            assert self._params is not None
-            kf = min(k * self._params.refine_factor, int(self._ivf.ntotal))
-            probe = min(nprobe or self._params.default_nprobe, self._params.nlist)
-            _, found = self._ivf.search(queries, kf, params=faiss.SearchParametersIVF(nprobe=probe))
-            candidates.append(found)
+        trained = self._params is not None and self._ivf is not None and self._ivf.ntotal > 0
+        if trained:
+            candidates.append(ann.ivf_candidates(self._ivf, self._params, queries, k, nprobe))
         start, stop = self._ivf_upto, self._next
         if stop > start:
             dead = (stop - start) - int(np.count_nonzero(self._alive[start:stop]))
@@ -338,15 +333,15 @@ class Collection:
             _, found = faiss.knn(queries, self._vecs[start:stop], kb, metric=self.metric)
             candidates.append(np.where(found >= 0, found + start, -1))
         if explain is not None:
-            trained = self._params is not None and self._ivf is not None and self._ivf.ntotal > 0
             explain.update(
                 path="ivf" if trained else "flat", buffered=int(np.count_nonzero(self._alive[start:stop])),
-                nprobe=probe if trained else 0, refine_factor=self._params.refine_factor if trained else 0,
+                nprobe=min(nprobe or self._params.default_nprobe, self._params.nlist) if trained else 0,  # type: ignore[union-attr]
+                refine_factor=self._params.refine_factor if trained else 0,  # type: ignore[union-attr]
                 candidates=sum(c.shape[1] for c in candidates),
             )
         if not candidates:
             return None
-        return (*_resolved(candidates, self._alive), self._vecs)  # rows below `next` never change; a resize makes a new array
+        return (*ann.resolved(candidates, self._alive), self._vecs)  # rows below `next` never change; a resize makes a new array
 
     def _rank(
         self, queries: np.ndarray, k: int, found: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
@@ -356,7 +351,7 @@ class Collection:
             n = queries.shape[0]
             return SearchResult(np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32))
         labels, valid, safe, vecs = found
-        return self._rerank(labels, valid, self._exact_scores(queries, safe, vecs), k)
+        return SearchResult(*ann.rerank(labels, valid, self._exact_scores(queries, safe, vecs), k, self.inner_product))
 
     def _search_filtered(self, queries: np.ndarray, k: int, nprobe: int, flt: search_pb2.Filter,
                          explain: dict[str, Any] | None = None) -> SearchResult:
@@ -374,74 +369,15 @@ class Collection:
             if matching <= EXACT_FILTER_MAX or self._ivf is None or self._ivf.ntotal == 0:
                 subset = np.flatnonzero(mask)
             else:
-                return replace(self._search_selected(queries, k, nprobe, mask, matching, explain), view=view)
-        return replace(self._exact_subset(queries, k, subset, vecs), view=view)
-
-    def _search_selected(
-        self, queries: np.ndarray, k: int, nprobe: int, mask: np.ndarray, matching: int,
-        explain: dict[str, Any] | None = None,
-    ) -> SearchResult:
-        """IVF search restricted to the labels in `mask` (under the lock, like the unfiltered search)."""
-        assert self._ivf is not None and self._params is not None
-        n = queries.shape[0]
-        bits = np.packbits(mask, bitorder="little")  # bit i % 8 of byte i // 8 = label i, as IDSelectorBitmap reads
-        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # labels past the bitmap: not selected
-        boost = min(self._live / matching, MAX_FILTER_PROBE_BOOST)
-        probe = min(self._params.nlist, math.ceil((nprobe or self._params.default_nprobe) * boost))
-        buffered = self._ivf_upto + np.flatnonzero(mask[self._ivf_upto :])
-        kf = min(k * self._params.refine_factor, int(self._ivf.ntotal))
-        if explain is not None:
-            explain.update(path="ivf with selector", nprobe=probe, refine_factor=self._params.refine_factor,
-                           candidates=kf + len(buffered))
-        out_labels = np.full((n, k), -1, np.int64)
-        out_scores = np.zeros((n, k), np.float32)
-        todo = np.arange(n)
-        while True:
-            batch = queries[todo]
-            _, found = self._ivf.search(batch, kf, params=faiss.SearchParametersIVF(nprobe=probe, sel=selector))
-            candidates = [found]
-            if len(buffered):
-                _, near = faiss.knn(batch, self._vecs[buffered], min(len(buffered), k), metric=self.metric)
-                candidates.append(np.where(near >= 0, buffered[np.maximum(near, 0)], -1))
-            labels, valid, safe = _resolved(candidates, mask)
-            part = self._rerank(labels, valid, self._exact_scores(batch, safe, self._vecs), k)
-            out_labels[todo], out_scores[todo] = part.labels, part.scores
-            short = np.flatnonzero((part.labels >= 0).sum(axis=1) < min(k, matching))
-            if len(short) == 0 or probe >= self._params.nlist:
-                return SearchResult(out_labels, out_scores)
-            todo, probe = todo[short], min(self._params.nlist, probe * 4)
-
-    def _exact_subset(self, queries: np.ndarray, k: int, labels: np.ndarray, vecs: np.ndarray) -> SearchResult:
-        """Exact top-k among `labels` of `vecs` (taken under the lock: rows below `next` of an array never change,
-        and a relabel makes new arrays, so this is safe outside it)."""
-        kk = min(k, len(labels))
-        scores, found = faiss.knn(queries, vecs[labels], kk, metric=self.metric)
-        out_labels = np.where(found >= 0, labels[np.maximum(found, 0)], -1)
-        if kk < k:
-            out_labels = np.pad(out_labels, ((0, 0), (0, k - kk)), constant_values=-1)
-            scores = np.pad(scores, ((0, 0), (0, k - kk)))
-        return SearchResult(out_labels.astype(np.int64), scores.astype(np.float32))
+                assert self._params is not None
+                found = ann.selected(self._ivf, self._params, queries, k, nprobe, mask, matching, self._live,
+                                     self._ivf_upto, self._vecs, self.metric, self.inner_product, explain)
+                return SearchResult(*found, view=view)
+        return SearchResult(*ann.exact_subset(queries, k, subset, vecs, self.metric), view=view)
 
     def _exact_scores(self, queries: np.ndarray, labels: np.ndarray, vecs: vector_rows.VectorRows) -> np.ndarray:
         """Exact scores of each query against its candidate rows (of the stored vectors, as the store holds them)."""
         return vecs.scores(queries, labels, self.inner_product)
-
-    def _rerank(self, labels: np.ndarray, valid: np.ndarray, scores: np.ndarray, k: int) -> SearchResult:
-        order_key = -scores if self.inner_product else scores.copy()
-        order_key[~valid] = np.inf
-        if labels.shape[1] > k:
-            top = np.argpartition(order_key, k - 1, axis=1)[:, :k]
-        else:
-            top = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
-        top = np.take_along_axis(top, np.argsort(np.take_along_axis(order_key, top, axis=1), axis=1, kind="stable"), axis=1)
-        out_labels = np.take_along_axis(labels, top, axis=1)
-        out_scores = np.take_along_axis(scores, top, axis=1).astype(np.float32)
-        out_labels[~np.take_along_axis(valid, top, axis=1)] = -1
-        if out_labels.shape[1] < k:
-            pad = k - out_labels.shape[1]
-            out_labels = np.pad(out_labels, ((0, 0), (0, pad)), constant_values=-1)
-            out_scores = np.pad(out_scores, ((0, 0), (0, pad)))
-        return SearchResult(out_labels, out_scores)
 
     def ids_for(self, labels: np.ndarray, view: LabelView | None = None) -> list[str]:
         table = (view or self._view()).id_of
@@ -598,7 +534,8 @@ class Collection:
         options: search_pb2.IndexOptions | None, started: float, first: bool = False,
     ) -> admin_pb2.RetrainOutcome:
         """Builds the candidate, evaluates it against the current index (if `gate`), and swaps it in if it passes."""
-        index, chosen = self._build(vecs, labels, options)
+        opts = self.spec.index if options is None else options
+        index, chosen = ann.build(self.dim, self.metric, vecs, labels, opts, self.use_gpu)
         tracker, before, after = self._retrain, 0.0, 0.0
         sample = None
         promote, reason = True, "trained the first index" if first else "rebuilt without the recall gate"
@@ -646,22 +583,6 @@ class Collection:
             return chosen, after, ""
         return chosen, after, f" at nprobe {chosen.default_nprobe} (nprobe {rule} gave {at_rule:.3f})"
 
-    def _build(
-        self, vecs: np.ndarray, labels: np.ndarray, options: search_pb2.IndexOptions | None = None
-    ) -> tuple[faiss.Index, index_params.IndexParams]:
-        opts = self.spec.index if options is None else options
-        chosen = index_params.choose(self.dim, len(labels), opts, gpu=self.use_gpu)
-        rng = np.random.default_rng(len(labels))
-        sample_size = min(len(labels), max(chosen.nlist * 64, 16_384), MAX_TRAIN_SAMPLE)
-        sample = np.sort(rng.choice(labels, size=sample_size, replace=False))
-        index = faiss.index_factory(self.dim, chosen.factory(), self.metric)
-        index.train(vecs[sample])
-        index = device.to_device(index, self.use_gpu)
-        for lo in range(0, len(labels), ADD_CHUNK):
-            chunk = labels[lo : lo + ADD_CHUNK]
-            index.add_with_ids(vecs[chunk], chunk)
-        return index, chosen
-
     def _scorer(self, vecs: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         return lambda queries, labels: self._exact_scores(queries, np.ascontiguousarray(labels), vecs)
 
@@ -676,17 +597,18 @@ class Collection:
         if shadow is None:
             with self._lock:
                 start = min(self._ivf_upto, upto)
-                found = _ivf_candidates(self._ivf, self._params, queries, k)
+                found = ann.ivf_candidates(self._ivf, self._params, queries, k)
         else:
-            start, found = upto, _ivf_candidates(*shadow, queries, k)
+            start, found = upto, ann.ivf_candidates(*shadow, queries, k)
         candidates = [found]
         buffered = start + np.flatnonzero(alive[start:upto])
         if len(buffered):
             candidates.append(retraining.exact_search(queries, vecs, buffered, k, self.metric)[1])
-        labels, valid, safe = _resolved(candidates, alive[:upto])
+        labels, valid, safe = ann.resolved(candidates, alive[:upto])
         valid &= labels != sample.labels[:, None]  # the sample's own items are held out
-        result = self._rerank(labels, valid, self._exact_scores(queries, safe, vecs), retraining.RECALL_K)
-        return retraining.recall(sample, result.labels, result.scores, self.inner_product)
+        found, scores = ann.rerank(labels, valid, self._exact_scores(queries, safe, vecs), retraining.RECALL_K,
+                                   self.inner_product)
+        return retraining.recall(sample, found, scores, self.inner_product)
 
     def measure_recall(self) -> float:
         """Estimates the current search path's recall@10 on a held-out sample (an exact search of the sample over
@@ -918,8 +840,8 @@ class Collection:
             versions = self._ver[labels]
             vecs = self._vecs  # rows below `next` never change: read outside the lock, a slice at a time
         items = np.empty(len(labels), dtype=np.uint64)
-        for lo in range(0, len(labels), ADD_CHUNK):
-            part = slice(lo, lo + ADD_CHUNK)
+        for lo in range(0, len(labels), CHECKSUM_CHUNK):
+            part = slice(lo, lo + CHECKSUM_CHUNK)
             # A lossy store's bits differ between replicas that fitted their ranges apart: (id, version) names the write.
             vectors = None if vecs.lossy else vecs[labels[part]]
             items[part] = topology.item_hashes(hashes[part], versions[part], vectors)
@@ -979,28 +901,6 @@ class Collection:
     @property
     def live(self) -> int:
         return self._live
-
-
-def _resolved(candidates: list[np.ndarray], allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The candidate labels of each query side by side (FAISS's -1: none), whether each is a label `allowed` holds
-    True for (alive, or alive and passing a filter), and the labels with 0 in place of the others (safe to index
-    the stored vectors with: their scores are masked by `valid`)."""
-    labels = np.concatenate(candidates, axis=1)
-    valid = (labels >= 0) & (labels < len(allowed))
-    safe = np.where(valid, labels, 0)
-    valid &= allowed[safe]
-    return labels, valid, safe
-
-
-def _ivf_candidates(
-    index: faiss.Index | None, chosen: index_params.IndexParams | None, queries: np.ndarray, k: int
-) -> np.ndarray:
-    """Labels of the IVF-PQ candidates an unfiltered `search` at the default nprobe re-ranks."""
-    if index is None or chosen is None or index.ntotal == 0:
-        return np.zeros((len(queries), 0), np.int64)
-    kf = min(k * chosen.refine_factor, int(index.ntotal))
-    probe = min(chosen.default_nprobe, chosen.nlist)
-    return index.search(queries, kf, params=faiss.SearchParametersIVF(nprobe=probe))[1]
 
 
 id_hashes = key_hashes  # each id's ring hash: the order of ListIds, and what ownership is decided by

@@ -1,0 +1,139 @@
+"""The approximate search pipeline, as pure functions over a collection's arrays: candidates from the IVF-PQ index
+(optionally restricted to a filter's labels) and the exact fresh buffer, resolved against what is allowed (alive,
+matching), scored exactly on the stored vectors and re-ranked to the top k. `Collection` calls them under or
+outside its lock as its docstrings say; nothing here locks or keeps state."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import faiss
+import numpy as np
+
+from shard_server import device
+from shard_server import params as index_params
+from shard_server import vectors as vector_rows
+
+MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items probes min(1/f, this) times more lists
+
+
+def ivf_candidates(
+    index: faiss.Index | None, chosen: index_params.IndexParams | None, queries: np.ndarray, k: int,
+    nprobe: int = 0,
+) -> np.ndarray:
+    """Labels of the IVF-PQ candidates a search re-ranks: k x refine_factor of them at `nprobe` (0: the default)."""
+    if index is None or chosen is None or index.ntotal == 0:
+        return np.zeros((len(queries), 0), np.int64)
+    kf = min(k * chosen.refine_factor, int(index.ntotal))
+    probe = min(nprobe or chosen.default_nprobe, chosen.nlist)
+    return index.search(queries, kf, params=faiss.SearchParametersIVF(nprobe=probe))[1]
+
+
+def resolved(candidates: list[np.ndarray], allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate labels of each query side by side (FAISS's -1: none), whether each is a label `allowed` holds
+    True for (alive, or alive and passing a filter), and the labels with 0 in place of the others (safe to index
+    the stored vectors with: their scores are masked by `valid`)."""
+    labels = np.concatenate(candidates, axis=1)
+    valid = (labels >= 0) & (labels < len(allowed))
+    safe = np.where(valid, labels, 0)
+    valid &= allowed[safe]
+    return labels, valid, safe
+
+
+def rerank(labels: np.ndarray, valid: np.ndarray, scores: np.ndarray, k: int,
+           inner_product: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The best k valid candidates of each query by exact score (ties keep candidate order), padded with -1."""
+    order_key = -scores if inner_product else scores.copy()
+    order_key[~valid] = np.inf
+    if labels.shape[1] > k:
+        top = np.argpartition(order_key, k - 1, axis=1)[:, :k]
+    else:
+        top = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
+    top = np.take_along_axis(top, np.argsort(np.take_along_axis(order_key, top, axis=1), axis=1, kind="stable"), axis=1)
+    out_labels = np.take_along_axis(labels, top, axis=1)
+    out_scores = np.take_along_axis(scores, top, axis=1).astype(np.float32)
+    out_labels[~np.take_along_axis(valid, top, axis=1)] = -1
+    if out_labels.shape[1] < k:
+        pad = k - out_labels.shape[1]
+        out_labels = np.pad(out_labels, ((0, 0), (0, pad)), constant_values=-1)
+        out_scores = np.pad(out_scores, ((0, 0), (0, pad)))
+    return out_labels, out_scores
+
+
+def ranked(queries: np.ndarray, candidates: list[np.ndarray], allowed: np.ndarray, vecs: vector_rows.VectorRows,
+           k: int, inner_product: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates -> the allowed ones -> exact scores -> the top k (labels, scores)."""
+    labels, valid, safe = resolved(candidates, allowed)
+    return rerank(labels, valid, vecs.scores(queries, safe, inner_product), k, inner_product)
+
+
+def exact_subset(queries: np.ndarray, k: int, labels: np.ndarray, vecs: Any,
+                 metric: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among `labels` of `vecs` (labels, scores), padded with -1 when there are fewer than k."""
+    kk = min(k, len(labels))
+    scores, found = faiss.knn(queries, vecs[labels], kk, metric=metric)
+    out_labels = np.where(found >= 0, labels[np.maximum(found, 0)], -1)
+    if kk < k:
+        out_labels = np.pad(out_labels, ((0, 0), (0, k - kk)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, k - kk)))
+    return out_labels.astype(np.int64), scores.astype(np.float32)
+
+
+def selected(
+    index: faiss.Index, chosen: index_params.IndexParams, queries: np.ndarray, k: int, nprobe: int,
+    mask: np.ndarray, matching: int, live: int, buffer_start: int, vecs: vector_rows.VectorRows, metric: int,
+    inner_product: bool, explain: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """IVF search restricted to the labels in `mask` (a FAISS id selector skips the other codes in the scan), plus
+    the matching labels of the fresh buffer (from `buffer_start`) exactly. It probes min(live / matching,
+    MAX_FILTER_PROBE_BOOST) times more lists the more selective the filter is, and probes again, 4 times wider,
+    for the queries that found fewer than k matches while more exist."""
+    n = queries.shape[0]
+    bits = np.packbits(mask, bitorder="little")  # bit i % 8 of byte i // 8 = label i, as IDSelectorBitmap reads
+    selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # labels past the bitmap: not selected
+    boost = min(live / matching, MAX_FILTER_PROBE_BOOST)
+    probe = min(chosen.nlist, math.ceil((nprobe or chosen.default_nprobe) * boost))
+    buffered = buffer_start + np.flatnonzero(mask[buffer_start:])
+    kf = min(k * chosen.refine_factor, int(index.ntotal))
+    if explain is not None:
+        explain.update(path="ivf with selector", nprobe=probe, refine_factor=chosen.refine_factor,
+                       candidates=kf + len(buffered))
+    out_labels = np.full((n, k), -1, np.int64)
+    out_scores = np.zeros((n, k), np.float32)
+    todo = np.arange(n)
+    while True:
+        batch = queries[todo]
+        _, found = index.search(batch, kf, params=faiss.SearchParametersIVF(nprobe=probe, sel=selector))
+        candidates = [found]
+        if len(buffered):
+            _, near = faiss.knn(batch, vecs[buffered], min(len(buffered), k), metric=metric)
+            candidates.append(np.where(near >= 0, buffered[np.maximum(near, 0)], -1))
+        labels, scores = ranked(batch, candidates, mask, vecs, k, inner_product)
+        out_labels[todo], out_scores[todo] = labels, scores
+        short = np.flatnonzero((labels >= 0).sum(axis=1) < min(k, matching))
+        if len(short) == 0 or probe >= chosen.nlist:
+            return out_labels, out_scores
+        todo, probe = todo[short], min(chosen.nlist, probe * 4)
+
+
+MAX_TRAIN_SAMPLE = 200_000
+ADD_CHUNK = 65_536
+
+
+def build(
+    dim: int, metric: int, vecs: Any, labels: np.ndarray, options: Any, use_gpu: bool = False,
+) -> tuple[faiss.Index, index_params.IndexParams]:
+    """A trained IVF-PQ index of `labels` (their rows of `vecs`) with the parameters the data-size rule chooses for
+    `options`: trained on a seeded sample of at most MAX_TRAIN_SAMPLE rows, then every label added in chunks."""
+    chosen = index_params.choose(dim, len(labels), options, gpu=use_gpu)
+    rng = np.random.default_rng(len(labels))
+    sample_size = min(len(labels), max(chosen.nlist * 64, 16_384), MAX_TRAIN_SAMPLE)
+    sample = np.sort(rng.choice(labels, size=sample_size, replace=False))
+    index = faiss.index_factory(dim, chosen.factory(), metric)
+    index.train(vecs[sample])
+    index = device.to_device(index, use_gpu)
+    for lo in range(0, len(labels), ADD_CHUNK):
+        chunk = labels[lo : lo + ADD_CHUNK]
+        index.add_with_ids(vecs[chunk], chunk)
+    return index, chosen
