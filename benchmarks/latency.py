@@ -40,8 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import save  # noqa: E402
 from throughput import cluster_nprobe, h2load, machine  # noqa: E402
 
-from shard_server import params as index_params  # noqa: E402
-from shardsearch import codec  # noqa: E402
+from shardsearch import (
+    codec,  # noqa: E402
+    index_params,  # noqa: E402
+)
 from shardsearch.datasets import embedding_like, exact_neighbours  # noqa: E402
 from shardsearch.local import LocalCluster  # noqa: E402
 from shardsearch.v1 import search_pb2, search_pb2_grpc  # noqa: E402

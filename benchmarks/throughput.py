@@ -31,8 +31,7 @@ import faiss
 import grpc
 import numpy as np
 
-from shard_server import params as index_params
-from shardsearch import codec
+from shardsearch import codec, index_params
 from shardsearch.bench import BenchConfig, BenchResult, run_bench
 from shardsearch.datasets import embedding_like
 from shardsearch.local import LocalCluster, RedisServer

@@ -12,8 +12,8 @@ import faiss
 import numpy as np
 
 from shard_server import device
-from shard_server import params as index_params
 from shard_server import vectors as vector_rows
+from shardsearch import index_params
 
 MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items probes min(1/f, this) times more lists
 

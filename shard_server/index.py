@@ -29,12 +29,11 @@ import numpy as np
 
 from shard_server import ann, device
 from shard_server import ids as id_table
-from shard_server import params as index_params
 from shard_server import retrain as retraining
 from shard_server import vectors as vector_rows
 from shard_server.fields import FieldIndex
 from shard_server.ids import IdTable
-from shardsearch import topology
+from shardsearch import index_params, topology
 from shardsearch.ring import key_hashes
 from shardsearch.v1 import admin_pb2, search_pb2
 

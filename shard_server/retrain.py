@@ -5,7 +5,7 @@ IVF centroids and PQ codebooks are fitted to the vectors a shard held when it tr
 they drift. Three signals say a retrain is due, all cheap to read (the maintenance thread checks them every second):
 - writes since training (upserts, overwrites included) of at least RETRAIN_GROWTH - 1 times the vectors trained on:
   without overwrites, the shard then holds RETRAIN_GROWTH times what it trained on (the size rule of the index
-  parameters, shard_server/params.py, no longer fits);
+  parameters, shardsearch/index_params.py, no longer fits);
 - IVF list imbalance: the largest list over the mean list size (kept up to date as the index changes, O(nlist));
 - a recall estimate: recall@10 of the shard's search path on a held-out sample, against exact search, measured at
   most every RECALL_CHECK_INTERVAL_S when the index changed (or on demand).
@@ -39,7 +39,7 @@ IMBALANCE_DUE = 10.0  # due when the largest IVF list holds this many times the 
 # data (bigann10k: 3.7); a 4x shifted growth on a stale quantizer gave 20-70 in tests
 IMBALANCE_MIN_MEAN = 16.0  # the imbalance counts only when lists hold this many vectors on average (noise below)
 RECALL_DUE_BELOW = 0.90  # due when the estimated recall@10 falls below this (the default nprobe and refine give
-# 0.98-0.99 on bigann10k, shard_server/params.py)
+# 0.98-0.99 on bigann10k, shardsearch/index_params.py)
 RECALL_K = 10
 RECALL_SAMPLE = 200  # held-out queries per estimate: the standard error of recall@10 is ~0.005 at 0.95
 RECALL_CHECK_INTERVAL_S = 300.0  # an estimate costs an exact search of the sample over the whole shard

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from shard_server import params as index_params
+from shardsearch import index_params
 from shardsearch.errors import InvalidArgument
 from shardsearch.v1 import search_pb2
 

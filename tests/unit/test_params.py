@@ -1,6 +1,6 @@
 import pytest
 
-from shard_server import params
+from shardsearch import index_params as params
 from shardsearch.v1 import search_pb2
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from shard_server import ids as id_table
-from shard_server import params as index_params
 from shard_server.index import Collection
+from shardsearch import index_params
 from shardsearch.datasets import embedding_like
 from shardsearch.ring import key_hashes
 from shardsearch.v1 import search_pb2
