@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from typing import Callable, Iterator
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shardsearch import codec
 from shardsearch.local import LocalCluster
@@ -96,3 +98,25 @@ def retry_until_ok(call, seconds: float = 15.0):
             if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metrics_text(port: int) -> str:
+    """What a server's /metrics endpoint serves (the Prometheus text format)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return reply.read().decode()
+
+
+def scrape(port: int) -> Samples:
+    """Every sample a server's /metrics serves, by (name, its labels sorted)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics_text(port)) for sample in family.samples
+    }
+
+
+def metric_sum(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` whose labels include `labels`."""
+    return sum(v for (n, ls), v in samples.items() if n == name and all((k, w) in ls for k, w in labels.items()))

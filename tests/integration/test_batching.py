@@ -6,18 +6,16 @@ A stopped shard (SIGSTOP) holds a batch in flight, so the tests decide exactly w
 from __future__ import annotations
 
 import signal
-import urllib.request
 from typing import Iterator
 
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shardsearch import codec
 from shardsearch.local import LocalCluster, Process
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
-from tests.integration.conftest import connect, create, upsert, wait_until
+from tests.integration.conftest import connect, create, scrape, upsert, wait_until
 
 NAME = "batched"
 DIM = 8
@@ -38,16 +36,8 @@ def held(request: pytest.FixtureRequest) -> Iterator[tuple[LocalCluster, object,
             print(cluster.logs())
 
 
-def metrics(proc: Process) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=5).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
-    }
-
-
 def value(proc: Process, name: str, **labels: str) -> float:
-    return metrics(proc).get((name, tuple(sorted(labels.items()))), 0.0)
+    return scrape(proc.metrics_port).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def search(stub, vector: np.ndarray, timeout: float = 30.0, k: int = 5):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import urllib.request
 
 import grpc
 import numpy as np
@@ -15,7 +14,7 @@ from shardsearch import __version__, codec
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2
 from tests.conftest import load_dataset, recall_at_10
-from tests.integration.conftest import batch_search, create, upsert, wait_trained
+from tests.integration.conftest import batch_search, create, metrics_text, upsert, wait_trained
 
 VECTORS = "vectors"
 
@@ -187,18 +186,18 @@ def test_metrics_endpoint_counts_requests_by_method_and_code(cluster, stub, vect
     stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector_f32=codec.pack(vectors[1][0]), k=1))
     with pytest.raises(grpc.RpcError):
         stub.Search(search_pb2.SearchRequest(collection=VECTORS, vector=[1.0], k=1))
-    text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.coordinator.metrics_port}/metrics").read().decode()
+    text = metrics_text(cluster.coordinator.metrics_port)
     assert 'shardsearch_coordinator_requests_total{code="OK",method="Search"}' in text
     assert 'shardsearch_coordinator_requests_total{code="INVALID_ARGUMENT",method="Search"}' in text
     assert "shardsearch_coordinator_request_duration_seconds_bucket" in text
     assert 'shardsearch_coordinator_shard_request_duration_seconds_count{method="Search",shard="shard-0"}' in text
-    shard_text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.shard_procs[0].metrics_port}/metrics").read().decode()
+    shard_text = metrics_text(cluster.shard_procs[0].metrics_port)
     assert 'shardsearch_shard_vectors{collection="vectors"}' in shard_text
 
 
 def test_every_server_exports_its_build_and_process_metrics(cluster) -> None:
     for proc in (cluster.coordinator, cluster.shard_procs[0]):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics").read().decode()
+        text = metrics_text(proc.metrics_port)
         component = "coordinator" if proc is cluster.coordinator else "shard"
         assert re.search(rf'^shardsearch_build_info{{[^}}]*component="{component}"[^}}]*version="{__version__}"'
                          r'[^}]*} 1\.0$', text, re.M), text[:2000]

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +24,6 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from shardsearch import codec
 from shardsearch.local import (
@@ -38,7 +36,7 @@ from shardsearch.local import (
 )
 from shardsearch.v1 import search_pb2 as pb
 from shardsearch.v1 import search_pb2_grpc
-from tests.integration.conftest import connect
+from tests.integration.conftest import Samples, connect, metric_sum, scrape
 
 pytestmark = pytest.mark.triton
 
@@ -89,16 +87,9 @@ def create(stub: search_pb2_grpc.SearchServiceStub, name: str, dim: int = TRITON
     stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=dim, metric=metric))
 
 
-def metrics(cluster: LocalCluster) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.coordinator.metrics_port}/metrics", timeout=5).read()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text.decode()) for sample in family.samples
-    }
-
-
-def metric_sum(values: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in values.items() if n == name and all((k, w) in ls for k, w in labels.items()))
+def metrics(cluster: LocalCluster) -> Samples:
+    assert cluster.coordinator is not None
+    return scrape(cluster.coordinator.metrics_port)
 
 
 def picture(seed: int, size: tuple[int, int] = (320, 240), fmt: str = "PNG") -> bytes:

@@ -3,11 +3,9 @@ its peer before it serves reads again, and then serves exactly what its peer ser
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import time
-import urllib.request
 from collections import Counter
 from typing import Iterator
 
@@ -18,7 +16,7 @@ import pytest
 from shardsearch import codec
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
-from tests.integration.conftest import connect, create, upsert, wait_until
+from tests.integration.conftest import connect, create, metric_sum, scrape, upsert, wait_until
 
 NAME = "rep"
 DIM = 24
@@ -94,8 +92,7 @@ def replica_state(stub: shard_pb2_grpc.ShardServiceStub, ids: list[str], queries
 
 def metric(cluster: LocalCluster, name: str) -> float:
     assert cluster.coordinator is not None
-    text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.coordinator.metrics_port}/metrics").read().decode()
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return metric_sum(scrape(cluster.coordinator.metrics_port), name)
 
 
 @pytest.mark.parametrize("replicated", [()], indirect=True)

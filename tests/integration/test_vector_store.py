@@ -3,9 +3,7 @@ within its stated precision, reports its memory by part, and a restarted shard i
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -18,15 +16,15 @@ from shardsearch import client as sc
 from shardsearch.datasets import embedding_like
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
+from tests.integration.conftest import scrape
 
 DIM, N = 32, 6_000
 T = TypeVar("T")
 
 
 def memory_parts(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {part: float(value) for part, value in
-            re.findall(r'^shardsearch_shard_memory_bytes\{collection="v",part="(\w+)"\} (\S+)$', text, re.M)}
+    return {dict(labels)["part"]: value for (name, labels), value in scrape(port).items()
+            if name == "shardsearch_shard_memory_bytes" and dict(labels).get("collection") == "v"}
 
 
 def top10(client: sc.Client, queries: np.ndarray) -> list[list[str]]:
