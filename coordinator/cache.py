@@ -21,7 +21,6 @@ invalidation lands, that other coordinator may serve an answer from before the w
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
@@ -37,6 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from shardsearch.config import cache_kind
+from shardsearch.lru import ByteLRU
 from shardsearch.metrics import LATENCY_BUCKETS
 
 logger = logging.getLogger(__name__)
@@ -134,20 +134,12 @@ class LocalCache(ResultCache):
 
     def __init__(self, metrics: CacheMetrics, max_bytes: int) -> None:
         super().__init__(metrics)
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._entries: collections.OrderedDict[tuple[str, str, str], bytes] = collections.OrderedDict()
+        self._entries: ByteLRU[tuple[str, str, str]] = ByteLRU(max_bytes)
         self._versions: dict[str, int] = {}
 
     async def lookup(self, collection: str, keys: Sequence[str]) -> Lookup:
         token = str(self._versions.get(collection, 0))
-        values = []
-        for key in keys:
-            entry = (collection, token, key)
-            value = self._entries.get(entry)
-            if value is not None:
-                self._entries.move_to_end(entry)
-            values.append(value)
+        values = [self._entries.get((collection, token, key)) for key in keys]
         self._count(values)
         return Lookup(token, values)
 
@@ -155,13 +147,7 @@ class LocalCache(ResultCache):
         if token != str(self._versions.get(collection, 0)):
             return  # computed before a write that has since been acknowledged
         for key, value in entries:
-            entry = (collection, token, key)
-            old = self._entries.pop(entry, None)
-            self._bytes += len(value) - (len(old) if old is not None else 0)
-            self._entries[entry] = value
-        while self._bytes > self._max_bytes and self._entries:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= len(evicted)
+            self._entries.put((collection, token, key), value)
 
     async def invalidate(self, collection: str) -> None:
         self._versions[collection] = self._versions.get(collection, 0) + 1

@@ -9,7 +9,6 @@ failed call: lookups and stores time out quickly, and the cache stays off for `r
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
@@ -22,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shardsearch.config import cache_kind
+from shardsearch.lru import ByteLRU
 
 logger = logging.getLogger(__name__)
 
@@ -80,30 +80,16 @@ class LocalEmbeddingCache(EmbeddingCache):
 
     def __init__(self, metrics: EmbeddingCacheMetrics, max_bytes: int) -> None:
         super().__init__(metrics)
-        self._entries: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._bytes = 0
-        self._max_bytes = max_bytes
+        self._entries: ByteLRU[str] = ByteLRU(max_bytes, key_bytes=len)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        values = []
-        for key in keys:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            values.append(value)
+        values = [self._entries.get(key) for key in keys]
         self._count(values)
         return values
 
     def put_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
         for key, value in entries:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= len(key) + len(old)
-            self._entries[key] = value
-            self._bytes += len(key) + len(value)
-        while self._bytes > self._max_bytes and self._entries:
-            key, value = self._entries.popitem(last=False)
-            self._bytes -= len(key) + len(value)
+            self._entries.put(key, value)
 
 
 class RedisEmbeddingCache(EmbeddingCache):
