@@ -50,6 +50,7 @@ from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext
 
 DEFAULT_TIMEOUT_S = 30.0  # for a search whose caller set no deadline
 EXPORT_CHUNK_ITEMS = 4096
@@ -195,7 +196,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return coll
 
     @rpc("CreateCollection")
-    async def CreateCollection(self, request: shard_pb2.ShardCreateCollectionRequest, context: Any) -> Any:
+    async def CreateCollection(
+        self, request: shard_pb2.ShardCreateCollectionRequest, context: Context
+    ) -> shard_pb2.ShardCreateCollectionResponse:
         spec = request.collection
         validation.check_collection(spec)
         await self.create(spec)
@@ -231,7 +234,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return self._collections.get(name)
 
     @rpc("DropCollection")
-    async def DropCollection(self, request: shard_pb2.ShardDropCollectionRequest, context: Any) -> Any:
+    async def DropCollection(
+        self, request: shard_pb2.ShardDropCollectionRequest, context: Context
+    ) -> shard_pb2.ShardDropCollectionResponse:
         with self._lock:
             if self._collections.pop(request.name, None) is None and request.name not in self._writer.damaged:
                 raise NotFound(f"collection {request.name!r} does not exist on this shard")
@@ -241,7 +246,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return shard_pb2.ShardDropCollectionResponse()
 
     @rpc("ListCollections")
-    async def ListCollections(self, request: shard_pb2.ShardListCollectionsRequest, context: Any) -> Any:
+    async def ListCollections(
+        self, request: shard_pb2.ShardListCollectionsRequest, context: Context
+    ) -> shard_pb2.ShardListCollectionsResponse:
         if self.catching_up:
             raise Unavailable(f"replica {self.name} is catching up from its peers; read from another replica")
         specs = [coll.spec for coll in list(self._collections.values())]
@@ -249,7 +256,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return shard_pb2.ShardListCollectionsResponse(collections=sorted(specs, key=lambda s: s.name))
 
     @rpc("Upsert")
-    async def Upsert(self, request: shard_pb2.ShardUpsertRequest, context: Any) -> Any:
+    async def Upsert(self, request: shard_pb2.ShardUpsertRequest, context: Context) -> shard_pb2.ShardUpsertResponse:
         coll = self._collection(request.collection)
         ids = list(request.ids)
         validation.check_ids(ids, "ids", unique=True)
@@ -322,7 +329,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             request.version = self.clock.now()
 
     @rpc("Delete")
-    async def Delete(self, request: shard_pb2.ShardDeleteRequest, context: Any) -> Any:
+    async def Delete(self, request: shard_pb2.ShardDeleteRequest, context: Context) -> shard_pb2.ShardDeleteResponse:
         coll = self._collection(request.collection)
         validation.check_ids(list(request.ids), "ids")
         held = await self._run(coll.room_for_markers, len(request.ids), self._max_markers)
@@ -366,7 +373,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self._maintenance.nudge(coll)
 
     @rpc("Get")
-    async def Get(self, request: shard_pb2.ShardGetRequest, context: Any) -> Any:
+    async def Get(self, request: shard_pb2.ShardGetRequest, context: Context) -> shard_pb2.ShardGetResponse:
         self._check_layout(request.topology_version)
         coll = self._collection(request.collection, read=True)
         ids = list(request.ids)
@@ -379,7 +386,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         )
 
     @rpc("Search")
-    async def Search(self, request: shard_pb2.ShardSearchRequest, context: Any) -> Any:
+    async def Search(self, request: shard_pb2.ShardSearchRequest, context: Context) -> shard_pb2.ShardSearchResponse:
         return await self._search(request, self._deadline(context))
 
     async def SearchStream(
@@ -510,12 +517,12 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return responses
 
     @rpc("Stats")
-    async def Stats(self, request: shard_pb2.ShardStatsRequest, context: Any) -> Any:
+    async def Stats(self, request: shard_pb2.ShardStatsRequest, context: Context) -> shard_pb2.ShardStatsResponse:
         coll = self._collection(request.collection, read=True)
         return shard_pb2.ShardStatsResponse(info=await self._run(coll.info))
 
     @rpc("ListIds")
-    async def ListIds(self, request: shard_pb2.ShardListIdsRequest, context: Any) -> Any:
+    async def ListIds(self, request: shard_pb2.ShardListIdsRequest, context: Context) -> shard_pb2.ShardListIdsResponse:
         self._check_layout(request.topology_version)
         coll = self._collection(request.collection, read=True)
         if not 1 <= request.limit <= validation.DEFAULT_LIMITS.max_items:
@@ -575,7 +582,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             ))
 
     @rpc("Resync")
-    async def Resync(self, request: shard_pb2.ShardResyncRequest, context: Any) -> Any:
+    async def Resync(self, request: shard_pb2.ShardResyncRequest, context: Context) -> shard_pb2.ShardResyncResponse:
         if self.on_resync is None:
             raise FailedPrecondition(f"replica {self.name} has no peers configured (--peers) to catch up from")
         # Before answering, reads stop (unless a later catch-up already covers the write): from then on no reader
@@ -615,12 +622,16 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return lambda hashes: layout.owned(name, hashes)
 
     @rpc("GetTopology")
-    async def GetTopology(self, request: shard_pb2.ShardGetTopologyRequest, context: Any) -> Any:
+    async def GetTopology(
+        self, request: shard_pb2.ShardGetTopologyRequest, context: Context
+    ) -> shard_pb2.ShardGetTopologyResponse:
         shown = self._pending or self.topology
         return shard_pb2.ShardGetTopologyResponse(topology=shown.topology, shard=shown.shard)
 
     @rpc("SetTopology")
-    async def SetTopology(self, request: shard_pb2.ShardSetTopologyRequest, context: Any) -> Any:
+    async def SetTopology(
+        self, request: shard_pb2.ShardSetTopologyRequest, context: Context
+    ) -> shard_pb2.ShardSetTopologyResponse:
         if not request.topology.version or not request.shard:
             raise InvalidArgument("topology.version and shard are required")
         return shard_pb2.ShardSetTopologyResponse(dropped=await self.set_topology(request))
@@ -693,7 +704,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             await self.set_topology(shard_pb2.ShardSetTopologyRequest(topology=response.topology, shard=response.shard))
 
     @rpc("Checksum")
-    async def Checksum(self, request: shard_pb2.ShardChecksumRequest, context: Any) -> Any:
+    async def Checksum(
+        self, request: shard_pb2.ShardChecksumRequest, context: Context
+    ) -> shard_pb2.ShardChecksumResponse:
         self._check_layout(request.topology_version)
         coll = self._collection(request.collection, read=True)
         counts, sums = await self._run(coll.checksum, topology.Selector(request.select).mask)
@@ -702,7 +715,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     # ---- retraining -----------------------------------------------------------------------------------------
 
     @rpc("Retrain")
-    async def Retrain(self, request: shard_pb2.ShardRetrainRequest, context: Any) -> Any:
+    async def Retrain(self, request: shard_pb2.ShardRetrainRequest, context: Context) -> shard_pb2.ShardRetrainResponse:
         """Hands a retrain (where due, or forced) to the maintenance thread and answers at once with the state;
         one already running or asked for is not started twice."""
         coll = self._collection(request.collection)
@@ -715,7 +728,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return shard_pb2.ShardRetrainResponse(status=await self._run(coll.retrain_status))
 
     @rpc("RetrainStatus")
-    async def RetrainStatus(self, request: shard_pb2.ShardRetrainStatusRequest, context: Any) -> Any:
+    async def RetrainStatus(
+        self, request: shard_pb2.ShardRetrainStatusRequest, context: Context
+    ) -> shard_pb2.ShardRetrainResponse:
         coll = self._collection(request.collection)
         if request.measure:
             await self._run(coll.measure_recall)
