@@ -17,8 +17,9 @@ from shard_server.antientropy import AntiEntropy, AntiEntropyMetrics, StallWatch
 from shard_server.config import ShardConfig
 from shard_server.index import Collection
 from shard_server.maintenance import Maintenance
+from shard_server.metrics import ShardMetrics
 from shard_server.replication import Replication, ReplicationMetrics
-from shard_server.servicer import ShardMetrics, ShardServicer
+from shard_server.servicer import ShardServicer
 from shard_server.storage import Storage
 from shard_server.writes import Writer
 from shardsearch import grpcserver, metrics, security, tracing

@@ -11,22 +11,20 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import threading
 import time
-import weakref
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Hashable, Iterator
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
+from shard_server.batch_search import search_batch
 from shard_server.index import Collection, Relabelled
+from shard_server.inline import InlinePolicy
 from shard_server.maintenance import Maintenance
+from shard_server.metrics import ShardMetrics
 from shard_server.storage import write_atomically
 from shard_server.writes import Writer
 from shardsearch import codec, logs, topology, tracing, validation
@@ -35,7 +33,6 @@ from shardsearch.clock import HybridClock
 from shardsearch.errors import (
     Aborted,
     AlreadyExists,
-    AnswerTooLarge,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -45,7 +42,6 @@ from shardsearch.errors import (
     rpc_stream,
     status_of,
 )
-from shardsearch.metrics import RpcMetrics
 from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 
@@ -55,87 +51,6 @@ Context = grpc.aio.ServicerContext
 DEFAULT_TIMEOUT_S = 30.0  # for a search whose caller set no deadline
 EXPORT_CHUNK_ITEMS = 4096
 DRAIN_TIMEOUT_S = 30.0  # longest SetTopology waits for writes admitted under an older layout
-# A search batch of at most INLINE_MAX_ROWS queries, without filter, payloads or fields, whose recent searches took
-# at most INLINE_MAX_S of CPU runs on the event loop. Measured on 2 shared cores (benchmarks/latency.py): an executor
-# hop costs ~0.1 ms of CPU per batch plus GIL hand-offs and a wake-up, and one query over 30-100K vectors at nprobe 8
-# costs 0.2-0.5 ms. Holding the loop that long costs little: the shard runs one FAISS call at a time
-# (max_in_flight 1), so requests that arrive meanwhile would wait for it anyway. The bound keeps a big index or a
-# high nprobe in the executor.
-INLINE_MAX_ROWS = 4
-INLINE_MAX_S = 0.001
-INLINE_GAP_S = 0.001  # a search starting this soon after an inline one ended was waiting for it (a round trip here: >1 ms)
-INLINE_HOLD_S = 1.0  # how long overlapping searches keep searches in the executor
-
-
-class InlinePolicy:
-    """Whether a small search batch runs on the event loop: by the measured cost of the collection's recent small
-    searches (an exponential mean of the searching thread's CPU time, which waiting for a core does not inflate;
-    unknown until one ran in the executor), never on a GPU, and only while searches do not overlap.
-
-    Overlapping searches must batch, and a search run inline hides the overlap (nothing else starts while it runs),
-    so overlap is noticed two ways: a search arriving while another is queued or running, or one starting within
-    `gap_s` of an inline search's end (it was waiting for the loop). Either keeps searches in the executor for
-    `hold_s`, where they batch again."""
-
-    def __init__(self, enabled: bool, max_rows: int = INLINE_MAX_ROWS, max_s: float = INLINE_MAX_S,
-                 gap_s: float = INLINE_GAP_S, hold_s: float = INLINE_HOLD_S) -> None:
-        self.enabled = enabled
-        self.max_rows = max_rows
-        self.max_s = max_s
-        self.gap_s = gap_s
-        self.hold_s = hold_s
-        self._cost: weakref.WeakKeyDictionary[Collection, float] = weakref.WeakKeyDictionary()
-        self._inline_end = -math.inf
-        self._overlap_at = -math.inf
-
-    def arrival(self, busy: bool) -> None:
-        now = time.monotonic()
-        if busy or now - self._inline_end < self.gap_s:
-            self._overlap_at = now
-
-    def ran_inline(self) -> None:
-        self._inline_end = time.monotonic()
-
-    def allows(self, coll: Collection, rows: int) -> bool:
-        return (
-            self.enabled and rows <= self.max_rows and self._cost.get(coll, math.inf) <= self.max_s
-            and time.monotonic() - self._overlap_at > self.hold_s
-        )
-
-    def record(self, coll: Collection, rows: int, seconds: float) -> None:
-        if rows <= self.max_rows:
-            last = self._cost.get(coll)
-            self._cost[coll] = seconds if last is None else last + 0.2 * (seconds - last)
-
-
-class ShardMetrics(RpcMetrics):
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__(registry, "shardsearch_shard")
-        self.vectors = Gauge(
-            "shardsearch_shard_vectors", "Live vectors held by this shard, by collection.", ["collection"],
-            registry=registry,
-        )
-        self.collections: Callable[[], list[Collection]] = lambda: []
-        registry.register(_MemoryCollector(self))
-
-
-class _MemoryCollector(Collector):
-    """shardsearch_shard_memory_bytes{collection, part}: each collection's own estimate of what it holds."""
-
-    def __init__(self, metrics: ShardMetrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "shardsearch_shard_memory_bytes",
-            "Bytes a collection holds on this shard, by part (vectors, index, ids, columns, payloads, fields, "
-            "markers): estimated from sizes, beside process_resident_memory_bytes.", labels=["collection", "part"])
-        for coll in self._metrics.collections():
-            for part, size in coll.memory().items():
-                family.add_metric([coll.spec.name, part], size)
-        yield family
-
-
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(
         self, executor: Executor, maintenance: Maintenance, metrics: ShardMetrics, use_gpu: bool,
@@ -466,7 +381,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
         def run() -> tuple[shard_pb2.ShardSearchResponse, float, float]:
             started = time.perf_counter()
-            (response,) = _search_batch(coll, [(queries, request.k, flt)], request.nprobe, request.include_payload,
+            (response,) = search_batch(coll, [(queries, request.k, flt)], request.nprobe, request.include_payload,
                                         request.include_fields, explain=stats)
             if isinstance(response, BaseException):
                 raise response
@@ -495,7 +410,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         plain = not (include_payload or include_fields or flt)  # what the inline path serves and is measured on
         if plain and self._inline.allows(coll, rows):
             started = time.thread_time()
-            responses = _search_batch(coll, items, nprobe, False, False, wait=False, timing=timing)
+            responses = search_batch(coll, items, nprobe, False, False, wait=False, timing=timing)
             self._inline.ran_inline()
             if responses is not None:  # None: a write or maintenance holds the collection; wait in the executor
                 self._inline.record(coll, rows, time.thread_time() - started)
@@ -510,7 +425,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         """`_search_batch` in the executor; its CPU time is recorded for the inline policy when `rows` (0: a batch
         the inline path would not serve)."""
         started = time.thread_time()
-        responses = _search_batch(coll, items, nprobe, include_payload, include_fields, timing=timing)
+        responses = search_batch(coll, items, nprobe, include_payload, include_fields, timing=timing)
         assert responses is not None
         if rows:
             self._inline.record(coll, rows, time.thread_time() - started)
@@ -738,55 +653,3 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
 
 APPLY_TIMEOUT_S = 120.0  # a chunk copied from a peer
-MAX_ANSWER_PAYLOAD_BYTES = 32 * 1024 * 1024
-"""Payload and field bytes in one shard answer: half the gRPC message limit, checked before the answer is built."""
-
-
-def _search_batch(
-    coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
-    include_fields: bool = False, wait: bool = True, explain: dict[str, Any] | None = None,
-    timing: list[int] | None = None,
-) -> list[shard_pb2.ShardSearchResponse] | None:
-    """One FAISS call for every request in the batch, split back into one response each (in the executor; with
-    `wait` False on the event loop, unfiltered: None if the collection's lock is held).
-
-    Requests may ask for different k: the batch searches the largest, and each keeps its own top k (results are
-    sorted, so a prefix of the top-K is the top-k). `timing`, if given, receives the FAISS call's start and end
-    (epoch ns, for its span).
-    """
-    started_ns = tracing.now_ns() if timing is not None else 0
-    queries = items[0][0] if len(items) == 1 else np.concatenate([q for q, _, _ in items])
-    k_max = max(k for _, k, _ in items)
-    if wait:
-        result = coll.search(queries, k_max, nprobe, items[0][2], explain)  # one filter per batch (in its key)
-    else:
-        found = coll.try_search(queries, k_max, nprobe)
-        if found is None:
-            return None
-        result = found
-    if timing is not None:
-        timing[:] = (started_ns, tracing.now_ns())
-    responses: list[Any] = []
-    offset = 0
-    for rows, k, _ in items:
-        n = rows.shape[0]
-        labels = result.labels[offset : offset + n, :k]
-        offset += n
-        payloads = coll.payloads_for(labels, result.view) if include_payload else []
-        fields = coll.fields_for(labels, result.view) if include_fields else []
-        size = sum(map(len, payloads)) + sum(map(len, fields))
-        if size > MAX_ANSWER_PAYLOAD_BYTES:  # refused before the message is built: memory stays bounded
-            responses.append(AnswerTooLarge(
-                f"answer larger than max: its payloads and fields are {size} bytes for {n} x {k} hits, over the "
-                f"limit of {MAX_ANSWER_PAYLOAD_BYTES} bytes per shard answer (max_answer_payload_bytes)"
-            ))
-            continue
-        responses.append(shard_pb2.ShardSearchResponse(
-            n=n,
-            k=k,
-            ids=coll.ids_for(labels, result.view),
-            scores_f32=codec.pack(result.scores[offset - n : offset, :k]),
-            payloads=payloads,
-            fields=[search_pb2.Fields.FromString(blob) for blob in fields],
-        ))
-    return responses

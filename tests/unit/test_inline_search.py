@@ -4,8 +4,9 @@ import time
 
 import numpy as np
 
+from shard_server.batch_search import search_batch
 from shard_server.index import Collection
-from shard_server.servicer import InlinePolicy, _search_batch
+from shard_server.inline import InlinePolicy
 from shardsearch import codec
 from shardsearch.v1 import search_pb2
 
@@ -31,13 +32,13 @@ def test_try_search_answers_as_search_does_and_gives_up_at_once_while_the_lock_i
     assert coll.ids_for(got.labels)[:2] == ["0", "fresh"]
     with coll._lock:  # a write or maintenance holds the collection
         assert coll.try_search(queries, 10, 8) is None
-        assert _search_batch(coll, [(queries, 10, None)], 8, False, wait=False) is None
+        assert search_batch(coll, [(queries, 10, None)], 8, False, wait=False) is None
 
 
 def test_an_inline_batch_is_split_back_like_an_executor_batch() -> None:
     coll, x = trained()
     items = [(x[:1], 10, None), (x[1:3], 5, None)]
-    inline, executor = _search_batch(coll, items, 8, False, wait=False), _search_batch(coll, items, 8, False)
+    inline, executor = search_batch(coll, items, 8, False, wait=False), search_batch(coll, items, 8, False)
     assert inline is not None and executor is not None
     for a, b in zip(inline, executor, strict=True):
         assert (a.n, a.k, list(a.ids)) == (b.n, b.k, list(b.ids))
