@@ -25,7 +25,7 @@ from shardsearch.v1 import admin_pb2, shard_pb2
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_RETRIES = 3  # a request refused for a stale layout is routed again and re-sent this many times
+LAYOUT_RETRIES = 3  # attempts in all (the first and two re-sends) for a request refused for a stale layout
 READ_TIMEOUT_S = 2.0
 STALE_PAUSE_S = 0.05
 SETTLE_ROUNDS = 5
@@ -196,7 +196,7 @@ class Router:
     ) -> list[Outcome]:
         """The one retry rule for a request routed by the ring: `attempt(timeout)` routes by the current layout,
         stamps its version on every shard request and sends them within `timeout`; when a shard refuses them for a
-        stale layout (ABORTED) the layout is re-read and the attempt made again, at most LAYOUT_RETRIES times, all
+        stale layout (ABORTED) the layout is re-read and the attempt made again, LAYOUT_RETRIES attempts at most, all
         within the monotonic `deadline` (DEADLINE_EXCEEDED once it has passed). Returns the last attempt's outcomes."""
         for _ in range(LAYOUT_RETRIES):
             outcomes = await attempt(remaining(deadline))

@@ -321,8 +321,7 @@ class ShardPool:
         if applied and missed:
             for outcome in missed:
                 assert outcome.replica is not None and outcome.error is not None
-                collection = getattr(request, "collection", "") or getattr(request, "name", "")
-                outcome.replica.missed_collections.add(collection)
+                outcome.replica.missed_collections.add(_collection_of(request))
                 self._fence(outcome.replica, version or self._clock(),
                             f"missed {method} (replica {outcome.replica.index}: {outcome.error.code.name})")
         n = len(shard.replicas)
@@ -415,3 +414,12 @@ def _most_telling(errors: list[ShardSearchError]) -> ShardSearchError:
 
 def _insecure_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=grpcserver.channel_options())
+
+
+def _collection_of(request: Any) -> str:
+    """The collection a shard write names: `collection` (a name, or for CreateCollection the spec) or `name`
+    (DropCollection)."""
+    collection = getattr(request, "collection", "")
+    if not isinstance(collection, str):
+        return collection.name
+    return collection or getattr(request, "name", "")
