@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import faiss
 import grpc
@@ -306,8 +306,8 @@ def stages(cluster: LocalCluster, run: Callable[[], dict[str, Any]]) -> tuple[di
 
 
 def measure_cluster(shards: int, base: np.ndarray, queries: np.ndarray, gt: np.ndarray, seconds: float,
-                    h2load_seconds: float) -> dict[str, Any]:
-    with LocalCluster(shards=shards, metrics=True, coordinator_args=["--cache", "off"]) as cluster:
+                    h2load_seconds: float, coordinator_args: Sequence[str] = ()) -> dict[str, Any]:
+    with LocalCluster(shards=shards, metrics=True, coordinator_args=["--cache", "off", *coordinator_args]) as cluster:
         address = cluster.address
         load_s = load(address, base)
         nprobe, sweep = cluster_nprobe(address, queries, gt, NPROBES, TARGET)
@@ -447,6 +447,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
     parser.add_argument("--h2load-seconds", type=float, default=10.0, help="0 = skip h2load")
     parser.add_argument("--shards", default="1,4", help="cluster sizes to measure, comma-separated")
+    parser.add_argument("--coordinator-arg", action="append", default=[],
+                        help="passed to each cluster's coordinator (e.g. --coordinator-arg=--refine-share)")
     parser.add_argument("--out", type=Path, help="write the section into this report (docs/BENCHMARKS.md)")
     parser.add_argument("--json", type=Path, default=Path("bench-results/latency.json"))
     args = parser.parse_args()
@@ -470,7 +472,7 @@ def main() -> None:
     results["raw"] = raw_faiss(base, queries, gt, args.seconds)
     print(f"  raw FAISS: {json.dumps(results['raw'])}", flush=True)
     results["clusters"] = [
-        measure_cluster(int(s), base, queries, gt, args.seconds, args.h2load_seconds) for s in args.shards.split(",")
+        measure_cluster(int(s), base, queries, gt, args.seconds, args.h2load_seconds, args.coordinator_arg) for s in args.shards.split(",")
     ]
     command = "python benchmarks/latency.py " + " ".join(sys.argv[1:])
     save(results, args.json, HEADING, report(results, command), args.out)

@@ -97,7 +97,7 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     searcher = Searcher(
         pool, router, catalog, executor, SearchMetrics(registry), config.batching_config(),
         BatchMetrics(registry, "shardsearch_coordinator"), BatchMetrics(registry, "shardsearch_coordinator_cache_lookup"),
-        result_cache,
+        result_cache, refine_share=config.refine_share,
     )
     if result_cache is not None:
         async def invalidate_again(collections: set[str]) -> None:

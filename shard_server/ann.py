@@ -18,14 +18,27 @@ from shardsearch import index_params
 MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items probes min(1/f, this) times more lists
 
 
+def depth(chosen: index_params.IndexParams, k: int, shards: int = 1) -> int:
+    """PQ candidates one shard re-ranks per query when a search reaches `shards` shards: its share of the
+    collection's k x refine_factor, at least min(2k, k x refine_factor).
+
+    Items are spread over the shards by a hash of their ids, so a query's true neighbours are too, and a shard
+    holding 1/S of the items ranks each of them about S times higher among its own PQ candidates than one index
+    over all of them would: the share finds what the whole depth finds in one index. Measured (100K x 384
+    embedding-like, nprobe 16, recall@10 of the merged top 10): one index, depth 200: 0.956; 4 shards, 50 each:
+    0.99; 8 shards, 25 each: 0.994; 16 shards, 20 each: 0.999 (13 each: 0.992, hence the 2k floor)."""
+    whole = k * chosen.refine_factor
+    return max(math.ceil(whole / max(shards, 1)), min(2 * k, whole))
+
+
 def ivf_candidates(
     index: faiss.Index | None, chosen: index_params.IndexParams | None, queries: np.ndarray, k: int,
-    nprobe: int = 0,
+    nprobe: int = 0, shards: int = 1,
 ) -> np.ndarray:
-    """Labels of the IVF-PQ candidates a search re-ranks: k x refine_factor of them at `nprobe` (0: the default)."""
+    """Labels of the IVF-PQ candidates a search re-ranks (`depth` of them) at `nprobe` (0: the default)."""
     if index is None or chosen is None or index.ntotal == 0:
         return np.zeros((len(queries), 0), np.int64)
-    kf = min(k * chosen.refine_factor, int(index.ntotal))
+    kf = min(depth(chosen, k, shards), int(index.ntotal))
     probe = min(nprobe or chosen.default_nprobe, chosen.nlist)
     return index.search(queries, kf, params=faiss.SearchParametersIVF(nprobe=probe))[1]
 
@@ -83,7 +96,7 @@ def exact_subset(queries: np.ndarray, k: int, labels: np.ndarray, vecs: Any,
 def selected(
     index: faiss.Index, chosen: index_params.IndexParams, queries: np.ndarray, k: int, nprobe: int,
     mask: np.ndarray, matching: int, live: int, buffer_start: int, vecs: vector_rows.VectorRows, metric: int,
-    inner_product: bool, explain: dict[str, Any] | None = None,
+    inner_product: bool, explain: dict[str, Any] | None = None, shards: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """IVF search restricted to the labels in `mask` (a FAISS id selector skips the other codes in the scan), plus
     the matching labels of the fresh buffer (from `buffer_start`) exactly. It probes min(live / matching,
@@ -95,10 +108,10 @@ def selected(
     boost = min(live / matching, MAX_FILTER_PROBE_BOOST)
     probe = min(chosen.nlist, math.ceil((nprobe or chosen.default_nprobe) * boost))
     buffered = buffer_start + np.flatnonzero(mask[buffer_start:])
-    kf = min(k * chosen.refine_factor, int(index.ntotal))
+    kf = min(depth(chosen, k, shards), int(index.ntotal))
     if explain is not None:
         explain.update(path="ivf with selector", nprobe=probe, refine_factor=chosen.refine_factor,
-                       candidates=kf + len(buffered))
+                       refine_depth=kf, shards_searched=shards, candidates=kf + len(buffered))
     out_labels = np.full((n, k), -1, np.int64)
     out_scores = np.zeros((n, k), np.float32)
     todo = np.arange(n)

@@ -18,22 +18,22 @@ MAX_ANSWER_PAYLOAD_BYTES = 32 * 1024 * 1024
 def search_batch(
     coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
     include_fields: bool = False, wait: bool = True, explain: dict[str, Any] | None = None,
-    timing: list[int] | None = None,
+    timing: list[int] | None = None, shards: int = 1,
 ) -> list[shard_pb2.ShardSearchResponse] | None:
     """One FAISS call for every request in the batch, split back into one response each (in the executor; with
     `wait` False on the event loop, unfiltered: None if the collection's lock is held).
 
     Requests may ask for different k: the batch searches the largest, and each keeps its own top k (results are
     sorted, so a prefix of the top-K is the top-k). `timing`, if given, receives the FAISS call's start and end
-    (epoch ns, for its span).
+    (epoch ns, for its span). `shards`: how many shards the searches reached (their share of the re-ranking).
     """
     started_ns = tracing.now_ns() if timing is not None else 0
     queries = items[0][0] if len(items) == 1 else np.concatenate([q for q, _, _ in items])
     k_max = max(k for _, k, _ in items)
     if wait:
-        result = coll.search(queries, k_max, nprobe, items[0][2], explain)  # one filter per batch (in its key)
+        result = coll.search(queries, k_max, nprobe, items[0][2], explain, shards)  # one filter per batch (in its key)
     else:
-        found = coll.try_search(queries, k_max, nprobe)
+        found = coll.try_search(queries, k_max, nprobe, shards)
         if found is None:
             return None
         result = found

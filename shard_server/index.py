@@ -284,47 +284,48 @@ class Collection:
 
     def search(
         self, queries: np.ndarray, k: int, nprobe: int = 0, flt: search_pb2.Filter | None = None,
-        explain: dict[str, Any] | None = None,
+        explain: dict[str, Any] | None = None, shards: int = 1,
     ) -> SearchResult:
         """Top-k per query: IVF-PQ candidates and the exact buffer, re-ranked exactly, dead labels dropped.
 
         With a filter, only labels whose fields pass it, exactly: a filter matching at most EXACT_FILTER_MAX items
         is answered by exact search over just those; a broader one searches the IVF lists with a FAISS id selector
         (non-matching codes are skipped in the scan), probing more lists the more selective it is, and probes
-        again, wider, for queries that found fewer than k matches while more exist.
+        again, wider, for queries that found fewer than k matches while more exist. `shards`: how many shards the
+        search reached, which sets this one's share of the re-ranking depth (`ann.depth`).
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if flt is not None and flt.WhichOneof("kind") is not None:
-            return self._search_filtered(queries, k, nprobe, flt, explain)
+            return self._search_filtered(queries, k, nprobe, flt, explain, shards)
         with self._lock:
-            found = self._candidates(queries, k, nprobe, explain)
+            found = self._candidates(queries, k, nprobe, explain, shards)
             view = self._view()
         return replace(self._rank(queries, k, found), view=view)
 
     def _view(self) -> LabelView:
         return LabelView(self._ids, self._payloads, self._fields.blobs)
 
-    def try_search(self, queries: np.ndarray, k: int, nprobe: int = 0) -> SearchResult | None:
+    def try_search(self, queries: np.ndarray, k: int, nprobe: int = 0, shards: int = 1) -> SearchResult | None:
         """`search` without a filter, or None at once if a write or maintenance holds the collection (for a caller
         on an event loop, which must not wait for the lock)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            found = self._candidates(queries, k, nprobe)
+            found = self._candidates(queries, k, nprobe, shards=shards)
             view = self._view()
         finally:
             self._lock.release()
         return replace(self._rank(queries, k, found), view=view)
 
     def _candidates(
-        self, queries: np.ndarray, k: int, nprobe: int, explain: dict[str, Any] | None = None
+        self, queries: np.ndarray, k: int, nprobe: int, explain: dict[str, Any] | None = None, shards: int = 1,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """Under the lock: the IVF-PQ and fresh-buffer candidates (labels, valid, safe labels, the vectors), or None."""
         candidates = []
         trained = self._params is not None and self._ivf is not None and self._ivf.ntotal > 0
         if trained:
-            candidates.append(ann.ivf_candidates(self._ivf, self._params, queries, k, nprobe))
+            candidates.append(ann.ivf_candidates(self._ivf, self._params, queries, k, nprobe, shards))
         start, stop = self._ivf_upto, self._next
         if stop > start:
             dead = (stop - start) - int(np.count_nonzero(self._alive[start:stop]))
@@ -336,6 +337,7 @@ class Collection:
                 path="ivf" if trained else "flat", buffered=int(np.count_nonzero(self._alive[start:stop])),
                 nprobe=min(nprobe or self._params.default_nprobe, self._params.nlist) if trained else 0,  # type: ignore[union-attr]
                 refine_factor=self._params.refine_factor if trained else 0,  # type: ignore[union-attr]
+                refine_depth=candidates[0].shape[1] if trained else 0, shards_searched=shards,
                 candidates=sum(c.shape[1] for c in candidates),
             )
         if not candidates:
@@ -353,7 +355,7 @@ class Collection:
         return SearchResult(*ann.rerank(labels, valid, self._exact_scores(queries, safe, vecs), k, self.inner_product))
 
     def _search_filtered(self, queries: np.ndarray, k: int, nprobe: int, flt: search_pb2.Filter,
-                         explain: dict[str, Any] | None = None) -> SearchResult:
+                         explain: dict[str, Any] | None = None, shards: int = 1) -> SearchResult:
         n = queries.shape[0]
         with self._lock:
             upto = self._next
@@ -361,7 +363,7 @@ class Collection:
             mask = self._fields.mask(flt, upto) & self._alive[:upto]
             matching = int(np.count_nonzero(mask))
             if explain is not None:
-                explain.update(matching=matching, path="exact over matches", candidates=matching,
+                explain.update(matching=matching, path="exact over matches", candidates=matching, shards_searched=shards,
                                buffered=int(np.count_nonzero(self._alive[self._ivf_upto : upto])))
             if matching == 0:
                 return SearchResult(np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32))
@@ -370,7 +372,7 @@ class Collection:
             else:
                 assert self._params is not None
                 found = ann.selected(self._ivf, self._params, queries, k, nprobe, mask, matching, self._live,
-                                     self._ivf_upto, self._vecs, self.metric, self.inner_product, explain)
+                                     self._ivf_upto, self._vecs, self.metric, self.inner_product, explain, shards)
                 return SearchResult(*found, view=view)
         return SearchResult(*ann.exact_subset(queries, k, subset, vecs, self.metric), view=view)
 

@@ -369,7 +369,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if request.explain:  # alone, so that what it reports is its own
             return await self._explained(coll, request, queries, flt, timeout)
         # Only searches with the same filter share a FAISS call: the key holds its canonical bytes.
-        key = (coll, request.nprobe, request.include_payload, request.include_fields,
+        key = (coll, request.nprobe, max(request.shards, 1), request.include_payload, request.include_fields,
                flt.SerializeToString(deterministic=True) if flt is not None else b"")
         self._inline.arrival(busy=bool(self._batcher.waiting or self._batcher.in_flight))
         return await self._batcher.submit(key, (queries, request.k, flt), queries.shape[0], timeout)
@@ -382,7 +382,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         def run() -> tuple[shard_pb2.ShardSearchResponse, float, float]:
             started = time.perf_counter()
             (response,) = search_batch(coll, [(queries, request.k, flt)], request.nprobe, request.include_payload,
-                                        request.include_fields, explain=stats)
+                                        request.include_fields, explain=stats, shards=max(request.shards, 1))
             if isinstance(response, BaseException):
                 raise response
             return response, started - submitted, time.perf_counter() - started
@@ -394,38 +394,39 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def _run_batch(
         self, key: Hashable, items: list[tuple[np.ndarray, int, Any]], timeout: float
     ) -> list[shard_pb2.ShardSearchResponse]:
-        coll, nprobe, include_payload, include_fields, flt = key  # type: ignore[misc]
+        coll, nprobe, shards, include_payload, include_fields, flt = key  # type: ignore[misc]
         rows = sum(queries.shape[0] for queries, _, _ in items)
         timing: list[int] | None = [] if tracing.current() is not None else None  # the FAISS call's span, traced
-        responses = await self._search_rows(coll, items, nprobe, include_payload, include_fields, flt, rows, timing)
+        responses = await self._search_rows(coll, items, nprobe, shards, include_payload, include_fields, flt, rows,
+                                            timing)
         if timing:
             tracing.record("faiss", timing[0], timing[1], **{"faiss.rows": rows, "faiss.nprobe": nprobe,
                                                                "faiss.filtered": bool(flt)})
         return responses
 
     async def _search_rows(
-        self, coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
-        include_fields: bool, flt: Any, rows: int, timing: list[int] | None,
+        self, coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, shards: int,
+        include_payload: bool, include_fields: bool, flt: Any, rows: int, timing: list[int] | None,
     ) -> list[shard_pb2.ShardSearchResponse]:
         plain = not (include_payload or include_fields or flt)  # what the inline path serves and is measured on
         if plain and self._inline.allows(coll, rows):
             started = time.thread_time()
-            responses = search_batch(coll, items, nprobe, False, False, wait=False, timing=timing)
+            responses = search_batch(coll, items, nprobe, False, False, wait=False, timing=timing, shards=shards)
             self._inline.ran_inline()
             if responses is not None:  # None: a write or maintenance holds the collection; wait in the executor
                 self._inline.record(coll, rows, time.thread_time() - started)
                 return responses
-        return await self._run(self._timed_search_batch, coll, items, nprobe, include_payload, include_fields,
-                               rows if plain else 0, timing)
+        return await self._run(self._timed_search_batch, coll, items, nprobe, shards, include_payload,
+                               include_fields, rows if plain else 0, timing)
 
     def _timed_search_batch(
-        self, coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, include_payload: bool,
-        include_fields: bool, rows: int, timing: list[int] | None,
+        self, coll: Collection, items: list[tuple[np.ndarray, int, Any]], nprobe: int, shards: int,
+        include_payload: bool, include_fields: bool, rows: int, timing: list[int] | None,
     ) -> list[shard_pb2.ShardSearchResponse]:
         """`_search_batch` in the executor; its CPU time is recorded for the inline policy when `rows` (0: a batch
         the inline path would not serve)."""
         started = time.thread_time()
-        responses = search_batch(coll, items, nprobe, include_payload, include_fields, timing=timing)
+        responses = search_batch(coll, items, nprobe, include_payload, include_fields, timing=timing, shards=shards)
         assert responses is not None
         if rows:
             self._inline.record(coll, rows, time.thread_time() - started)

@@ -344,7 +344,7 @@ class Explain(_message.Message):
     def __init__(self, cache: _Optional[str] = ..., merge_seconds: _Optional[float] = ..., shards: _Optional[_Iterable[_Union[ShardExplain, _Mapping]]] = ...) -> None: ...
 
 class ShardExplain(_message.Message):
-    __slots__ = ("shard", "address", "call_seconds", "queued_seconds", "search_seconds", "path", "nprobe", "refine_factor", "candidates", "matching", "buffered")
+    __slots__ = ("shard", "address", "call_seconds", "queued_seconds", "search_seconds", "path", "nprobe", "refine_factor", "candidates", "matching", "buffered", "refine_depth", "shards_searched")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -356,6 +356,8 @@ class ShardExplain(_message.Message):
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MATCHING_FIELD_NUMBER: _ClassVar[int]
     BUFFERED_FIELD_NUMBER: _ClassVar[int]
+    REFINE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_SEARCHED_FIELD_NUMBER: _ClassVar[int]
     shard: str
     address: str
     call_seconds: float
@@ -367,7 +369,9 @@ class ShardExplain(_message.Message):
     candidates: int
     matching: int
     buffered: int
-    def __init__(self, shard: _Optional[str] = ..., address: _Optional[str] = ..., call_seconds: _Optional[float] = ..., queued_seconds: _Optional[float] = ..., search_seconds: _Optional[float] = ..., path: _Optional[str] = ..., nprobe: _Optional[int] = ..., refine_factor: _Optional[int] = ..., candidates: _Optional[int] = ..., matching: _Optional[int] = ..., buffered: _Optional[int] = ...) -> None: ...
+    refine_depth: int
+    shards_searched: int
+    def __init__(self, shard: _Optional[str] = ..., address: _Optional[str] = ..., call_seconds: _Optional[float] = ..., queued_seconds: _Optional[float] = ..., search_seconds: _Optional[float] = ..., path: _Optional[str] = ..., nprobe: _Optional[int] = ..., refine_factor: _Optional[int] = ..., candidates: _Optional[int] = ..., matching: _Optional[int] = ..., buffered: _Optional[int] = ..., refine_depth: _Optional[int] = ..., shards_searched: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "payload", "fields")

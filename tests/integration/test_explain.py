@@ -35,6 +35,8 @@ def test_explain_tells_the_path_the_times_and_the_cache_outcome() -> None:
         assert sorted(s.shard for s in explain.shards) == ["shard-0", "shard-1"]
         for shard in explain.shards:
             assert shard.path == "ivf" and shard.nprobe > 0 and shard.refine_factor > 0 and shard.candidates >= 10
+            # refine_share is off by default: each shard re-ranks the whole k x refine_factor
+            assert shard.shards_searched == 1 and shard.refine_depth == 10 * shard.refine_factor
             assert shard.call_seconds >= shard.search_seconds > 0 and shard.queued_seconds >= 0 and shard.address
 
         query.filter.CopyFrom(search_pb2.Filter(match=search_pb2.Match(field="kind", values=["rare"])))  # 1%
@@ -48,3 +50,20 @@ def test_explain_tells_the_path_the_times_and_the_cache_outcome() -> None:
         assert stub.Search(plain, timeout=10).explain.cache == "miss"  # the in-process cache: filled now
         again = stub.Search(plain, timeout=10)
         assert again.cached and again.explain.cache == "hit" and not again.explain.shards
+
+
+def test_with_refine_share_each_shard_re_ranks_its_share_of_the_depth() -> None:
+    with LocalCluster(shards=2, coordinator_args=["--refine-share"]) as cluster:
+        stub = search_pb2_grpc.SearchServiceStub(grpc.insecure_channel(cluster.address))
+        stub.CreateCollection(search_pb2.CreateCollectionRequest(
+            name="x", dim=DIM, metric=search_pb2.METRIC_L2, index=search_pb2.IndexOptions(train_threshold=500)))
+        vectors = np.random.default_rng(2).standard_normal((N, DIM)).astype(np.float32)
+        stub.Upsert(search_pb2.UpsertRequest(collection="x", items=[
+            search_pb2.Item(id=f"id{i}", vector_f32=codec.pack(vectors[i])) for i in range(N)]))
+        wait_trained(stub, "x")
+        reply = stub.Search(search_pb2.SearchRequest(collection="x", vector_f32=codec.pack(vectors[7]), k=10,
+                                                     explain=True, skip_cache=True), timeout=10)
+        assert reply.hits[0].id == "id7"
+        for shard in reply.explain.shards:
+            assert shard.path == "ivf" and shard.shards_searched == 2
+            assert shard.refine_depth == 10 * shard.refine_factor // 2  # shard_server.ann.depth
