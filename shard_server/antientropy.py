@@ -23,8 +23,8 @@ from typing import Callable, Sequence
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
+from shard_server.core import ShardCore
 from shard_server.index import Collection
-from shard_server.servicer import ShardServicer
 from shardsearch import logs, topology
 from shardsearch.errors import ShardSearchError
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
@@ -89,10 +89,10 @@ class StallWatch:
 
 class AntiEntropy:
     def __init__(
-        self, servicer: ShardServicer, peers: Sequence[str], connect: Callable[[str], grpc.aio.Channel],
+        self, core: ShardCore, peers: Sequence[str], connect: Callable[[str], grpc.aio.Channel],
         interval_s: float, metrics: AntiEntropyMetrics,
     ) -> None:
-        self._servicer = servicer
+        self._core = core
         self._peers = list(peers)
         self._connect = connect
         self._interval_s = interval_s
@@ -109,9 +109,9 @@ class AntiEntropy:
         no peer could be reached for `REPAIR_WAIT_S`)."""
         if self._repair is not None and not self._repair.done():
             return
-        self._servicer.repairing = True
+        self._core.repairing = True
         logger.warning("replica %s was paused for %.1fs: refusing reads until it has compared with a peer",
-                       self._servicer.name, gap_s)
+                       self._core.name, gap_s)
         self._repair = asyncio.create_task(self._repair_after_stall(), name="repair after a stall")
 
     async def _repair_after_stall(self) -> None:
@@ -126,13 +126,13 @@ class AntiEntropy:
                         logger.info("repair from %s failed (%s); trying the next peer", peer, exc)
                         continue
                     logger.info("replica %s compared with %s after a pause (%d pulled); serving reads again",
-                                self._servicer.name, peer, pulled)
+                                self._core.name, peer, pulled)
                     return
                 await asyncio.sleep(0.2)
             logger.warning("replica %s: no peer answered in %.0fs after a pause; serving its own data",
-                           self._servicer.name, REPAIR_WAIT_S)
+                           self._core.name, REPAIR_WAIT_S)
         finally:
-            self._servicer.repairing = False
+            self._core.repairing = False
 
     async def close(self) -> None:
         for task in (self._task, self._repair):
@@ -143,7 +143,7 @@ class AntiEntropy:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s * random.uniform(0.75, 1.25))
-            if self._servicer.catching_up:
+            if self._core.catching_up:
                 continue
             logs.bind_request_id("anti-entropy-" + logs.new_request_id())
             for peer in self._peers:
@@ -157,22 +157,22 @@ class AntiEntropy:
     def _own_share(self) -> shard_pb2.RingSelection | None:
         """This shard's share of the ring (all ids when no layout is stored yet); None during a move (which copies
         and verifies its ranges itself)."""
-        stored = self._servicer.topology
+        stored = self._core.layout.stored
         if not (stored.topology.shards and stored.shard):
-            return shard_pb2.RingSelection(ring=[self._servicer.name], owners=[self._servicer.name])
+            return shard_pb2.RingSelection(ring=[self._core.name], owners=[self._core.name])
         layout = topology.Layout.of(stored.topology)
         return None if layout.moving else topology.selection(layout.ring, [stored.shard])
 
     async def compare(self, peer: str) -> int:
         """One round against `peer`: returns the number of items and markers pulled."""
-        servicer = self._servicer
+        core = self._core
         if self._own_share() is None:
             return 0
         pulled = 0
         async with self._connect(peer) as channel:
             stub = shard_pb2_grpc.ShardServiceStub(channel)
-            for name in sorted(servicer.collection_names()):
-                coll = servicer.get_collection(name)
+            for name in sorted(core.collection_names()):
+                coll = core.get_collection(name)
                 if coll is None:
                     continue
                 share = self._own_share()
@@ -180,7 +180,7 @@ class AntiEntropy:
                     return pulled
                 try:
                     theirs = await stub.Checksum(shard_pb2.ShardChecksumRequest(
-                        collection=name, select=share, topology_version=servicer.topology_version,
+                        collection=name, select=share, topology_version=core.layout.version,
                     ), timeout=CALL_TIMEOUT_S, metadata=logs.outgoing_metadata())
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ABORTED,
@@ -188,7 +188,7 @@ class AntiEntropy:
                         self._metrics.rounds.labels("skipped").inc()  # missing there, another layout, catching up
                         continue
                     raise
-                counts, sums = await servicer.run(coll.checksum, topology.Selector(share).mask)
+                counts, sums = await core.run(coll.checksum, topology.Selector(share).mask)
                 differ = [b for b in range(topology.BUCKETS)
                           if (int(counts[b]), int(sums[b])) != (theirs.counts[b], theirs.sums[b])]
                 if not differ:
@@ -210,8 +210,8 @@ class AntiEntropy:
                                        metadata=logs.outgoing_metadata())
         async for chunk in export:
             if chunk.HasField("items"):
-                pulled += await self._servicer.apply_copy(coll, items=chunk.items)
+                pulled += await self._core.apply_copy(coll, items=chunk.items)
             elif chunk.HasField("deletes"):
-                pulled += await self._servicer.apply_copy(coll, deletes=chunk.deletes)
+                pulled += await self._core.apply_copy(coll, deletes=chunk.deletes)
         self._metrics.items.inc(pulled)
         return pulled

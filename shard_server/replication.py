@@ -25,8 +25,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shard_server.core import ShardCore
 from shard_server.index import Collection
-from shard_server.servicer import ShardServicer
 from shardsearch import logs
 from shardsearch.errors import AlreadyExists, ShardSearchError
 from shardsearch.metrics import LATENCY_BUCKETS
@@ -60,10 +60,10 @@ class ReplicationMetrics:
 
 class Replication:
     def __init__(
-        self, servicer: ShardServicer, peers: Sequence[str], connect: Callable[[str], grpc.aio.Channel],
+        self, core: ShardCore, peers: Sequence[str], connect: Callable[[str], grpc.aio.Channel],
         wait_s: float, metrics: ReplicationMetrics, on_state: Callable[[bool], Awaitable[None]],
     ) -> None:
-        self._servicer = servicer
+        self._core = core
         self._peers = list(peers)
         self._connect = connect
         self._wait_s = wait_s
@@ -74,8 +74,8 @@ class Replication:
         self._background = False  # serving reads while still looking for a peer
         self._copy_started_ns = 0  # when the copy under way began
         self._covered_ns = 0  # when the last complete copy began: writes older than that are here
-        servicer.on_resync = self.request
-        servicer.on_write_failure(lambda reason: self.request(reason))
+        core.on_resync = self.request
+        core.on_write_failure(lambda reason: self.request(reason))
 
     def request(self, reason: str, missed_version: int = 0) -> None:
         """Starts a catch-up, unless a copy that began after the missed write has finished or is under way."""
@@ -86,7 +86,7 @@ class Replication:
         if running and not self._background and missed_version and missed_version + CLOCK_SKEW_NS < self._copy_started_ns:
             logger.info("resync not needed (%s): the catch-up under way began later", reason)
             return
-        self._servicer.catching_up = True
+        self._core.catching_up = True
         self._metrics.catching_up.set(1)
         if running and not self._background:
             self._again = True  # the missed write may postdate the copy under way: copy once more
@@ -95,7 +95,7 @@ class Replication:
         if running:
             assert self._task is not None
             self._task.cancel()
-        logger.info("replica %s catching up from %s: %s", self._servicer.name, ", ".join(self._peers), reason)
+        logger.info("replica %s catching up from %s: %s", self._core.name, ", ".join(self._peers), reason)
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
@@ -116,22 +116,22 @@ class Replication:
             self._metrics.duration.observe(elapsed)
             self._metrics.runs.labels("copied" if source else "alone").inc()
             if source:
-                logger.info("replica %s caught up from %s in %.2fs", self._servicer.name, source, elapsed)
+                logger.info("replica %s caught up from %s in %.2fs", self._core.name, source, elapsed)
             else:
                 logger.warning(
-                    "replica %s: no peer reachable in %.0fs (%s); serving its own data", self._servicer.name,
+                    "replica %s: no peer reachable in %.0fs (%s); serving its own data", self._core.name,
                     self._wait_s, ", ".join(self._peers),
                 )
             if not self._again:
                 break
-        self._servicer.catching_up = False
+        self._core.catching_up = False
         self._metrics.catching_up.set(0)
         await self._on_state(True)
         if source is None:
             self._background = True
             source = await self._catch_up(None)
             logger.info("replica %s copied %s in the background (it was unreachable at first)",
-                        self._servicer.name, source)
+                        self._core.name, source)
 
     async def _catch_up(self, wait_s: float | None) -> str | None:
         """Copies peers until one was copied completely; returns its address, or None if none could be in
@@ -145,7 +145,7 @@ class Replication:
                     self._copy_started_ns = started
                     await self._copy(peer)
                     self._covered_ns = max(self._covered_ns, started)
-                    self._servicer.reseeded()
+                    self._core.reseeded()
                     return peer
                 except (grpc.aio.AioRpcError, OSError) as exc:
                     code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
@@ -177,11 +177,11 @@ class Replication:
         return [p for p, r in zip(self._peers, ready) if r] + [p for p, r in zip(self._peers, ready) if not r]
 
     async def _copy(self, peer: str) -> None:
-        servicer = self._servicer
+        core = self._core
         async with self._connect(peer) as channel:
             stub = shard_pb2_grpc.ShardServiceStub(channel)
             layout = await stub.GetTopology(shard_pb2.ShardGetTopologyRequest(), metadata=logs.outgoing_metadata())
-            await servicer.adopt_topology(layout)  # a move ran while this replica was away
+            await core.layout.adopt(layout)  # a move ran while this replica was away
             coll = None
             export = stub.ExportCollection(shard_pb2.ShardExportRequest(), metadata=logs.outgoing_metadata())
             async for chunk in export:
@@ -191,21 +191,21 @@ class Replication:
                     continue  # a collection this replica cannot hold (see _local)
                 elif chunk.HasField("items"):
                     self._metrics.items.inc(len(chunk.items.ids))
-                    await servicer.apply_copy(coll, items=chunk.items)
+                    await core.apply_copy(coll, items=chunk.items)
                 elif chunk.HasField("deletes"):
                     self._metrics.items.inc(len(chunk.deletes.ids))
-                    await servicer.apply_copy(coll, deletes=chunk.deletes)
+                    await core.apply_copy(coll, deletes=chunk.deletes)
 
     async def _local(self, spec: search_pb2.Collection) -> Collection | None:
         """This replica's copy of a peer's collection, created if missing (it was created while this one was
         down). None if the two disagree on the vector space (a half-finished drop and re-create; fix by hand)."""
-        servicer = self._servicer
-        coll = servicer.get_collection(spec.name)
+        core = self._core
+        coll = core.get_collection(spec.name)
         if coll is None:
             try:
-                coll = await servicer.create(spec)
+                coll = await core.create(spec)
             except AlreadyExists:
-                coll = servicer.get_collection(spec.name)
+                coll = core.get_collection(spec.name)
         if coll is not None and (coll.spec.dim, coll.spec.metric) != (spec.dim, spec.metric):
             logger.error(
                 "collection %s: peer has dim %d metric %d, this replica dim %d metric %d; not copied",

@@ -15,9 +15,11 @@ from prometheus_client import CollectorRegistry
 from shard_server import device
 from shard_server.antientropy import AntiEntropy, AntiEntropyMetrics, StallWatch
 from shard_server.config import ShardConfig
+from shard_server.core import ShardCore
 from shard_server.index import Collection
 from shard_server.maintenance import Maintenance
 from shard_server.metrics import ShardMetrics
+from shard_server.queries import ShardQueries
 from shard_server.replication import Replication, ReplicationMetrics
 from shard_server.servicer import ShardServicer
 from shard_server.storage import Storage
@@ -80,19 +82,21 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
     use_gpu = config.use_gpu and device.gpu_available()
     storage = Storage(Path(config.data_dir)) if config.data_dir else None
     writer = Writer(executor, storage, config.snapshot_wal_bytes, registry)
-    servicer = ShardServicer(
-        executor, maintenance, ShardMetrics(registry), use_gpu=use_gpu, batching=config.batching_config(),
-        batch_metrics=BatchMetrics(registry, "shardsearch_shard"), writer=writer, name=config.name,
+    core = ShardCore(
+        executor, maintenance, ShardMetrics(registry), use_gpu=use_gpu, writer=writer, name=config.name,
         topology_path=storage.root / "topology.pb" if storage is not None else None,
-        inline_search=config.inline_search, max_delete_markers=config.max_delete_markers,
+        max_delete_markers=config.max_delete_markers,
     )
+    queries = ShardQueries(core, config.batching_config(), BatchMetrics(registry, "shardsearch_shard"),
+                           inline_search=config.inline_search)
+    servicer = ShardServicer(core, queries)
     if storage is None:
         logger.warning("shard %s has no --data-dir: its data lives in memory only and is lost on restart", config.name)
     else:
         loop = asyncio.get_running_loop()
         stale = await loop.run_in_executor(executor, stale_reason, storage, config)  # walks and fsyncs the data dir
-        await loop.run_in_executor(executor, servicer.recover, bool(config.peers), stale)
-    servicer.catching_up = bool(config.peers)  # no read is served before the first catch-up
+        await loop.run_in_executor(executor, core.recover, bool(config.peers), stale)
+    core.catching_up = bool(config.peers)  # no read is served before the first catch-up
     port_security = security.ServerSecurity.from_config(config, registry)
     traced = tracing.setup("shardsearch-shard")
     server = await grpcserver.start_server(
@@ -115,15 +119,15 @@ async def start(config: ShardConfig, registry: CollectorRegistry | None = None) 
         peer_channels = security.client_factory_of(config, "peer_")
         logger.info("calls to the peers (%s): %s", ", ".join(config.peers), peer_channels.description)
         replication = Replication(
-            servicer, config.peers, peer_channels, config.catch_up_wait_s, ReplicationMetrics(registry),
+            core, config.peers, peer_channels, config.catch_up_wait_s, ReplicationMetrics(registry),
             server.set_serving,
         )
         replication.request("start-up")
-        anti_entropy = AntiEntropy(servicer, config.peers, peer_channels, config.anti_entropy_s,
+        anti_entropy = AntiEntropy(core, config.peers, peer_channels, config.anti_entropy_s,
                                    AntiEntropyMetrics(registry))
         anti_entropy.start()
         stall_watch = StallWatch(config.stall_repair_s, anti_entropy.stalled)
-        servicer.on_read = stall_watch.check
+        core.on_read = stall_watch.check
         stall_watch.start()
     if config.port_file:
         grpcserver.write_port_file(config.port_file, json.dumps({"grpc": server.port, "metrics": metrics_port}))
