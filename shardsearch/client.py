@@ -24,392 +24,74 @@ The client imports grpc, numpy and the generated messages only (no FAISS, triton
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence, Union
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
 
+from shardsearch.client_channels import (
+    AUTH_HEADER,
+    SERVICE_CONFIG,
+    Security,
+    SettingsError,
+    channel_options,
+    read_token,
+    security_of,
+    token_interceptors,
+)
+from shardsearch.client_errors import (
+    Aborted,
+    AlreadyExists,
+    ClientError,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    error_from,
+)
+from shardsearch.client_messages import (
+    MAX_HITS_PER_CALL,
+    MAX_MESSAGE_BYTES,
+    MAX_QUERIES_PER_CALL,
+    METRICS,
+    UPSERT_BATCH,
+    VECTOR_STORES,
+    FieldValue,
+    Hit,
+    Item,
+    all_of,
+    any_of,
+    batch_requests,
+    create_request,
+    from_value,
+    hits_of,
+    items_of,
+    match,
+    matrix_of,
+    none_of,
+    number_range,
+    search_options,
+    to_value,
+    upsert_requests,
+)
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+__all__ = [
+    "AUTH_HEADER", "DEFAULT_TIMEOUT_S", "MAX_HITS_PER_CALL", "MAX_MESSAGE_BYTES", "MAX_QUERIES_PER_CALL", "METRICS",
+    "SERVICE_CONFIG", "UPSERT_BATCH", "VECTOR_STORES", "Aborted", "AlreadyExists", "AsyncClient", "Client",
+    "ClientError", "DataLoss", "DeadlineExceeded", "FailedPrecondition", "FieldValue", "Hit", "Internal",
+    "InvalidArgument", "Item", "NotFound", "PermissionDenied", "ResourceExhausted", "SettingsError", "Unauthenticated",
+    "Unavailable", "all_of", "any_of", "channel_options", "error_from", "from_value", "match", "none_of",
+    "number_range", "read_token", "to_value", "token_interceptors",
+]
+
 DEFAULT_TIMEOUT_S = 10.0
-UPSERT_BATCH = 1000
-MAX_QUERIES_PER_CALL = 1000
-MAX_HITS_PER_CALL = 1_000_000  # the server's limit on queries x k in one BatchSearch
-
-SERVICE_CONFIG: dict[str, Any] = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [{
-        "name": [{"service": "shardsearch.v1.SearchService"}],
-        "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.05s",
-            "maxBackoff": "1s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
-        },
-    }],
-}
-"""gRPC service config: round-robin over resolved addresses, and retries with jittered backoff (gRPC jitters
-each backoff by +-20%). Retried calls are the idempotent ones: searches, reads, and writes (versioned upserts and
-deletes apply once however often they arrive)."""
-
-FieldValue = Union[str, float, int, Sequence[str]]
-
-
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES, retries: bool = True) -> list[tuple[str, Any]]:
-    """The options every client channel gets (see the module docstring); without `retries` a failed call fails at
-    once (what a benchmark or a tool with its own retry policy wants), still round-robin over resolved addresses."""
-    config = SERVICE_CONFIG if retries else {"loadBalancingConfig": SERVICE_CONFIG["loadBalancingConfig"]}
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.enable_retries", 1 if retries else 0),
-        ("grpc.service_config", json.dumps(config)),
-    ]
-
-
-# ---- errors ---------------------------------------------------------------------------------------------------
-
-
-class ClientError(Exception):
-    """A call failed: `code` is its gRPC status, `details` the server's message."""
-
-    code = grpc.StatusCode.UNKNOWN
-
-    def __init__(self, details: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(details)
-        self.details = details
-        if code is not None:
-            self.code = code
-
-    def __str__(self) -> str:
-        return f"{self.code.name}: {self.details}"
-
-
-class InvalidArgument(ClientError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class NotFound(ClientError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class AlreadyExists(ClientError):
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class PermissionDenied(ClientError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Unauthenticated(ClientError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class ResourceExhausted(ClientError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class FailedPrecondition(ClientError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class Aborted(ClientError):
-    code = grpc.StatusCode.ABORTED
-
-
-class Unavailable(ClientError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class DeadlineExceeded(ClientError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-class DataLoss(ClientError):
-    code = grpc.StatusCode.DATA_LOSS
-
-
-class Internal(ClientError):
-    code = grpc.StatusCode.INTERNAL
-
-
-_ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
-    cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, PermissionDenied, Unauthenticated,
-                              ResourceExhausted, FailedPrecondition, Aborted, Unavailable, DeadlineExceeded,
-                              DataLoss, Internal)
-}
-
-
-def error_from(exc: grpc.RpcError) -> ClientError:
-    """The ClientError for a failed call (its subclass by status; ClientError itself for the others)."""
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if hasattr(exc, "details") else "") or code.name
-    return _ERRORS.get(code, ClientError)(details, code)
-
-
-# ---- results and filters --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    """Inner product (larger is better) or squared L2 distance (smaller is better), by the collection's metric."""
-    payload: bytes = b""
-    fields: dict[str, FieldValue] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Item:
-    id: str
-    vector: np.ndarray
-    payload: bytes = b""
-    fields: dict[str, FieldValue] = field(default_factory=dict)
-
-
-def match(name: str, *values: str) -> search_pb2.Filter:
-    """Field `name` (a keyword, or a keyword list) holds one of `values`."""
-    return search_pb2.Filter(match=search_pb2.Match(field=name, values=list(values)))
-
-
-def number_range(name: str, *, gt: float | None = None, gte: float | None = None, lt: float | None = None,
-                 lte: float | None = None) -> search_pb2.Filter:
-    """Number field `name` within the given bounds (each optional)."""
-    bounds = {key: value for key, value in (("gt", gt), ("gte", gte), ("lt", lt), ("lte", lte)) if value is not None}
-    return search_pb2.Filter(range=search_pb2.Range(field=name, **bounds))
-
-
-def all_of(*filters: search_pb2.Filter) -> search_pb2.Filter:
-    return search_pb2.Filter(all_of=search_pb2.Filters(filters=list(filters)))
-
-
-def any_of(*filters: search_pb2.Filter) -> search_pb2.Filter:
-    return search_pb2.Filter(any_of=search_pb2.Filters(filters=list(filters)))
-
-
-def none_of(*filters: search_pb2.Filter) -> search_pb2.Filter:
-    return search_pb2.Filter(none_of=search_pb2.Filters(filters=list(filters)))
-
-
-def to_value(value: FieldValue) -> search_pb2.Value:
-    if isinstance(value, bool):
-        raise TypeError("a field value is a str, a number or a list of str, not a bool")
-    if isinstance(value, str):
-        return search_pb2.Value(keyword=value)
-    if isinstance(value, (int, float)):
-        return search_pb2.Value(number=float(value))
-    return search_pb2.Value(keywords=search_pb2.Keywords(values=list(value)))
-
-
-def from_value(value: search_pb2.Value) -> FieldValue:
-    kind = value.WhichOneof("kind")
-    if kind == "keyword":
-        return value.keyword
-    if kind == "number":
-        return value.number
-    return list(value.keywords.values)
-
-
-def _fields(values: Mapping[str, search_pb2.Value]) -> dict[str, FieldValue]:
-    return {name: from_value(value) for name, value in values.items()}
-
-
-def _hits(response: search_pb2.SearchResponse) -> list[Hit]:
-    return [Hit(h.id, h.score, h.payload, _fields(h.fields)) for h in response.hits]
-
-
-def _matrix(vectors: Any) -> np.ndarray:
-    array = np.ascontiguousarray(vectors, dtype="<f4")
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2:
-        raise ValueError(f"vectors: expected one vector or a matrix, got shape {array.shape}")
-    return array
-
-
-# ---- requests (shared by both clients) ------------------------------------------------------------------------
-
-METRICS = {"l2": search_pb2.METRIC_L2, "ip": search_pb2.METRIC_INNER_PRODUCT,
-           "inner_product": search_pb2.METRIC_INNER_PRODUCT}
-
-
-VECTOR_STORES = {"float32": search_pb2.VECTOR_STORE_FLOAT32, "float16": search_pb2.VECTOR_STORE_FLOAT16,
-                 "sq8": search_pb2.VECTOR_STORE_SQ8}
-
-
-def _create(name: str, dim: int, metric: str, vector_store: str | None,
-            index: Mapping[str, int]) -> search_pb2.CreateCollectionRequest:
-    if metric not in METRICS:
-        raise ValueError(f"metric: one of {', '.join(METRICS)}")
-    options = search_pb2.IndexOptions()
-    for option, value in index.items():
-        if option == "vector_store" or option not in search_pb2.IndexOptions.DESCRIPTOR.fields_by_name:
-            raise ValueError(f"{option}: not an index option")
-        setattr(options, option, value)
-    if vector_store is not None:
-        if vector_store not in VECTOR_STORES:
-            raise ValueError(f"vector_store: one of {', '.join(VECTOR_STORES)}")
-        options.vector_store = VECTOR_STORES[vector_store]
-    return search_pb2.CreateCollectionRequest(name=name, dim=dim, metric=METRICS[metric], index=options)
-
-
-def _upserts(collection: str, ids: Sequence[str], vectors: Any, payloads: Sequence[bytes] | None,
-             fields: Sequence[Mapping[str, FieldValue]] | None, batch: int) -> Iterator[search_pb2.UpsertRequest]:
-    matrix = _matrix(vectors)
-    if len(ids) != matrix.shape[0]:
-        raise ValueError(f"{len(ids)} ids for {matrix.shape[0]} vectors")
-    for name, given in (("payloads", payloads), ("fields", fields)):
-        if given is not None and len(given) != len(ids):
-            raise ValueError(f"{name}: {len(given)} for {len(ids)} ids")
-    item_bytes = matrix.shape[1] * 4 + 300 + max((len(p) for p in payloads or ()), default=0) + 16_384 * bool(fields)
-    step = max(1, min(batch, (MAX_MESSAGE_BYTES // 2) // item_bytes))  # ids <= 256 bytes, fields <= 16 KiB
-    for lo in range(0, len(ids), step):
-        items = []
-        for i in range(lo, min(len(ids), lo + step)):
-            item = search_pb2.Item(id=ids[i], vector_f32=matrix[i].tobytes())
-            if payloads is not None:
-                item.payload = payloads[i]
-            if fields is not None:
-                for key, value in fields[i].items():
-                    item.fields[key].CopyFrom(to_value(value))
-            items.append(item)
-        yield search_pb2.UpsertRequest(collection=collection, items=items)
-
-
-def _search_options(k: int, filter: search_pb2.Filter | None, nprobe: int, include_payload: bool,
-                    skip_cache: bool) -> dict[str, Any]:
-    options: dict[str, Any] = {"k": k, "nprobe": nprobe, "include_payload": include_payload, "skip_cache": skip_cache}
-    if filter is not None:
-        options["filter"] = filter
-    return options
-
-
-def _batches(collection: str, queries: np.ndarray, options: dict[str, Any]) -> Iterator[search_pb2.BatchSearchRequest]:
-    step = max(1, min(MAX_QUERIES_PER_CALL, MAX_HITS_PER_CALL // max(1, options["k"])))
-    for lo in range(0, queries.shape[0], step):
-        yield search_pb2.BatchSearchRequest(collection=collection, vectors_f32=queries[lo : lo + step].tobytes(),
-                                            **options)
-
-
-def _items(response: search_pb2.GetResponse) -> list[Item]:
-    out = []
-    for item in response.items:
-        vector = np.frombuffer(item.vector_f32, dtype="<f4") if item.vector_f32 else np.asarray(item.vector, "<f4")
-        out.append(Item(item.id, vector, item.payload, _fields(item.fields)))
-    return out
-
-
-# ---- channels --------------------------------------------------------------------------------------------------
-
-
-class SettingsError(ValueError):
-    """Connection settings that cannot work (a certificate without its key, an unreadable file); names the setting
-    or the path, never a file's contents."""
-
-
-def _read(path: str | None, what: str) -> bytes | None:
-    if not path:
-        return None
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise SettingsError(f"cannot read {what} file {path!r}: {exc.strerror or type(exc).__name__}") from None
-    if not data.strip():
-        raise SettingsError(f"{what} file {path!r} is empty")
-    return data
-
-
-def read_token(path: str) -> str:
-    """The first token of a token file (a line is `<token> [role]`: shardsearch.security's format)."""
-    data = _read(path, "token")
-    assert data is not None
-    return data.split()[0].decode("ascii", "replace")
-
-
-@dataclass(frozen=True)
-class _Security:
-    credentials: grpc.ChannelCredentials | None
-    metadata: tuple[tuple[str, str], ...]
-    options: list[tuple[str, Any]]
-
-
-def _security(tls: bool, ca_file: str | None, cert_file: str | None, key_file: str | None, server_name: str | None,
-              token: str | None, token_file: str | None, options: Sequence[tuple[str, Any]] | None,
-              retries: bool) -> _Security:
-    if bool(cert_file) != bool(key_file):
-        raise SettingsError("a client certificate needs both its certificate and its key file")
-    if token_file:
-        token = read_token(token_file)
-    secure = tls or bool(ca_file or cert_file)
-    if server_name and not secure:
-        raise SettingsError("a TLS server name needs TLS (a CA file, a client certificate or tls)")
-    credentials = None
-    if secure:
-        credentials = grpc.ssl_channel_credentials(_read(ca_file, "TLS CA"), _read(key_file, "TLS client key"),
-                                                   _read(cert_file, "TLS client certificate"))
-    opts = channel_options(retries=retries) + list(options or ())
-    if server_name:
-        opts.append(("grpc.ssl_target_name_override", server_name))
-    metadata = ((AUTH_HEADER, f"Bearer {token}"),) if token else ()
-    return _Security(credentials, metadata, opts)
-
-
-AUTH_HEADER = "authorization"
-
-
-class _BearerToken:
-    """Adds the token to an asyncio call's metadata. An interceptor, not call credentials: grpc Python runs a
-    call-credentials plugin on a new thread for every RPC (1.4-3x fewer calls/s than an interceptor at 32
-    concurrent calls, measured on 2 shared cores; an interceptor costs about what passing the metadata by hand
-    does), and refuses call credentials on plaintext channels."""
-
-    def __init__(self, token: str | bytes) -> None:
-        self._header = (AUTH_HEADER, "Bearer " + (token.decode("ascii") if isinstance(token, bytes) else token))
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        return grpc.aio.ClientCallDetails(details.method, details.timeout,
-                                          grpc.aio.Metadata(*(details.metadata or ()), self._header),
-                                          details.credentials, details.wait_for_ready)
-
-    def __repr__(self) -> str:  # never the token
-        return f"{type(self).__name__}(<redacted>)"
-
-
-class _UnaryUnaryToken(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails,
-                                    request: Any) -> Any:
-        return await continuation(self._details(details), request)
-
-
-class _UnaryStreamToken(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Any, details: grpc.aio.ClientCallDetails,
-                                     request: Any) -> Any:
-        return await continuation(self._details(details), request)
-
-
-class _StreamUnaryToken(_BearerToken, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails,
-                                     request_iterator: Any) -> Any:
-        return await continuation(self._details(details), request_iterator)
-
-
-class _StreamStreamToken(_BearerToken, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation: Any, details: grpc.aio.ClientCallDetails,
-                                      request_iterator: Any) -> Any:
-        return await continuation(self._details(details), request_iterator)
-
-
-def token_interceptors(token: str | bytes) -> list[grpc.aio.ClientInterceptor]:
-    """grpc.aio interceptors sending `authorization: Bearer <token>` with every call (one per call kind: grpc.aio
-    files each interceptor under one kind only)."""
-    return [kind(token) for kind in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)]
 
 
 class _Base:
@@ -428,12 +110,12 @@ class _Base:
         Settings that cannot work raise SettingsError (a ValueError) naming them."""
         self.target = target
         self.timeout = timeout
-        sec = _security(tls, ca_file, cert_file, key_file, server_name, token, token_file, options, retries)
+        sec = security_of(tls, ca_file, cert_file, key_file, server_name, token, token_file, options, retries)
         self._metadata = sec.metadata
         self._channel = self._connect(target, sec)
         self._stub = search_pb2_grpc.SearchServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
-    def _connect(self, target: str, sec: _Security) -> Any:
+    def _connect(self, target: str, sec: Security) -> Any:
         raise NotImplementedError
 
     def _deadline(self, timeout: float | None) -> float:
@@ -445,7 +127,7 @@ class Client(_Base):
 
     _channel: grpc.Channel
 
-    def _connect(self, target: str, sec: _Security) -> grpc.Channel:
+    def _connect(self, target: str, sec: Security) -> grpc.Channel:
         if sec.credentials is None:
             return grpc.insecure_channel(target, sec.options)
         return grpc.secure_channel(target, sec.credentials, sec.options)
@@ -488,7 +170,7 @@ class Client(_Base):
         VectorStore enum). `index`: IndexOptions fields (nlist, pq_m, pq_nbits, train_threshold, default_nprobe,
         refine_factor)."""
         response: search_pb2.CreateCollectionResponse = self._call(
-            "CreateCollection", _create(name, dim, metric, vector_store, index), timeout)
+            "CreateCollection", create_request(name, dim, metric, vector_store, index), timeout)
         return response.collection
 
     def drop_collection(self, name: str, *, timeout: float | None = None) -> None:
@@ -507,42 +189,42 @@ class Client(_Base):
                timeout: float | None = None) -> int:
         """Writes the items in chunks (of `batch_size`, and within the message limit); returns how many."""
         return sum(self._call("Upsert", request, timeout).upserted
-                   for request in _upserts(collection, ids, vectors, payloads, fields, batch_size))
+                   for request in upsert_requests(collection, ids, vectors, payloads, fields, batch_size))
 
     def search(self, collection: str, vectors: Any, k: int = 10, *, filter: search_pb2.Filter | None = None,
                nprobe: int = 0, include_payload: bool = False, skip_cache: bool = False,
                timeout: float | None = None) -> Any:
         """One vector: its hits (list[Hit]). A matrix: one list of hits per row (BatchSearch, in several calls if
         the rows or rows x k pass what one call may carry)."""
-        options = _search_options(k, filter, nprobe, include_payload, skip_cache)
-        queries = _matrix(vectors)
+        options = search_options(k, filter, nprobe, include_payload, skip_cache)
+        queries = matrix_of(vectors)
         if np.ndim(vectors) == 1:
             request = search_pb2.SearchRequest(collection=collection, vector_f32=queries[0].tobytes(), **options)
-            return _hits(self._call("Search", request, timeout))
-        return [_hits(result) for request in _batches(collection, queries, options)
+            return hits_of(self._call("Search", request, timeout))
+        return [hits_of(result) for request in batch_requests(collection, queries, options)
                 for result in self._call("BatchSearch", request, timeout).results]
 
     def search_by_id(self, collection: str, item_id: str, k: int = 10, *, filter: search_pb2.Filter | None = None,
                      nprobe: int = 0, include_payload: bool = False, timeout: float | None = None) -> list[Hit]:
         request = search_pb2.SearchByIdRequest(collection=collection, id=item_id,
-                                               **_search_options(k, filter, nprobe, include_payload, False))
-        return _hits(self._call("SearchById", request, timeout))
+                                               **search_options(k, filter, nprobe, include_payload, False))
+        return hits_of(self._call("SearchById", request, timeout))
 
     def search_text(self, collection: str, text: str, k: int = 10, *, filter: search_pb2.Filter | None = None,
                     include_payload: bool = False, timeout: float | None = None) -> list[Hit]:
         request = search_pb2.SearchByTextRequest(collection=collection, text=text,
-                                                 **_search_options(k, filter, 0, include_payload, False))
-        return _hits(self._call("SearchByText", request, timeout))
+                                                 **search_options(k, filter, 0, include_payload, False))
+        return hits_of(self._call("SearchByText", request, timeout))
 
     def search_image(self, collection: str, image: bytes, k: int = 10, *, filter: search_pb2.Filter | None = None,
                      include_payload: bool = False, timeout: float | None = None) -> list[Hit]:
         request = search_pb2.SearchByImageRequest(collection=collection, image=image,
-                                                  **_search_options(k, filter, 0, include_payload, False))
-        return _hits(self._call("SearchByImage", request, timeout))
+                                                  **search_options(k, filter, 0, include_payload, False))
+        return hits_of(self._call("SearchByImage", request, timeout))
 
     def get(self, collection: str, ids: Sequence[str], *, timeout: float | None = None) -> list[Item]:
         """The items that exist, in request order (vectors as float32)."""
-        return _items(self._call("Get", search_pb2.GetRequest(collection=collection, ids=list(ids)), timeout))
+        return items_of(self._call("Get", search_pb2.GetRequest(collection=collection, ids=list(ids)), timeout))
 
     def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = None) -> int:
         """Returns how many of the ids existed."""
@@ -571,7 +253,7 @@ class AsyncClient(_Base):
 
     _channel: grpc.aio.Channel
 
-    def _connect(self, target: str, sec: _Security) -> grpc.aio.Channel:
+    def _connect(self, target: str, sec: Security) -> grpc.aio.Channel:
         interceptors = token_interceptors(sec.metadata[0][1].removeprefix("Bearer ")) if sec.metadata else None
         if sec.credentials is None:
             return grpc.aio.insecure_channel(target, sec.options, interceptors=interceptors)
@@ -608,7 +290,7 @@ class AsyncClient(_Base):
     async def create_collection(self, name: str, dim: int, metric: str = "l2", *, vector_store: str | None = None,
                                 timeout: float | None = None, **index: int) -> search_pb2.Collection:
         response: search_pb2.CreateCollectionResponse = await self._call(
-            "CreateCollection", _create(name, dim, metric, vector_store, index), timeout)
+            "CreateCollection", create_request(name, dim, metric, vector_store, index), timeout)
         return response.collection
 
     async def drop_collection(self, name: str, *, timeout: float | None = None) -> None:
@@ -626,32 +308,32 @@ class AsyncClient(_Base):
                      payloads: Sequence[bytes] | None = None, fields: Sequence[Mapping[str, FieldValue]] | None = None,
                      batch_size: int = UPSERT_BATCH, timeout: float | None = None) -> int:
         total = 0
-        for request in _upserts(collection, ids, vectors, payloads, fields, batch_size):
+        for request in upsert_requests(collection, ids, vectors, payloads, fields, batch_size):
             total += (await self._call("Upsert", request, timeout)).upserted
         return total
 
     async def search(self, collection: str, vectors: Any, k: int = 10, *, filter: search_pb2.Filter | None = None,
                      nprobe: int = 0, include_payload: bool = False, skip_cache: bool = False,
                      timeout: float | None = None) -> Any:
-        options = _search_options(k, filter, nprobe, include_payload, skip_cache)
-        queries = _matrix(vectors)
+        options = search_options(k, filter, nprobe, include_payload, skip_cache)
+        queries = matrix_of(vectors)
         if np.ndim(vectors) == 1:
             request = search_pb2.SearchRequest(collection=collection, vector_f32=queries[0].tobytes(), **options)
-            return _hits(await self._call("Search", request, timeout))
+            return hits_of(await self._call("Search", request, timeout))
         out: list[list[Hit]] = []
-        for batch in _batches(collection, queries, options):
-            out.extend(_hits(result) for result in (await self._call("BatchSearch", batch, timeout)).results)
+        for batch in batch_requests(collection, queries, options):
+            out.extend(hits_of(result) for result in (await self._call("BatchSearch", batch, timeout)).results)
         return out
 
     async def search_by_id(self, collection: str, item_id: str, k: int = 10, *,
                            filter: search_pb2.Filter | None = None, nprobe: int = 0, include_payload: bool = False,
                            timeout: float | None = None) -> list[Hit]:
         request = search_pb2.SearchByIdRequest(collection=collection, id=item_id,
-                                               **_search_options(k, filter, nprobe, include_payload, False))
-        return _hits(await self._call("SearchById", request, timeout))
+                                               **search_options(k, filter, nprobe, include_payload, False))
+        return hits_of(await self._call("SearchById", request, timeout))
 
     async def get(self, collection: str, ids: Sequence[str], *, timeout: float | None = None) -> list[Item]:
-        return _items(await self._call("Get", search_pb2.GetRequest(collection=collection, ids=list(ids)), timeout))
+        return items_of(await self._call("Get", search_pb2.GetRequest(collection=collection, ids=list(ids)), timeout))
 
     async def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = None) -> int:
         response = await self._call("Delete", search_pb2.DeleteRequest(collection=collection, ids=list(ids)), timeout)
@@ -668,9 +350,3 @@ class AsyncClient(_Base):
             token = page.next_page_token
             if not token:
                 return
-
-
-__all__ = [
-    "AsyncClient", "Client", "ClientError", "Hit", "Item", "SERVICE_CONFIG", "SettingsError", "all_of", "any_of",
-    "channel_options", "error_from", "match", "none_of", "number_range", "read_token", "token_interceptors", *(cls.__name__ for cls in _ERRORS.values()),
-]

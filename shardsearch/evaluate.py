@@ -1,8 +1,9 @@
 """Offline evaluation (`shardsearch eval`): Recall@K, Precision@K, mAP and MRR of a labelled query set.
 
 Four layers, each usable alone:
-- metrics, pure: `metrics_at(hits, relevant, k)` scores one query; `score(...)` averages a query set per K;
-- the query set: `load_queries(path)` reads JSON (a list of objects) or JSONL (one object a line);
+- metrics, pure (shardsearch/relevance.py): `metrics_at(hits, relevant, k)` scores one query; `score(...)` averages
+  a query set per K;
+- the query set (shardsearch/query_sets.py): `load_queries(path)` reads JSON (a list of objects) or JSONL;
 - the run: `await run_eval(EvalConfig(...))` searches every query through a coordinator and returns an `EvalResult`,
   whose `table()` the command prints and whose `to_json()` `--json` writes;
 - the command: `add_arguments` and `run`, registered in `shardsearch.cli`.
@@ -24,302 +25,45 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import AbstractSet, Any, Iterable, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 import grpc
-import numpy as np
 
-from shardsearch import codec, security
+from shardsearch import security
 from shardsearch.client import AsyncClient, Unavailable
+from shardsearch.query_sets import QUERY_FIELDS, Query, QuerySetError, load_queries, parse_query
+from shardsearch.relevance import (
+    EvalResult,
+    Metrics,
+    QueryResult,
+    QueryScore,
+    average_precision_at,
+    cutoffs,
+    metrics_at,
+    precision_at,
+    recall_at,
+    reciprocal_rank_at,
+    relevant_ranks,
+    score,
+)
 from shardsearch.v1 import search_pb2, search_pb2_grpc
+
+__all__ = [
+    "CONNECT_TIMEOUT_S", "DEFAULT_AT", "DEFAULT_K", "QUERY_FIELDS", "EvalConfig", "EvalResult", "Metrics", "Query",
+    "QueryResult", "QueryScore", "QuerySetError", "add_arguments", "average_precision_at", "config_from_args",
+    "cutoffs", "load_queries", "metrics_at", "parse_query", "precision_at", "recall_at", "reciprocal_rank_at",
+    "relevant_ranks", "run", "run_eval", "score", "search_all", "search_one",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_AT = (1, 5, 10, 100)
 DEFAULT_K = 10
 CONNECT_TIMEOUT_S = 10.0
-QUERY_FIELDS = ("query_id", "relevant", "relevant_ids", "vector", "id", "text")
-
-
-# --- metrics (pure) -------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Metrics:
-    """One query's scores at one cutoff K (or, from `score`, their mean over the evaluated queries)."""
-
-    recall: float
-    precision: float
-    average_precision: float
-    reciprocal_rank: float
-
-    def to_json(self) -> dict[str, float]:
-        return {"recall": self.recall, "precision": self.precision, "map": self.average_precision,
-                "mrr": self.reciprocal_rank}
-
-
-def relevant_ranks(hits: Sequence[str], relevant: AbstractSet[str], k: int) -> list[int]:
-    """The 1-based ranks within the top k at which a relevant id appears for the first time, ascending."""
-    if k < 1:
-        raise ValueError(f"K must be >= 1, got {k}")
-    if not relevant:
-        raise ValueError("no relevant ids: the metrics are undefined (such a query is skipped)")
-    seen: set[str] = set()
-    ranks = []
-    for rank, hit in enumerate(hits[:k], 1):
-        if hit in relevant and hit not in seen:
-            seen.add(hit)
-            ranks.append(rank)
-    return ranks
-
-
-def recall_at(hits: Sequence[str], relevant: AbstractSet[str], k: int) -> float:
-    """|relevant ids in the top k| / |relevant ids|."""
-    return len(relevant_ranks(hits, relevant, k)) / len(relevant)
-
-
-def precision_at(hits: Sequence[str], relevant: AbstractSet[str], k: int) -> float:
-    """|relevant ids in the top k| / k (k, not the hits returned: a short answer scores lower)."""
-    return len(relevant_ranks(hits, relevant, k)) / k
-
-
-def average_precision_at(hits: Sequence[str], relevant: AbstractSet[str], k: int) -> float:
-    """The sum of precision@i over the ranks i <= k that hold a relevant id, divided by min(|relevant|, k)."""
-    ranks = relevant_ranks(hits, relevant, k)
-    return sum(found / rank for found, rank in enumerate(ranks, 1)) / min(len(relevant), k)
-
-
-def reciprocal_rank_at(hits: Sequence[str], relevant: AbstractSet[str], k: int) -> float:
-    """1 / the rank of the first relevant id within the top k, or 0 if there is none."""
-    ranks = relevant_ranks(hits, relevant, k)
-    return 1.0 / ranks[0] if ranks else 0.0
-
-
-def metrics_at(hits: Sequence[str], relevant: AbstractSet[str], k: int) -> Metrics:
-    """All four metrics of one query at cutoff k."""
-    return Metrics(recall_at(hits, relevant, k), precision_at(hits, relevant, k),
-                   average_precision_at(hits, relevant, k), reciprocal_rank_at(hits, relevant, k))
-
-
-def cutoffs(at: Iterable[int], k: int) -> tuple[int, ...]:
-    """The K values to report: each capped at k (a search of k hits says nothing beyond k), sorted, no repeats."""
-    values = list(at)
-    if not values or min(values) < 1 or k < 1:
-        raise ValueError(f"K values and k must be >= 1, got at={values}, k={k}")
-    return tuple(sorted({min(value, k) for value in values}))
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    """What the server answered for one query: its hits in rank order, or the error (gRPC code name, message)."""
-
-    query_id: str
-    relevant: frozenset[str]
-    hits: tuple[str, ...] = ()
-    error: tuple[str, str] | None = None
-
-    @property
-    def status(self) -> str:
-        """skipped (no relevant ids, never searched), failed, or evaluated."""
-        if not self.relevant:
-            return "skipped"
-        return "failed" if self.error is not None else "evaluated"
-
-
-@dataclass(frozen=True)
-class QueryScore:
-    """One query in the report: its status, its metrics per K (evaluated only) and its error (failed only)."""
-
-    query_id: str
-    status: str
-    metrics: dict[int, Metrics] = field(default_factory=dict)
-    error: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"query_id": self.query_id, "status": self.status, "error": self.error,
-                "metrics": {str(k): m.to_json() for k, m in self.metrics.items()}}
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """A whole run: mean metrics per K over the evaluated queries, the counts, the errors by code and the settings."""
-
-    metrics: dict[int, Metrics]
-    queries: int
-    evaluated: int
-    skipped: int
-    failed: int
-    errors: dict[str, dict[str, Any]]
-    """Per gRPC code name: {"count": n, "example": the first message}."""
-    elapsed_s: float
-    settings: dict[str, Any]
-    scores: tuple[QueryScore, ...]
-
-    def to_json(self, per_query: bool = False) -> dict[str, Any]:
-        """The --json document; `per_query` adds every query's own scores (to compare two runs query by query)."""
-        doc: dict[str, Any] = {
-            "metrics": {str(k): m.to_json() for k, m in self.metrics.items()}, "queries": self.queries,
-            "evaluated": self.evaluated, "skipped": self.skipped, "failed": self.failed, "errors": self.errors,
-            "elapsed_s": self.elapsed_s, "settings": self.settings,
-        }
-        if per_query:
-            doc["per_query"] = [s.to_json() for s in self.scores]
-        return doc
-
-    def table(self) -> str:
-        s = self.settings
-        nprobe = s.get("nprobe") or "the collection's default"
-        lines = [
-            f"{s.get('collection', '')!r} at {s.get('address', '')}: k={s.get('k')}, nprobe {nprobe}",
-            f"{self.queries} queries: {self.evaluated} evaluated, {self.skipped} skipped (no relevant ids), "
-            f"{self.failed} failed, in {self.elapsed_s:.2f}s",
-            f"{'K':>6} {'Recall@K':>10} {'Precision@K':>12} {'mAP@K':>10} {'MRR@K':>10}",
-        ]
-        for k in self.settings.get("ks", sorted(self.metrics)):
-            m = self.metrics.get(k)
-            values = [m.recall, m.precision, m.average_precision, m.reciprocal_rank] if m else [None] * 4
-            cells = ["-" if v is None else f"{v:.4f}" for v in values]
-            lines.append(f"{k:>6} {cells[0]:>10} {cells[1]:>12} {cells[2]:>10} {cells[3]:>10}")
-        for code, error in self.errors.items():
-            lines.append(f"failed: {code} x{error['count']} (e.g. {error['example']})")
-        return "\n".join(lines)
-
-
-def score(results: Sequence[QueryResult], ks: Sequence[int], settings: dict[str, Any],
-          elapsed_s: float = 0.0) -> EvalResult:
-    """Scores every query at every K and averages over the evaluated ones (pure; run it off the event loop)."""
-    scores: list[QueryScore] = []
-    errors: dict[str, dict[str, Any]] = {}
-    counts = Counter(result.status for result in results)
-    for result in results:
-        if result.status == "evaluated":
-            scores.append(QueryScore(result.query_id, "evaluated",
-                                     {k: metrics_at(result.hits, result.relevant, k) for k in ks}))
-        elif result.status == "failed" and result.error is not None:
-            code, message = result.error
-            errors.setdefault(code, {"count": 0, "example": message})["count"] += 1
-            scores.append(QueryScore(result.query_id, "failed", error=f"{code}: {message}"))
-        else:
-            scores.append(QueryScore(result.query_id, "skipped"))
-    n = counts["evaluated"]
-    means = {k: _mean([s.metrics[k] for s in scores if s.status == "evaluated"]) for k in ks} if n else {}
-    return EvalResult(means, len(results), n, counts["skipped"], counts["failed"], errors, elapsed_s,
-                      {**settings, "ks": list(ks)}, tuple(scores))
-
-
-def _mean(values: Sequence[Metrics]) -> Metrics:
-    return Metrics(*(math.fsum(getattr(m, name) for m in values) / len(values)
-                     for name in ("recall", "precision", "average_precision", "reciprocal_rank")))
-
-
-# --- the query set --------------------------------------------------------------------------------------------------
-
-class QuerySetError(ValueError):
-    """A query file that cannot be used; the message names the file and the line (JSONL) or item (JSON list)."""
-
-
-@dataclass(frozen=True)
-class Query:
-    """One labelled query: `kind` is vector (`value` packed float32), id (an item id) or text."""
-
-    query_id: str
-    relevant: frozenset[str]
-    kind: str
-    value: bytes | str
-
-
-def load_queries(path: str | Path) -> list[Query]:
-    """Reads a query set: a JSON list of objects, or JSONL (one object a line; blank lines ignored).
-
-    Each object: `relevant` (or `relevant_ids`): a list of ids (strings, or integers taken as their decimal string),
-    may be empty; exactly one of `vector` (a list of numbers), `id` (an item id, searched with SearchById) or `text`;
-    optionally `query_id` (default "line N" / "item N"). Any other field is an error, so a typo is not ignored.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QuerySetError(f"cannot read query file {path}: {exc}") from None
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise QuerySetError(f"{path}: not valid JSON: {exc}") from None
-        numbered = [(f"item {i}", obj) for i, obj in enumerate(items, 1)]
-    else:
-        numbered = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    numbered.append((f"line {number}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    reason = f"not valid JSON ({exc.msg}, column {exc.colno})"
-                    raise QuerySetError(f"{path}: line {number}: {reason}") from None
-    if not numbered:
-        raise QuerySetError(f"{path}: no queries")
-    queries, seen = [], set()
-    for where, obj in numbered:
-        try:
-            query = parse_query(obj, where)
-        except QuerySetError as exc:
-            raise QuerySetError(f"{path}: {where}: {exc}") from None
-        if query.query_id in seen:
-            raise QuerySetError(f"{path}: {where}: query_id {query.query_id!r} is used twice")
-        seen.add(query.query_id)
-        queries.append(query)
-    return queries
-
-
-def parse_query(obj: Any, default_id: str) -> Query:
-    """One query object, checked; errors say what is wrong without the file position (the caller adds it)."""
-    if not isinstance(obj, dict):
-        raise QuerySetError(f"expected a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - set(QUERY_FIELDS))
-    if unknown:
-        raise QuerySetError(f"unknown field(s) {', '.join(map(repr, unknown))} (expected {', '.join(QUERY_FIELDS)})")
-    if "relevant" in obj and "relevant_ids" in obj:
-        raise QuerySetError("give 'relevant' or 'relevant_ids', not both")
-    relevant = obj.get("relevant", obj.get("relevant_ids"))
-    if not isinstance(relevant, list):
-        raise QuerySetError("'relevant' must be a list of ids (it may be empty)")
-    kinds = [name for name in ("vector", "id", "text") if name in obj]
-    if len(kinds) != 1:
-        raise QuerySetError(f"needs exactly one of 'vector', 'id' or 'text', got {' and '.join(kinds) or 'none'}")
-    kind = kinds[0]
-    query_id = _item_id(obj["query_id"], "query_id") if "query_id" in obj else default_id
-    value: bytes | str
-    if kind == "vector":
-        value = _vector(obj["vector"])
-    elif kind == "id":
-        value = _item_id(obj["id"], "id")
-    else:
-        if not isinstance(obj["text"], str) or not obj["text"]:
-            raise QuerySetError("'text' must be a non-empty string")
-        value = obj["text"]
-    return Query(query_id, frozenset(_item_id(r, "relevant") for r in relevant), kind, value)
-
-
-def _item_id(value: Any, name: str) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str) or not value:
-        raise QuerySetError(f"{name!r}: ids are non-empty strings or integers, got {value!r}")
-    return value
-
-
-def _vector(value: Any) -> bytes:
-    if not isinstance(value, list) or not value or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-    ):
-        raise QuerySetError("'vector' must be a non-empty list of numbers")
-    if not all(math.isfinite(v) for v in value):
-        raise QuerySetError("'vector' contains NaN or Inf")
-    return codec.pack(np.asarray(value, dtype=np.float32))
 
 
 # --- the run --------------------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Process hygiene for servers started by a launcher: die with the parent, so nothing is orphaned."""
+"""Process hygiene for servers started by a launcher: die with the parent, so nothing is orphaned; free ports."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
+import socket
 
 DIE_WITH_PARENT_ENV = "SHARDSEARCH_DIE_WITH_PARENT"
 _PR_SET_PDEATHSIG = 1
@@ -40,3 +41,10 @@ if __name__ == "__main__":
     import sys
 
     exec_with_parent_death(sys.argv[1:])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now (a child binds it next; tests and the local launcher)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
