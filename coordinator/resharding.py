@@ -7,9 +7,9 @@ A move, driven by the coordinator that was asked (any coordinator can resume it,
 2. Announces layout v+1 (COPYING) to every replica of every shard of both rings. Each shard stores it durably and
    waits for the writes admitted under v; from then on requests routed by v are refused (ABORTED), so every write
    that is acknowledged from now on reaches the new owner too.
-3. Copies each range (collection, old owner, new owner): the old owner's items and delete markers whose owner
-   changes, with their write versions, applied like writes (a version only replaces an older one, so copies and
-   concurrent writes land in any order).
+3. Copies each range (collection, old owner, new owner; coordinator/range_copy.py): the old owner's items and
+   delete markers whose owner changes, with their write versions, applied like writes (a version only replaces an
+   older one, so copies and concurrent writes land in any order).
 4. Verifies each range: per bucket of the id hash, the count and a checksum of (id, version, vector) on both sides;
    buckets that differ are copied again and re-checked (writes in flight make transient differences).
 5. Announces v+2 (SWITCHED): reads go to the new owners and the old ones drop what they no longer own.
@@ -27,9 +27,10 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter
 
 from coordinator.catalog import Catalog
+from coordinator.range_copy import STEP_TIMEOUT_S, RangeCopy
 from coordinator.router import Router
 from coordinator.shards import Shard, ShardPool
-from shardsearch import logs, topology
+from shardsearch import logs
 from shardsearch.errors import (
     Aborted,
     AlreadyExists,
@@ -45,11 +46,7 @@ from shardsearch.v1 import admin_pb2, shard_pb2
 logger = logging.getLogger(__name__)
 
 COPY_CONCURRENCY = 2  # ranges copied at once
-EXPORT_CHUNK_ITEMS = 2048
-VERIFY_ROUNDS = 30  # rounds of re-copying differing buckets before a range counts as failed (and is retried)
-VERIFY_PAUSE_S = 0.1
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
-STEP_TIMEOUT_S = 30.0
 
 
 class MoveMetrics:
@@ -78,6 +75,7 @@ class Resharder:
         self._router = router
         self._catalog = catalog
         self._metrics = metrics
+        self._ranges = RangeCopy(pool, router, metrics)
         self._task: asyncio.Task[None] | None = None
         self._progress: admin_pb2.Move | None = None
         self._lock = asyncio.Lock()
@@ -333,94 +331,11 @@ class Resharder:
         async def one(r: admin_pb2.MoveRange) -> None:
             async with gate:
                 if not r.verified:
-                    await self._copy(layout, r)
-                    await self._verify(layout, r)
+                    await self._ranges.copy(layout, r)
+                    await self._ranges.verify(layout, r)
 
         await asyncio.gather(*(one(r) for r in list(progress.ranges)))
 
-    async def _copy(self, layout: Layout, r: admin_pb2.MoveRange, buckets: list[int] | None = None) -> bool:
-        """Streams the range from every replica of the old owner (with the default write quorum of 1 an
-        acknowledged write may be on one replica only; versions make the copies idempotent) to every replica of
-        the new one. False if the collection was dropped meanwhile."""
-        source, target = self._pool.by_name[r.source], self._pool.by_name[r.target]
-        request = shard_pb2.ShardExportRequest(
-            collection=r.collection, chunk_items=EXPORT_CHUNK_ITEMS,
-            select=topology.move_range(layout, r.source, r.target, buckets or ()),
-        )
-        for replica in source.replicas:
-            try:
-                async for chunk in replica.stub.ExportCollection(request, metadata=logs.outgoing_metadata()):
-                    if chunk.HasField("items") and chunk.items.ids:
-                        chunk.items.topology_version = self._router.version
-                        await self._apply(target, "Upsert", chunk.items)
-                        r.copied += len(chunk.items.ids)
-                        self._metrics.copied.inc(len(chunk.items.ids))
-                    elif chunk.HasField("deletes") and chunk.deletes.ids:
-                        chunk.deletes.topology_version = self._router.version
-                        await self._apply(target, "Delete", chunk.deletes)
-                        r.copied += len(chunk.deletes.ids)
-                        self._metrics.copied.inc(len(chunk.deletes.ids))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return False  # the collection was dropped meanwhile
-                raise Unavailable(f"copying {r.collection} from {r.source} ({replica.address}): "
-                                  f"{exc.code().name} {exc.details()}") from None
-        return True
-
-    async def _apply(self, shard: Shard, method: str, request: Any) -> None:
-        outcome = await self._pool.write(shard, method, request, STEP_TIMEOUT_S, every_replica=True)
-        if not outcome.ok:
-            raise outcome.error  # type: ignore[misc]
-
-    async def _verify(self, layout: Layout, r: admin_pb2.MoveRange) -> None:
-        """Compares per-bucket counts and checksums on every replica of both sides; a bucket is done once they all
-        agree (from then on every write reaches both sides), and the others are copied again and re-checked
-        (writes in flight make a bucket differ for a moment, never for long)."""
-        pending = list(range(topology.BUCKETS))
-        for _ in range(VERIFY_ROUNDS):
-            answers = await asyncio.gather(
-                *(self._checksums(layout, name, r) for name in (r.source, r.target))
-            )
-            if any(answer is None for answer in answers):
-                r.verified = True  # the collection was dropped meanwhile: nothing to move
-                return
-            source, target = answers
-            assert source is not None and target is not None
-            r.items = sum(source[0].counts)
-            every = [*source, *target]
-            pending = [b for b in pending if len({(a.counts[b], a.sums[b]) for a in every}) > 1]
-            if not pending:
-                r.verified = True
-                return
-            r.mismatched_rounds += 1
-            self._metrics.mismatches.inc(len(pending))
-            await asyncio.sleep(VERIFY_PAUSE_S)
-            await self._copy(layout, r, pending)
-        raise ShardSearchError(
-            f"{r.collection}: the copy from {r.source} to {r.target} still differs in {len(pending)} buckets after "
-            f"{VERIFY_ROUNDS} rounds (a replica catching up?); the move will retry it", grpc.StatusCode.DATA_LOSS,
-        )
-
-    async def _checksums(
-        self, layout: Layout, shard: str, r: admin_pb2.MoveRange
-    ) -> list[shard_pb2.ShardChecksumResponse] | None:
-        """The range's checksums on every replica of `shard` (None if the collection is gone)."""
-        request = shard_pb2.ShardChecksumRequest(
-            collection=r.collection, select=topology.move_range(layout, r.source, r.target),
-            topology_version=self._router.version,
-        )
-        answers = []
-        for replica in self._pool.by_name[shard].replicas:
-            try:
-                answers.append(await replica.stub.Checksum(
-                    request, timeout=STEP_TIMEOUT_S, metadata=logs.outgoing_metadata()
-                ))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return None
-                raise Unavailable(f"checksum of {r.collection} on {shard} ({replica.address}): "
-                                  f"{exc.code().name} {exc.details()}") from None
-        return answers
 
 
 def _next(current: admin_pb2.Topology, phase: int | None = None) -> admin_pb2.Topology:
