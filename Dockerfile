@@ -9,6 +9,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# shardsearch/coordinator, shard_server and encoder_client are links to these folders: the wheel holds them in shardsearch
 COPY shardsearch ./shardsearch
 COPY coordinator ./coordinator
 COPY shard_server ./shard_server

@@ -5,6 +5,7 @@ SIGTERM. Usage: VENV/bin/python .ci/smoke.py (run from outside the source tree, 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pkgutil
 import signal
@@ -13,7 +14,8 @@ import sys
 import tempfile
 import time
 
-PACKAGES = ("shardsearch", "coordinator", "shard_server", "encoder_client")
+PACKAGES = ("shardsearch",)
+SERVERS = ("coordinator", "shard_server", "encoder_client")  # installed inside shardsearch, never at the top
 
 
 def import_everything() -> int:
@@ -24,6 +26,11 @@ def import_everything() -> int:
             if not module.name.endswith("__main__"):
                 importlib.import_module(module.name)
                 count += 1
+    for server in SERVERS:
+        importlib.import_module(f"shardsearch.{server}")
+        if importlib.util.find_spec(server) is not None:
+            raise SystemExit(f"smoke: the install put a top-level {server!r} package on the path; it belongs in "
+                             f"shardsearch.{server}")
     return count
 
 

@@ -33,7 +33,7 @@ from PIL import Image
 from report import save
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
-from encoder_client.preprocess import InputLimits, PixelSpec, preprocess_image
+from shardsearch.encoder_client.preprocess import InputLimits, PixelSpec, preprocess_image
 from shardsearch.local import (
     TRITON_IMAGE_MODEL,
     TRITON_TEXT_MODEL,

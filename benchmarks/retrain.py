@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import save  # noqa: E402
 from throughput import embedding_like  # noqa: E402
 
-from shard_server.index import Collection  # noqa: E402
+from shardsearch.shard_server.index import Collection  # noqa: E402
 from shardsearch.v1 import search_pb2  # noqa: E402
 
 SECTION = "## Retraining after drift"

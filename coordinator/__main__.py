@@ -1,4 +1,4 @@
-"""`python -m coordinator` / `shardsearch coordinator`: run the public SearchService over a set of shards.
+"""`python -m shardsearch.coordinator` / `shardsearch coordinator`: run the public SearchService over a set of shards.
 
 Every setting is a field of CoordinatorConfig: a flag (`--field-name`) and an environment variable
 (`SHARDSEARCH_COORDINATOR_FIELD_NAME`); flags win."""
@@ -11,9 +11,9 @@ import logging
 import sys
 from typing import Sequence
 
-from coordinator.config import ENV_PREFIX, CoordinatorConfig
 from shardsearch import config as settings
 from shardsearch import security
+from shardsearch.coordinator.config import ENV_PREFIX, CoordinatorConfig
 from shardsearch.process import die_with_parent_if_asked
 
 PROG = "shardsearch coordinator"
@@ -37,14 +37,14 @@ def run(args: argparse.Namespace) -> None:
     config.setup_logging()
     with settings.config_errors(PROG):  # every certificate, key and token file the settings name, before serving
         security.check_files(config, "shard_")
-    from coordinator.server import serve
-    from encoder_client import EncoderNotReady
+    from shardsearch.coordinator.server import serve
+    from shardsearch.encoder_client import EncoderNotReady
     from shardsearch.errors import FailedPrecondition
 
     try:
         asyncio.run(serve(config))
     except (EncoderNotReady, FailedPrecondition) as exc:  # the encoder is missing or unusable: say which and why
-        logging.getLogger("coordinator").error("cannot start: %s", exc)
+        logging.getLogger("shardsearch.coordinator").error("cannot start: %s", exc)
         sys.exit(1)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from coordinator import retraining
-from coordinator.catalog import Catalog
-from coordinator.resharding import Resharder
-from coordinator.shards import ShardPool
+from shardsearch.coordinator import retraining
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.resharding import Resharder
+from shardsearch.coordinator.shards import ShardPool
 from shardsearch.errors import rpc
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc

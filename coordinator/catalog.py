@@ -6,7 +6,7 @@ evicts it, so every coordinator converges without coordination.
 
 from __future__ import annotations
 
-from coordinator.shards import ShardPool
+from shardsearch.coordinator.shards import ShardPool
 from shardsearch.errors import NotFound, Unavailable
 from shardsearch.v1 import search_pb2, shard_pb2
 

@@ -10,14 +10,14 @@ from typing import Sequence
 
 import numpy as np
 
-from coordinator.catalog import Catalog
-from coordinator.embedding import Embedding
-from coordinator.postprocess import finish, leave_out
-from coordinator.queries import Queries
-from coordinator.router import remaining
-from coordinator.search import Searcher
-from coordinator.writes import Writes
 from shardsearch import codec, validation
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.embedding import Embedding
+from shardsearch.coordinator.postprocess import finish, leave_out
+from shardsearch.coordinator.queries import Queries
+from shardsearch.coordinator.router import remaining
+from shardsearch.coordinator.search import Searcher
+from shardsearch.coordinator.writes import Writes
 from shardsearch.errors import InvalidArgument
 from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2

@@ -8,10 +8,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from coordinator.catalog import Catalog
-from coordinator.router import remaining
-from encoder_client import Encoders
 from shardsearch import codec, validation
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.router import remaining
+from shardsearch.encoder_client import Encoders
 from shardsearch.errors import FailedPrecondition, InvalidArgument
 from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from coordinator.catalog import Catalog
-from coordinator.router import Router
-from coordinator.shards import ShardPool
 from shardsearch import topology, validation
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.router import Router
+from shardsearch.coordinator.shards import ShardPool
 from shardsearch.errors import InvalidArgument, NotFound
 from shardsearch.v1 import search_pb2, shard_pb2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from coordinator.diversity import diversify, strip_fields
+from shardsearch.coordinator.diversity import diversify, strip_fields
 from shardsearch.v1 import search_pb2
 
 

@@ -10,14 +10,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from coordinator.catalog import Catalog
-from coordinator.diversity import depth as diversity_depth
-from coordinator.embedding import Embedding
-from coordinator.postprocess import finish, finish_all, leave_out
-from coordinator.router import remaining
-from coordinator.search import Searcher, SearchOptions
-from coordinator.writes import Writes
 from shardsearch import codec, validation
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.diversity import depth as diversity_depth
+from shardsearch.coordinator.embedding import Embedding
+from shardsearch.coordinator.postprocess import finish, finish_all, leave_out
+from shardsearch.coordinator.router import remaining
+from shardsearch.coordinator.search import Searcher, SearchOptions
+from shardsearch.coordinator.writes import Writes
 from shardsearch.errors import InvalidArgument
 from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from coordinator.router import Router
-from coordinator.shards import Shard, ShardPool
 from shardsearch import logs, topology
+from shardsearch.coordinator.router import Router
+from shardsearch.coordinator.shards import Shard, ShardPool
 from shardsearch.errors import ShardSearchError, Unavailable
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, shard_pb2
 
 if TYPE_CHECKING:
-    from coordinator.resharding import MoveMetrics
+    from shardsearch.coordinator.resharding import MoveMetrics
 
 EXPORT_CHUNK_ITEMS = 2048
 VERIFY_ROUNDS = 30  # rounds of re-copying differing buckets before a range counts as failed (and is retried)

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from coordinator.streams import SearchStream
+from shardsearch.coordinator.streams import SearchStream
 from shardsearch.errors import ShardSearchError
 from shardsearch.metrics import LATENCY_BUCKETS
 from shardsearch.v1 import shard_pb2_grpc

@@ -26,11 +26,11 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
-from coordinator.catalog import Catalog
-from coordinator.range_copy import STEP_TIMEOUT_S, RangeCopy
-from coordinator.router import Router
-from coordinator.shards import Shard, ShardPool
 from shardsearch import logs
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.range_copy import STEP_TIMEOUT_S, RangeCopy
+from shardsearch.coordinator.router import Router
+from shardsearch.coordinator.shards import Shard, ShardPool
 from shardsearch.errors import (
     Aborted,
     AlreadyExists,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from coordinator.catalog import Catalog
-from coordinator.shards import Outcome, Shard, ShardPool
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.shards import Outcome, Shard, ShardPool
 from shardsearch.errors import InvalidArgument
 from shardsearch.v1 import admin_pb2, shard_pb2
 

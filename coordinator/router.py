@@ -16,8 +16,8 @@ from typing import Any, Awaitable, Callable, Sequence
 import grpc
 import numpy as np
 
-from coordinator.shards import Outcome, Shard, ShardPool
 from shardsearch import logs
+from shardsearch.coordinator.shards import Outcome, Shard, ShardPool
 from shardsearch.errors import DeadlineExceeded, Unavailable
 from shardsearch.ring import key_hashes
 from shardsearch.topology import Layout

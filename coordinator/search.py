@@ -14,13 +14,13 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
-from coordinator.cache import Lookup, ResultCache, entry_keys
-from coordinator.catalog import Catalog
-from coordinator.merge import ShardHits, merge
-from coordinator.router import Router
-from coordinator.shards import Outcome, ShardPool
 from shardsearch import codec
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
+from shardsearch.coordinator.cache import Lookup, ResultCache, entry_keys
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.merge import ShardHits, merge
+from shardsearch.coordinator.router import Router
+from shardsearch.coordinator.shards import Outcome, ShardPool
 from shardsearch.errors import AnswerTooLarge, NotFound, ShardSearchError
 from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2, shard_pb2

@@ -11,21 +11,21 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from coordinator import cache
-from coordinator.admin import AdminServicer
-from coordinator.admission import AdaptiveLimit, AdmissionMetrics
-from coordinator.catalog import Catalog
-from coordinator.config import CoordinatorConfig
-from coordinator.resharding import MoveMetrics, Resharder
-from coordinator.router import Router
-from coordinator.search import Searcher, SearchMetrics
-from coordinator.servicer import SearchServicer
-from coordinator.shards import Replication, ShardMetrics, ShardPool
-from encoder_client import EncoderOptions, Encoders, InputLimits
-from encoder_client import cache as embedding_cache
 from shardsearch import grpcserver, metrics, security, topology, tracing
 from shardsearch.batching import BatchMetrics
 from shardsearch.clock import HybridClock
+from shardsearch.coordinator import cache
+from shardsearch.coordinator.admin import AdminServicer
+from shardsearch.coordinator.admission import AdaptiveLimit, AdmissionMetrics
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.config import CoordinatorConfig
+from shardsearch.coordinator.resharding import MoveMetrics, Resharder
+from shardsearch.coordinator.router import Router
+from shardsearch.coordinator.search import Searcher, SearchMetrics
+from shardsearch.coordinator.servicer import SearchServicer
+from shardsearch.coordinator.shards import Replication, ShardMetrics, ShardPool
+from shardsearch.encoder_client import EncoderOptions, Encoders, InputLimits
+from shardsearch.encoder_client import cache as embedding_cache
 from shardsearch.metrics import RpcMetrics
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2
 

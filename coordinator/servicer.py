@@ -16,19 +16,19 @@ from typing import AsyncIterator, Callable
 
 import grpc
 
-from coordinator.admission import AdaptiveLimit, admitted
-from coordinator.catalog import Catalog
-from coordinator.combine import Combiner
-from coordinator.embedding import Embedding
-from coordinator.listing import Listing
-from coordinator.queries import Queries
-from coordinator.router import Router
-from coordinator.search import Searcher
-from coordinator.shards import ShardPool
-from coordinator.stream_search import answered
-from coordinator.writes import Writes
-from encoder_client import Encoders
 from shardsearch import logs, validation
+from shardsearch.coordinator.admission import AdaptiveLimit, admitted
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.combine import Combiner
+from shardsearch.coordinator.embedding import Embedding
+from shardsearch.coordinator.listing import Listing
+from shardsearch.coordinator.queries import Queries
+from shardsearch.coordinator.router import Router
+from shardsearch.coordinator.search import Searcher
+from shardsearch.coordinator.shards import ShardPool
+from shardsearch.coordinator.stream_search import answered
+from shardsearch.coordinator.writes import Writes
+from shardsearch.encoder_client import Encoders
 from shardsearch.errors import DeadlineExceeded, rpc, status_of
 from shardsearch.metrics import RpcMetrics
 from shardsearch.offload import Offload

@@ -22,9 +22,9 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 
-from coordinator.replicas import Outcome, Replica, Replication, Shard, ShardMetrics
-from coordinator.streams import SearchStream, StreamFailed
 from shardsearch import grpcserver, logs
+from shardsearch.coordinator.replicas import Outcome, Replica, Replication, Shard, ShardMetrics
+from shardsearch.coordinator.streams import SearchStream, StreamFailed
 from shardsearch.errors import AnswerTooLarge, ShardSearchError, from_rpc_error, from_status
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 

@@ -10,12 +10,12 @@ from typing import Any, Callable, Sequence
 import grpc
 import numpy as np
 
-from coordinator.catalog import Catalog
-from coordinator.embedding import Embedding
-from coordinator.router import Router
-from coordinator.search import Searcher
-from coordinator.shards import Outcome, ShardPool
 from shardsearch import codec, validation
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.embedding import Embedding
+from shardsearch.coordinator.router import Router
+from shardsearch.coordinator.search import Searcher
+from shardsearch.coordinator.shards import Outcome, ShardPool
 from shardsearch.errors import AlreadyExists, InvalidArgument, NotFound, ShardSearchError
 from shardsearch.offload import Offload
 from shardsearch.v1 import search_pb2, shard_pb2

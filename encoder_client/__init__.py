@@ -13,11 +13,11 @@ from concurrent.futures import Executor
 import tritonclient.grpc.aio as triton_aio
 from prometheus_client import CollectorRegistry
 
-from encoder_client.cache import EmbeddingCache, EmbeddingCacheMetrics
-from encoder_client.client import Encoded, Encoder, EncoderMetrics, EncoderNotReady, EncoderOptions, connect
-from encoder_client.model import ModelInfo, ModelRef
-from encoder_client.preprocess import InputLimits
 from shardsearch.batching import BatchMetrics
+from shardsearch.encoder_client.cache import EmbeddingCache, EmbeddingCacheMetrics
+from shardsearch.encoder_client.client import Encoded, Encoder, EncoderMetrics, EncoderNotReady, EncoderOptions, connect
+from shardsearch.encoder_client.model import ModelInfo, ModelRef
+from shardsearch.encoder_client.preprocess import InputLimits
 from shardsearch.errors import FailedPrecondition, Unavailable
 
 __all__ = [

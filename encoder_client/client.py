@@ -24,9 +24,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from encoder_client.cache import EmbeddingCache, content_key
-from encoder_client.model import ModelInfo, ModelRef, describe
-from encoder_client.preprocess import (
+from shardsearch import logs
+from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
+from shardsearch.encoder_client.cache import EmbeddingCache, content_key
+from shardsearch.encoder_client.model import ModelInfo, ModelRef, describe
+from shardsearch.encoder_client.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     InputLimits,
@@ -36,8 +38,6 @@ from encoder_client.preprocess import (
     normalize_text,
     preprocess_image,
 )
-from shardsearch import logs
-from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from encoder_client.model import ModelInfo
+from shardsearch.encoder_client.model import ModelInfo
 from shardsearch.errors import InvalidArgument
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -42,7 +42,7 @@ class PixelSpec:
 
     @classmethod
     def for_model(cls, info: ModelInfo, mean: tuple[float, ...], std: tuple[float, ...]) -> "PixelSpec":
-        from encoder_client.model import PIXEL_TYPES
+        from shardsearch.encoder_client.model import PIXEL_TYPES
 
         layout, height, width = info.pixel_layout
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:

@@ -1,4 +1,4 @@
-"""`python -m shard_server` / `shardsearch shard`: run one shard server.
+"""`python -m shardsearch.shard_server` / `shardsearch shard`: run one shard server.
 
 Every setting is a field of ShardConfig: a flag (`--field-name`) and an environment variable
 (`SHARDSEARCH_SHARD_FIELD_NAME`); flags win."""
@@ -11,11 +11,11 @@ import importlib.util
 import os
 from typing import Sequence
 
-from shard_server import memory
-from shard_server.config import ENV_PREFIX, ShardConfig
 from shardsearch import config as settings
 from shardsearch import security
 from shardsearch.process import die_with_parent_if_asked
+from shardsearch.shard_server import memory
+from shardsearch.shard_server.config import ENV_PREFIX, ShardConfig
 
 PROG = "shardsearch shard"
 NO_FAISS = ("no FAISS build is installed: pip install 'shardsearch[cpu]' (or 'shardsearch[gpu]' for the GPU build; "
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 async def serve_config(config: ShardConfig) -> None:
-    from shard_server.server import serve  # imports FAISS only after OMP_NUM_THREADS is settled
+    from shardsearch.shard_server.server import serve  # imports FAISS only after OMP_NUM_THREADS is settled
 
     await serve(config)
 

@@ -11,9 +11,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from shard_server import device
-from shard_server import vectors as vector_rows
 from shardsearch import index_params
+from shardsearch.shard_server import device
+from shardsearch.shard_server import vectors as vector_rows
 
 MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items probes min(1/f, this) times more lists
 

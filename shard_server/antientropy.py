@@ -23,10 +23,10 @@ from typing import Callable, Sequence
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
-from shard_server.core import ShardCore
-from shard_server.index import Collection
 from shardsearch import logs, topology
 from shardsearch.errors import ShardSearchError
+from shardsearch.shard_server.core import ShardCore
+from shardsearch.shard_server.index import Collection
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from shard_server.index import Collection
 from shardsearch import codec, tracing
 from shardsearch.errors import AnswerTooLarge
+from shardsearch.shard_server.index import Collection
 from shardsearch.v1 import search_pb2, shard_pb2
 
 MAX_ANSWER_PAYLOAD_BYTES = 32 * 1024 * 1024

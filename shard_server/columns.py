@@ -15,11 +15,11 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from shard_server import retrain as retraining
-from shard_server import vectors as vector_rows
-from shard_server.fields import FieldIndex
-from shard_server.ids import IdTable
 from shardsearch import index_params
+from shardsearch.shard_server import retrain as retraining
+from shardsearch.shard_server import vectors as vector_rows
+from shardsearch.shard_server.fields import FieldIndex
+from shardsearch.shard_server.ids import IdTable
 from shardsearch.v1 import search_pb2
 
 DELETE_MARKER_RETENTION_NS = 7 * 24 * 3600 * 10**9  # a replica down longer than this must be re-seeded

@@ -16,11 +16,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shard_server.index import Collection
-from shard_server.layout import Keep, RingLayout
-from shard_server.maintenance import Maintenance
-from shard_server.metrics import ShardMetrics
-from shard_server.writes import Writer
 from shardsearch import codec, topology, validation
 from shardsearch.clock import HybridClock
 from shardsearch.errors import (
@@ -32,6 +27,11 @@ from shardsearch.errors import (
     Unavailable,
 )
 from shardsearch.offload import Offload
+from shardsearch.shard_server.index import Collection
+from shardsearch.shard_server.layout import Keep, RingLayout
+from shardsearch.shard_server.maintenance import Maintenance
+from shardsearch.shard_server.metrics import ShardMetrics
+from shardsearch.shard_server.writes import Writer
 from shardsearch.v1 import admin_pb2, search_pb2, shard_pb2
 
 logger = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from shard_server.core import ShardCore
-from shard_server.index import Collection, Relabelled
 from shardsearch import codec, topology
 from shardsearch.errors import NotFound
+from shardsearch.shard_server.core import ShardCore
+from shardsearch.shard_server.index import Collection, Relabelled
 from shardsearch.v1 import search_pb2, shard_pb2
 
 EXPORT_CHUNK_ITEMS = 4096

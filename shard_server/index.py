@@ -23,15 +23,15 @@ import time
 import faiss
 import numpy as np
 
-from shard_server import device
-from shard_server import ids as id_table
-from shard_server.fields import FieldIndex
-from shard_server.items import ItemStore
-from shard_server.scans import Relabelled, Scans
-from shard_server.searching import LabelView, SearchPath, SearchResult
-from shard_server.state import SnapshotState
-from shard_server.training import Training
 from shardsearch.ring import key_hashes
+from shardsearch.shard_server import device
+from shardsearch.shard_server import ids as id_table
+from shardsearch.shard_server.fields import FieldIndex
+from shardsearch.shard_server.items import ItemStore
+from shardsearch.shard_server.scans import Relabelled, Scans
+from shardsearch.shard_server.searching import LabelView, SearchPath, SearchResult
+from shardsearch.shard_server.state import SnapshotState
+from shardsearch.shard_server.training import Training
 from shardsearch.v1 import search_pb2
 
 __all__ = ["Collection", "LabelView", "Relabelled", "SearchResult", "id_hashes"]

@@ -6,7 +6,7 @@ import math
 import time
 import weakref
 
-from shard_server.index import Collection
+from shardsearch.shard_server.index import Collection
 
 # A search batch of at most INLINE_MAX_ROWS queries, without filter, payloads or fields, whose recent searches took
 # at most INLINE_MAX_S of CPU runs on the event loop. Measured on 2 shared cores (benchmarks/latency.py): an executor

@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from shard_server.columns import Columns
 from shardsearch.ring import key_hashes as id_hashes
+from shardsearch.shard_server.columns import Columns
 from shardsearch.v1 import search_pb2
 
 

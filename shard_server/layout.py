@@ -17,10 +17,10 @@ from typing import Awaitable, Callable, Iterator
 
 import numpy as np
 
-from shard_server.storage import write_atomically
 from shardsearch import topology
 from shardsearch.errors import Aborted
 from shardsearch.offload import Offload
+from shardsearch.shard_server.storage import write_atomically
 from shardsearch.v1 import shard_pb2
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import threading
 import weakref
 from typing import Callable
 
-from shard_server import memory
-from shard_server.index import Collection
+from shardsearch.shard_server import memory
+from shardsearch.shard_server.index import Collection
 
 logger = logging.getLogger(__name__)
 

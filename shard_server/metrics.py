@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shard_server.index import Collection
 from shardsearch.metrics import RpcMetrics
+from shardsearch.shard_server.index import Collection
 
 
 class ShardMetrics(RpcMetrics):

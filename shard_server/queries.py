@@ -15,13 +15,13 @@ from typing import Any, Hashable
 import grpc
 import numpy as np
 
-from shard_server.batch_search import search_batch
-from shard_server.core import ShardCore
-from shard_server.index import Collection
-from shard_server.inline import InlinePolicy
 from shardsearch import codec, logs, tracing, validation
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.errors import InvalidArgument, status_of
+from shardsearch.shard_server.batch_search import search_batch
+from shardsearch.shard_server.core import ShardCore
+from shardsearch.shard_server.index import Collection
+from shardsearch.shard_server.inline import InlinePolicy
 from shardsearch.v1 import search_pb2, shard_pb2
 
 DEFAULT_TIMEOUT_S = 30.0  # for a search whose caller set no deadline

@@ -25,11 +25,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shard_server.core import ShardCore
-from shard_server.index import Collection
 from shardsearch import logs
 from shardsearch.errors import AlreadyExists, ShardSearchError
 from shardsearch.metrics import LATENCY_BUCKETS
+from shardsearch.shard_server.core import ShardCore
+from shardsearch.shard_server.index import Collection
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from shard_server.columns import Columns
 from shardsearch import topology
 from shardsearch.ring import key_hashes as id_hashes
+from shardsearch.shard_server.columns import Columns
 
 EXPORT_WINDOW = 65_536  # labels scanned per step of an export
 CHECKSUM_CHUNK = 65_536  # items hashed per step of a checksum

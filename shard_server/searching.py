@@ -14,10 +14,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from shard_server import ann
-from shard_server import vectors as vector_rows
-from shard_server.columns import Columns
-from shard_server.ids import IdTable
+from shardsearch.shard_server import ann
+from shardsearch.shard_server import vectors as vector_rows
+from shardsearch.shard_server.columns import Columns
+from shardsearch.shard_server.ids import IdTable
 from shardsearch.v1 import search_pb2
 
 

@@ -12,20 +12,20 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from shard_server import device
-from shard_server.antientropy import AntiEntropy, AntiEntropyMetrics, StallWatch
-from shard_server.config import ShardConfig
-from shard_server.core import ShardCore
-from shard_server.index import Collection
-from shard_server.maintenance import Maintenance
-from shard_server.metrics import ShardMetrics
-from shard_server.queries import ShardQueries
-from shard_server.replication import Replication, ReplicationMetrics
-from shard_server.servicer import ShardServicer
-from shard_server.storage import Storage
-from shard_server.writes import Writer
 from shardsearch import grpcserver, metrics, security, tracing
 from shardsearch.batching import BatchMetrics
+from shardsearch.shard_server import device
+from shardsearch.shard_server.antientropy import AntiEntropy, AntiEntropyMetrics, StallWatch
+from shardsearch.shard_server.config import ShardConfig
+from shardsearch.shard_server.core import ShardCore
+from shardsearch.shard_server.index import Collection
+from shardsearch.shard_server.maintenance import Maintenance
+from shardsearch.shard_server.metrics import ShardMetrics
+from shardsearch.shard_server.queries import ShardQueries
+from shardsearch.shard_server.replication import Replication, ReplicationMetrics
+from shardsearch.shard_server.servicer import ShardServicer
+from shardsearch.shard_server.storage import Storage
+from shardsearch.shard_server.writes import Writer
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)

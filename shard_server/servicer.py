@@ -10,11 +10,11 @@ from typing import AsyncIterator
 
 import grpc
 
-from shard_server import export
-from shard_server.core import ShardCore
-from shard_server.queries import DEFAULT_TIMEOUT_S, ShardQueries
 from shardsearch import validation
 from shardsearch.errors import FailedPrecondition, InvalidArgument, rpc, rpc_stream
+from shardsearch.shard_server import export
+from shardsearch.shard_server.core import ShardCore
+from shardsearch.shard_server.queries import DEFAULT_TIMEOUT_S, ShardQueries
 from shardsearch.v1 import shard_pb2, shard_pb2_grpc
 
 Context = grpc.aio.ServicerContext

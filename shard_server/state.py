@@ -13,13 +13,13 @@ import time
 import faiss
 import numpy as np
 
-from shard_server import device
-from shard_server import ids as id_table
-from shard_server import vectors as vector_rows
-from shard_server.columns import Columns
-from shard_server.fields import FieldIndex
 from shardsearch import index_params
 from shardsearch.ring import key_hashes as id_hashes
+from shardsearch.shard_server import device
+from shardsearch.shard_server import ids as id_table
+from shardsearch.shard_server import vectors as vector_rows
+from shardsearch.shard_server.columns import Columns
+from shardsearch.shard_server.fields import FieldIndex
 
 
 class SnapshotState(Columns):

@@ -17,11 +17,11 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from shard_server import ann
-from shard_server import retrain as retraining
-from shard_server import vectors as vector_rows
-from shard_server.columns import Columns
 from shardsearch import index_params
+from shardsearch.shard_server import ann
+from shardsearch.shard_server import retrain as retraining
+from shardsearch.shard_server import vectors as vector_rows
+from shardsearch.shard_server.columns import Columns
 from shardsearch.v1 import admin_pb2, search_pb2
 
 logger = logging.getLogger(__name__)

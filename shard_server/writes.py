@@ -21,14 +21,14 @@ from typing import Any, Callable, Hashable
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shard_server import memory
-from shard_server.index import Collection
-from shard_server.storage import DELETE, UPSERT, CollectionStore, CorruptLog, Storage, WalFailed, fsync_dir
 from shardsearch import codec
 from shardsearch.batching import Batcher, BatchingConfig, BatchMetrics
 from shardsearch.errors import AlreadyExists, DataLoss, ResourceExhausted, ShardSearchError, Unavailable
 from shardsearch.metrics import LATENCY_BUCKETS
 from shardsearch.offload import Offload
+from shardsearch.shard_server import memory
+from shardsearch.shard_server.index import Collection
+from shardsearch.shard_server.storage import DELETE, UPSERT, CollectionStore, CorruptLog, Storage, WalFailed, fsync_dir
 from shardsearch.v1 import search_pb2, shard_pb2
 
 logger = logging.getLogger(__name__)

@@ -124,10 +124,10 @@ def _main(argv: Sequence[str] | None) -> None:
                        f"{RestartPolicy.window_s:.0f}s the launcher stops and exits 1 (default %(default)s)")
     local.set_defaults(run=_local)
 
-    from coordinator import __main__ as coordinator_main
-    from shard_server import __main__ as shard_main
     from shardsearch import admin, evaluate, ingest, transfer
     from shardsearch.bench import cli as bench_main
+    from shardsearch.coordinator import __main__ as coordinator_main
+    from shardsearch.shard_server import __main__ as shard_main
 
     for name, about, add_arguments, run_command in (
         ("coordinator", "run the coordinator (public SearchService)", coordinator_main.add_arguments,

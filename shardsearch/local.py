@@ -156,7 +156,7 @@ class LocalCluster:
                     durability = ["--data-dir", str(self.run_dir / f"{name}-data")] if self.durable else []
                     peers = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(ports) if j != r)
                     proc = self._process(name, [
-                        "shard_server", "--host", "127.0.0.1", "--port", str(port), "--name", name,
+                        "shardsearch.shard_server", "--host", "127.0.0.1", "--port", str(port), "--name", name,
                         "--metrics-port", metrics_port, "--omp-threads", str(self.omp_threads), *durability,
                         *(["--peers", peers] if peers else []), *self.shard_args,
                     ])
@@ -177,7 +177,7 @@ class LocalCluster:
         for i in range(self.coordinators):
             name = "coordinator" if i == 0 else f"coordinator-{i}"
             proc = self._process(name, [
-                "coordinator", "--host", self.host, "--port", str(port), "--metrics-port", metrics_port,
+                "shardsearch.coordinator", "--host", self.host, "--port", str(port), "--metrics-port", metrics_port,
                 "--shards", self.shard_list(), *(["--reuse-port"] if self.reuse_port else []),
                 *self.coordinator_args,
             ])
@@ -282,7 +282,7 @@ class LocalCluster:
         assert self.run_dir is not None
         durability = ["--data-dir", str(self.run_dir / f"{name}-data")] if self.durable else []
         proc = self._process(name, [
-            "shard_server", "--host", "127.0.0.1", "--port", "0", "--name", name,
+            "shardsearch.shard_server", "--host", "127.0.0.1", "--port", "0", "--name", name,
             "--metrics-port", "0" if self.metrics else "-1", "--omp-threads", str(self.omp_threads), *durability,
             *self.shard_args,
         ])

@@ -189,7 +189,7 @@ async def test_the_cache_stays_off_while_an_invalidation_that_failed_during_reco
     used again (else this coordinator could read entries older than its own acknowledged write)."""
     from prometheus_client import CollectorRegistry
 
-    from coordinator import cache as cache_module
+    from shardsearch.coordinator import cache as cache_module
 
     cache = cache_module.RedisCache(cache_module.CacheMetrics(CollectorRegistry()), redis_server.url, ttl_s=60,
                                     timeout_s=0.5, retry_s=0.01)

@@ -161,7 +161,7 @@ async def test_server_side_preprocessing_matches_the_coordinators(
     client-side preprocessing for the pixel-tensor model."""
     from prometheus_client import CollectorRegistry
 
-    from encoder_client import EncoderOptions, Encoders
+    from shardsearch.encoder_client import EncoderOptions, Encoders
 
     images = [picture(100 + i, size=(200 + 37 * i, 180)) for i in range(5)]
     with ThreadPoolExecutor(2) as executor:
@@ -333,7 +333,7 @@ def test_a_model_that_is_not_ready(triton: TritonServer, tmp_path: Path) -> None
         assert "--image-model" in info.value.details()
         shard = running.shard_procs[0].address
     proc = subprocess.run(
-        [sys.executable, "-m", "coordinator", "--port", "0", "--metrics-port", "-1", "--shards", shard, *args,
+        [sys.executable, "-m", "shardsearch.coordinator", "--port", "0", "--metrics-port", "-1", "--shards", shard, *args,
          "--encoder-required"], capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 1

@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 
-from coordinator.combine import fuse_rrf
 from shardsearch import codec
+from shardsearch.coordinator.combine import fuse_rrf
 from shardsearch.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 from tests.integration.conftest import connect, create, wait_trained, wait_until

@@ -78,7 +78,7 @@ def shard_pids(launcher: subprocess.Popen[str]) -> dict[str, int]:
     found = {}
     for pid in children_of(launcher.pid):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"shard_server" in argv:
+        if b"shardsearch.shard_server" in argv:
             found[argv[argv.index(b"--name") + 1].decode()] = pid
     return found
 

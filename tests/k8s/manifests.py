@@ -162,13 +162,13 @@ def environment(objs: list[Obj], c: Container, extra: dict[str, str] | None = No
 
 def server_config(objs: list[Obj], c: Container, extra_env: dict[str, str] | None = None) -> Any:
     """The CoordinatorConfig or ShardConfig the process in this container builds (image entrypoint: shardsearch)."""
-    from coordinator import __main__ as coordinator_main
-    from coordinator.config import ENV_PREFIX as COORDINATOR_PREFIX
-    from coordinator.config import CoordinatorConfig
-    from shard_server import __main__ as shard_main
-    from shard_server.config import ENV_PREFIX as SHARD_PREFIX
-    from shard_server.config import ShardConfig
     from shardsearch.config import from_env
+    from shardsearch.coordinator import __main__ as coordinator_main
+    from shardsearch.coordinator.config import ENV_PREFIX as COORDINATOR_PREFIX
+    from shardsearch.coordinator.config import CoordinatorConfig
+    from shardsearch.shard_server import __main__ as shard_main
+    from shardsearch.shard_server.config import ENV_PREFIX as SHARD_PREFIX
+    from shardsearch.shard_server.config import ShardConfig
 
     command, *flags = c.spec["args"]
     module, cls, prefix = {

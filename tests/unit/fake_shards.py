@@ -15,7 +15,7 @@ import grpc
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
-from coordinator.shards import Replication, ShardMetrics, ShardPool
+from shardsearch.coordinator.shards import Replication, ShardMetrics, ShardPool
 from shardsearch.v1 import admin_pb2, shard_pb2
 
 Handler = Callable[[Any], Awaitable[Message | None]]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from coordinator.admission import INITIAL_LIMIT, MIN_LIMIT, AdaptiveLimit
+from shardsearch.coordinator.admission import INITIAL_LIMIT, MIN_LIMIT, AdaptiveLimit
 from shardsearch.errors import ResourceExhausted
 
 

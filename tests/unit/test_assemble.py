@@ -7,8 +7,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.search import assemble, assemble_large, assemble_small, small
 from shardsearch import codec
+from shardsearch.coordinator.search import assemble, assemble_large, assemble_small, small
 from shardsearch.v1 import search_pb2, shard_pb2
 
 

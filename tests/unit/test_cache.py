@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from coordinator.cache import CacheMetrics, LocalCache, entry_keys
+from shardsearch.coordinator.cache import CacheMetrics, LocalCache, entry_keys
 
 
 def test_keys_change_with_every_option_and_every_bit_of_the_query() -> None:

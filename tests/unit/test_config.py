@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from coordinator import __main__ as coordinator_main
-from coordinator.config import CoordinatorConfig
-from shard_server import __main__ as shard_main
-from shard_server.config import ShardConfig
 from shardsearch import config as settings
+from shardsearch.coordinator import __main__ as coordinator_main
+from shardsearch.coordinator.config import CoordinatorConfig
+from shardsearch.shard_server import __main__ as shard_main
+from shardsearch.shard_server.config import ShardConfig
 
 SERVERS = [
     pytest.param(coordinator_main, CoordinatorConfig, "SHARDSEARCH_COORDINATOR_", id="coordinator"),

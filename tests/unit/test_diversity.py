@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.cache import entry_keys
-from coordinator.combine import fuse_rrf
-from coordinator.diversity import depth, diversify, strip_fields
-from coordinator.postprocess import finish
-from coordinator.search import assemble
 from shardsearch import codec
+from shardsearch.coordinator.cache import entry_keys
+from shardsearch.coordinator.combine import fuse_rrf
+from shardsearch.coordinator.diversity import depth, diversify, strip_fields
+from shardsearch.coordinator.postprocess import finish
+from shardsearch.coordinator.search import assemble
 from shardsearch.v1 import search_pb2, shard_pb2
 
 V = search_pb2.Value

@@ -15,10 +15,11 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
-from encoder_client.cache import EmbeddingCacheMetrics, LocalEmbeddingCache, content_key
-from encoder_client.client import Encoder, EncoderMetrics, EncoderOptions, map_error
-from encoder_client.model import ModelInfo, ModelRef, describe
-from encoder_client.preprocess import (
+from shardsearch.batching import BatchMetrics
+from shardsearch.encoder_client.cache import EmbeddingCacheMetrics, LocalEmbeddingCache, content_key
+from shardsearch.encoder_client.client import Encoder, EncoderMetrics, EncoderOptions, map_error
+from shardsearch.encoder_client.model import ModelInfo, ModelRef, describe
+from shardsearch.encoder_client.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     InputLimits,
@@ -27,7 +28,6 @@ from encoder_client.preprocess import (
     open_image,
     preprocess_image,
 )
-from shardsearch.batching import BatchMetrics
 from shardsearch.errors import FailedPrecondition, InvalidArgument, ShardSearchError
 
 

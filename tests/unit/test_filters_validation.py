@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from coordinator.router import Router
-from coordinator.writes import route_items
 from shardsearch import codec, topology
+from shardsearch.coordinator.router import Router
+from shardsearch.coordinator.writes import route_items
 from shardsearch.errors import InvalidArgument
 from shardsearch.v1 import search_pb2
 from shardsearch.validation import DEFAULT_LIMITS, check_diversity, check_fields, check_filter

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from shard_server.index import Collection, id_hashes
+from shardsearch.shard_server.index import Collection, id_hashes
 from shardsearch.v1 import search_pb2
 from tests.conftest import load_dataset, recall_at_10
 
@@ -106,7 +106,7 @@ def test_searches_keep_answering_while_training(rng: np.random.Generator) -> Non
 
 
 def test_a_small_buffer_is_absorbed_once_writes_pause(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shard_server import index
+    from shardsearch.shard_server import index
 
     coll = make(threshold=1_000)
     coll.upsert([str(i) for i in range(2_000)], rng.standard_normal((2_000, 16)).astype(np.float32))
@@ -151,7 +151,7 @@ def test_ids_are_listed_in_hash_order_in_pages_that_survive_a_snapshot(rng: np.r
 
 
 def test_overwrites_below_the_training_threshold_are_reclaimed_by_relabelling() -> None:
-    from shard_server.index import RELABEL_MIN_DEAD
+    from shardsearch.shard_server.index import RELABEL_MIN_DEAD
 
     spec = search_pb2.Collection(name="re", dim=8, index=search_pb2.IndexOptions(train_threshold=100_000))
     coll = Collection(spec)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shard_server import index as index_module
-from shard_server.index import Collection
+from shardsearch.shard_server import index as index_module
+from shardsearch.shard_server.index import Collection
 from shardsearch.v1 import search_pb2 as pb
 
 DIM = 32

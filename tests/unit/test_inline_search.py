@@ -4,10 +4,10 @@ import time
 
 import numpy as np
 
-from shard_server.batch_search import search_batch
-from shard_server.index import Collection
-from shard_server.inline import InlinePolicy
 from shardsearch import codec
+from shardsearch.shard_server.batch_search import search_batch
+from shardsearch.shard_server.index import Collection
+from shardsearch.shard_server.inline import InlinePolicy
 from shardsearch.v1 import search_pb2
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from coordinator.merge import ShardHits, merge
+from shardsearch.coordinator.merge import ShardHits, merge
 
 
 def hits(ids: list[list[str]], scores: list[list[float]]) -> ShardHits:

@@ -51,7 +51,7 @@ def test_smallest_accepted_options_train(opts: dict) -> None:
     """The boundary cases check_options accepts really train (FAISS refuses fewer points than centroids)."""
     import numpy as np
 
-    from shard_server.index import Collection
+    from shardsearch.shard_server.index import Collection
 
     index = search_pb2.IndexOptions(**opts)
     params.check_options(8, index)

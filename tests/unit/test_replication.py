@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from coordinator.config import CoordinatorConfig
-from shard_server.index import Collection
+from shardsearch.coordinator.config import CoordinatorConfig
+from shardsearch.shard_server.index import Collection
 from shardsearch.v1 import search_pb2
 
 DIM = 8

@@ -17,14 +17,14 @@ import pytest
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
-from coordinator import resharding
-from coordinator.catalog import Catalog
-from coordinator.resharding import MoveMetrics, Resharder
-from coordinator.router import Router
-from coordinator.shards import ShardMetrics, ShardPool
-from shard_server.index import Collection
 from shardsearch import codec, topology
+from shardsearch.coordinator import resharding
+from shardsearch.coordinator.catalog import Catalog
+from shardsearch.coordinator.resharding import MoveMetrics, Resharder
+from shardsearch.coordinator.router import Router
+from shardsearch.coordinator.shards import ShardMetrics, ShardPool
 from shardsearch.ring import key_hashes
+from shardsearch.shard_server.index import Collection
 from shardsearch.v1 import admin_pb2, search_pb2, shard_pb2
 from tests.unit.fake_shards import FakeChannel, FakeReplica, rpc_error
 

@@ -12,8 +12,8 @@ import faiss
 import numpy as np
 import pytest
 
-from shard_server import retrain as retraining
-from shard_server.index import Collection
+from shardsearch.shard_server import retrain as retraining
+from shardsearch.shard_server.index import Collection
 from shardsearch.v1 import admin_pb2, search_pb2
 
 DIM = 32

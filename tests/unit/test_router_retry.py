@@ -12,9 +12,9 @@ from typing import Any, AsyncIterator
 import grpc
 import pytest
 
-from coordinator.router import LAYOUT_RETRIES, Router
-from coordinator.shards import Outcome, Replication
 from shardsearch import topology
+from shardsearch.coordinator.router import LAYOUT_RETRIES, Router
+from shardsearch.coordinator.shards import Outcome, Replication
 from shardsearch.errors import DeadlineExceeded
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, shard_pb2

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 import grpc
 import pytest
 
-from coordinator.shards import Replication, ShardPool
+from shardsearch.coordinator.shards import Replication, ShardPool
 from shardsearch.errors import AnswerTooLarge
 from shardsearch.v1 import admin_pb2, search_pb2, shard_pb2
 from tests.unit.fake_shards import FakeCluster, failing, first_call, hanging, rpc_error, until

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.config import CoordinatorConfig
-from shard_server.__main__ import add_arguments
-from shard_server.config import ENV_PREFIX, ShardConfig, ordinal_of
 from shardsearch.config import from_env
+from shardsearch.coordinator.config import CoordinatorConfig
+from shardsearch.shard_server.__main__ import add_arguments
+from shardsearch.shard_server.config import ENV_PREFIX, ShardConfig, ordinal_of
 
 PATTERN = "shard-{n}.shard.search.svc.cluster.local:50061"
 
@@ -79,7 +79,7 @@ def test_flags_and_environment_reach_the_derivation() -> None:
 
 
 async def test_a_started_shard_takes_its_name_and_peers_from_the_pattern() -> None:
-    from shard_server.server import start
+    from shardsearch.shard_server.server import start
 
     config = ShardConfig(
         port=0, metrics_port=-1, use_gpu=False, peer_pattern="127.0.0.1:1{n}", replicas=2, ordinal=3,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from shard_server.storage import DELETE, UPSERT, CorruptLog, Storage, Wal
-from shard_server.writes import Writer
 from shardsearch import codec
+from shardsearch.shard_server.storage import DELETE, UPSERT, CorruptLog, Storage, Wal
+from shardsearch.shard_server.writes import Writer
 from shardsearch.v1 import search_pb2, shard_pb2
 
 SPEC = search_pb2.Collection(name="c", dim=8, index=search_pb2.IndexOptions(train_threshold=500))
@@ -68,7 +68,7 @@ async def test_snapshot_and_log_recover_exactly_and_truncate_the_log(tmp_path: P
     rng = np.random.default_rng(0)
     executor = ThreadPoolExecutor(2)
     writer = Writer(executor, Storage(tmp_path), snapshot_bytes=1 << 40, registry=CollectorRegistry())
-    from shard_server.index import Collection
+    from shardsearch.shard_server.index import Collection
 
     coll = Collection(SPEC)
     await writer.create(SPEC)
@@ -105,7 +105,7 @@ async def test_snapshot_and_log_recover_exactly_and_truncate_the_log(tmp_path: P
 
 async def test_a_crash_mid_snapshot_loses_nothing(tmp_path: Path) -> None:
     """Captured and rotated, but the snapshot file never made it: the log segments still hold everything."""
-    from shard_server.index import Collection
+    from shardsearch.shard_server.index import Collection
 
     executor = ThreadPoolExecutor(1)
     writer = Writer(executor, Storage(tmp_path), 1 << 40, CollectorRegistry())
@@ -146,8 +146,8 @@ def test_a_failed_append_is_cut_back_its_numbers_skipped_and_the_next_goes_to_a_
     import errno
     import os
 
-    from shard_server import storage
-    from shard_server.storage import CollectionStore, WalFailed
+    from shardsearch.shard_server import storage
+    from shardsearch.shard_server.storage import CollectionStore, WalFailed
 
     store = CollectionStore(tmp_path, SPEC, Storage(tmp_path / "root"))
     store.log([(UPSERT, b"one"), (UPSERT, b"two")])
@@ -171,8 +171,8 @@ def test_a_failed_append_is_cut_back_its_numbers_skipped_and_the_next_goes_to_a_
 def test_a_failed_fsync_is_never_retried_on_the_same_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from shard_server import storage
-    from shard_server.storage import CollectionStore, WalFailed
+    from shardsearch.shard_server import storage
+    from shardsearch.shard_server.storage import CollectionStore, WalFailed
 
     store = CollectionStore(tmp_path, SPEC, Storage(tmp_path / "root"))
     store.log([(UPSERT, b"one")])

@@ -8,10 +8,10 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from coordinator.merge import ShardHits, merge
-from shard_server.index import Collection, id_hashes
 from shardsearch import topology
+from shardsearch.coordinator.merge import ShardHits, merge
 from shardsearch.errors import InvalidArgument
+from shardsearch.shard_server.index import Collection, id_hashes
 from shardsearch.topology import Layout, Selector, move_range
 from shardsearch.v1 import admin_pb2, search_pb2, shard_pb2
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shard_server import ids as id_table
-from shard_server.index import Collection
 from shardsearch import index_params
 from shardsearch.datasets import embedding_like
 from shardsearch.ring import key_hashes
+from shardsearch.shard_server import ids as id_table
+from shardsearch.shard_server.index import Collection
 from shardsearch.v1 import search_pb2
 
 STORES = {"float32": search_pb2.VECTOR_STORE_FLOAT32, "float16": search_pb2.VECTOR_STORE_FLOAT16,
