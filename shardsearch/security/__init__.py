@@ -9,7 +9,7 @@ and the tools use for the coordinator. The files (`files`): reading certificates
 Nothing read from a token or key file ever goes into a log line or an error message: errors name the path only.
 """
 
-from shardsearch.client import token_interceptors
+from shardsearch.client_channels import token_interceptors
 from shardsearch.security.channels import (
     CLIENT_SETTINGS,
     ChannelFactory,

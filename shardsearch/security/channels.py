@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import grpc
 
 from shardsearch import config
-from shardsearch.client import token_interceptors
+from shardsearch.client_channels import token_interceptors
 from shardsearch.grpcserver import channel_options
 from shardsearch.security.files import SecurityConfigError, load_tokens, read_secret_file
 
