@@ -34,7 +34,7 @@ from report import save
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
 from shardsearch.encoder_client.preprocess import InputLimits, PixelSpec, preprocess_image
-from shardsearch.local import (
+from shardsearch.tools.local import (
     TRITON_IMAGE_MODEL,
     TRITON_TEXT_MODEL,
     LocalCluster,

@@ -31,7 +31,7 @@ from report import save  # noqa: E402
 from throughput import embedding_like  # noqa: E402
 
 from shardsearch import codec  # noqa: E402
-from shardsearch.local import LocalCluster  # noqa: E402
+from shardsearch.tools.local import LocalCluster  # noqa: E402
 from shardsearch.v1 import search_pb2 as pb  # noqa: E402
 from shardsearch.v1 import search_pb2_grpc  # noqa: E402
 

@@ -6,7 +6,7 @@ On this machine, in ONE run and with ONE client harness (blocking grpcio stubs, 
 - the no-op `grpc.aio` SearchService (benchmarks/noop_server.py): the Python gRPC transport's ceiling;
 - raw FAISS in this process: the same index type a shard builds, one query at a time and batched;
 - a 1-shard and a 4-shard cluster (cache off: every search reaches the shards).
-Data: a seeded embedding-like mixture (shardsearch.datasets; 384-d, unit-normalised, inner product) with exact
+Data: a seeded embedding-like mixture (shardsearch.tools.datasets; 384-d, unit-normalised, inner product) with exact
 ground truth. Every system is measured at the first nprobe of a sweep reaching recall@10 >= 0.95.
 
 Measured: "seq" (one client calling unary Search one query at a time: p50/p99), "conc N" (N client threads, a
@@ -44,8 +44,8 @@ from shardsearch import (
     codec,  # noqa: E402
     index_params,  # noqa: E402
 )
-from shardsearch.datasets import embedding_like, exact_neighbours  # noqa: E402
-from shardsearch.local import LocalCluster  # noqa: E402
+from shardsearch.tools.datasets import embedding_like, exact_neighbours  # noqa: E402
+from shardsearch.tools.local import LocalCluster  # noqa: E402
 from shardsearch.v1 import search_pb2, search_pb2_grpc  # noqa: E402
 
 DIM = 384
@@ -421,7 +421,7 @@ def report(results: dict[str, Any], command: str) -> str:
                         f"{shards:.2f} | {cc['client']:.2f} |")
     return "\n".join([
         HEADING, "",
-        f"`{command}`: {results['n']:,} x {DIM} embedding-like vectors (`shardsearch.datasets.embedding_like`, seed 5, "
+        f"`{command}`: {results['n']:,} x {DIM} embedding-like vectors (`shardsearch.tools.datasets.embedding_like`, seed 5, "
         f"{results['data']['clusters']} components of intrinsic dimension {results['data']['intrinsic']}, "
         "unit-normalised, inner product), "
         f"{results['queries']} queries with exact ground truth; every system at the first nprobe reaching recall@10 "

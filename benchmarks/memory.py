@@ -32,8 +32,8 @@ import numpy as np
 
 from benchmarks.report import save
 from shardsearch.client import Client
-from shardsearch.datasets import embedding_like
-from shardsearch.local import LocalCluster
+from shardsearch.tools.datasets import embedding_like
+from shardsearch.tools.local import LocalCluster
 
 COLLECTION = "memory"
 STORES = ("float32", "float16", "sq8")

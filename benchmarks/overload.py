@@ -32,8 +32,8 @@ from report import save
 from throughput import COLLECTION, load, machine, make_data, ms
 
 from shardsearch import codec
-from shardsearch.bench import BenchConfig, run_bench
-from shardsearch.local import LocalCluster
+from shardsearch.tools.bench import BenchConfig, run_bench
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2
 
 SECTION = "## Overload"

@@ -30,7 +30,7 @@ from report import save  # noqa: E402
 from throughput import embedding_like  # noqa: E402
 
 from shardsearch import codec  # noqa: E402
-from shardsearch.local import LocalCluster  # noqa: E402
+from shardsearch.tools.local import LocalCluster  # noqa: E402
 from shardsearch.v1 import (  # noqa: E402
     admin_pb2,
     admin_pb2_grpc,

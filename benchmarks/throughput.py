@@ -6,7 +6,7 @@ Data: a seeded Gaussian mixture shaped like embeddings (see `embedding_like`; un
 n x 128, with exact top-10 ground truth computed here by brute force. Raw FAISS is one IVF-PQ fast-scan index + exact refine over all the data, parameters from the
 shard's own rule, in this process with every core: what a user would run instead of the cluster. Each cluster
 (shard processes, two coordinator processes sharing one port with SO_REUSEPORT, and a redis-server) runs on this
-same machine, as does the load generator (`shardsearch.bench`) and h2load: they all share the cores, which is
+same machine, as does the load generator (`shardsearch.tools.bench`) and h2load: they all share the cores, which is
 stated beside the figures. nprobe is the smallest of a sweep that reaches recall@10 >= 0.95 in each setting.
 """
 
@@ -32,9 +32,9 @@ import grpc
 import numpy as np
 
 from shardsearch import codec, index_params
-from shardsearch.bench import BenchConfig, BenchResult, run_bench
-from shardsearch.datasets import embedding_like
-from shardsearch.local import LocalCluster, RedisServer
+from shardsearch.tools.bench import BenchConfig, BenchResult, run_bench
+from shardsearch.tools.datasets import embedding_like
+from shardsearch.tools.local import LocalCluster, RedisServer
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 
 DIM = 128

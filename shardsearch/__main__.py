@@ -1,5 +1,5 @@
 """`python -m shardsearch`: the `shardsearch` command."""
 
-from shardsearch.cli import main
+from shardsearch.tools.cli import main
 
 main()

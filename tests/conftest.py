@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardsearch.datasets import Dataset
+from shardsearch.tools.datasets import Dataset
 
 # name -> (n, queries, dim, seed): small enough to generate in well under a second, big enough to train IVF-PQ shards.
 # Scaled to norm 512, the scale of SIFT descriptors, which tests place other vectors against (far-off traffic).

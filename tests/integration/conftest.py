@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc
 
 

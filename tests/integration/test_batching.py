@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster, Process
+from shardsearch.tools.local import LocalCluster, Process
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 from tests.integration.conftest import connect, create, scrape, upsert, wait_until
 

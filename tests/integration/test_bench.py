@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardsearch import cli
-from shardsearch.bench import BenchConfig, read_workload, run_bench
+from shardsearch.tools import cli
+from shardsearch.tools.bench import BenchConfig, read_workload, run_bench
 from tests.conftest import write_dataset
 from tests.integration.conftest import create, upsert
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster, RedisServer
+from shardsearch.tools.local import LocalCluster, RedisServer
 from shardsearch.v1 import search_pb2
 from tests.integration.conftest import connect, create, wait_until
 from tests.integration.test_batching import value

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from shardsearch import client as sc
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 
 DIM = 16
 N = 300

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from shardsearch import __version__, codec
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2
 from tests.conftest import load_dataset, recall_at_10
 from tests.integration.conftest import batch_search, create, metrics_text, upsert, wait_trained

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from shardsearch import codec
-from shardsearch.local import (
+from shardsearch.tools.local import (
     TRITON_DIM,
     TRITON_IMAGE_BYTES_MODEL,
     LocalCluster,
@@ -346,7 +346,7 @@ async def test_ingest_texts_and_images_through_the_encoder(cluster: LocalCluster
     """`shardsearch ingest` of a JSONL of texts and of an image folder into new collections: --create without a dim
     learns it from the coordinator's Encode, the items land searchable by text and by image, an undecodable image
     fails alone with INVALID_ARGUMENT, and a second run skips everything."""
-    from shardsearch.ingest import ingest
+    from shardsearch.tools.ingest import ingest
 
     rows = [json.loads(line) for line in SENTENCES.read_text().splitlines() if line.strip()]
     by_id = {r["id"]: r for r in rows if "paraphrase_of" not in r}
@@ -419,7 +419,7 @@ def test_a_model_that_comes_up_later_is_connected_in_the_background(triton: Trit
 def test_offline_evaluation_of_text_queries(stub: search_pb2_grpc.SearchServiceStub, cluster: LocalCluster,
                                             tmp_path: Path) -> None:
     """`shardsearch eval` sends text queries to SearchByText: each paraphrase's source is its one relevant item."""
-    from shardsearch import evaluate
+    from shardsearch.tools import evaluate
 
     rows = [json.loads(line) for line in SENTENCES.read_text().splitlines() if line.strip()]
     if "sentences" not in [c.name for c in stub.ListCollections(pb.ListCollectionsRequest()).collections]:

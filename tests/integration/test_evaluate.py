@@ -14,9 +14,9 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from shardsearch import cli
-from shardsearch.evaluate import EvalConfig, load_queries, run_eval
-from shardsearch.local import LocalCluster
+from shardsearch.tools import cli
+from shardsearch.tools.evaluate import EvalConfig, load_queries, run_eval
+from shardsearch.tools.local import LocalCluster
 from tests.integration.conftest import create, upsert
 
 NAME = "evalset"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2
 from tests.integration.conftest import connect, create, retry_until_ok, upsert
 

@@ -14,7 +14,7 @@ import pytest
 
 from shardsearch import codec
 from shardsearch.coordinator.combine import fuse_rrf
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 from tests.integration.conftest import connect, create, wait_trained, wait_until
 

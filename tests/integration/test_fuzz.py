@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc, shard_pb2
 from tests.integration.conftest import create
 

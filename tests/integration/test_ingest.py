@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
-from shardsearch.ingest import IngestSummary, ingest
-from shardsearch.local import LocalCluster
+from shardsearch.tools.ingest import IngestSummary, ingest
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 
 N = 3000
@@ -131,7 +131,7 @@ def assert_failed_without_encoder(summary: IngestSummary, ids: list[str]) -> Non
 
 
 def shardsearch(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shardsearch.cli", "ingest", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "shardsearch.tools.cli", "ingest", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -49,7 +49,7 @@ def wait_gone(pids: list[int], seconds: float = 15.0) -> None:
 
 def start_launcher(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shardsearch.cli", "local", "--shards", "2", "--port", "0", "--data-dir", str(tmp_path),
+        [sys.executable, "-m", "shardsearch.tools.cli", "local", "--shards", "2", "--port", "0", "--data-dir", str(tmp_path),
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )

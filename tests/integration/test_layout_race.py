@@ -9,7 +9,7 @@ import threading
 import grpc
 import numpy as np
 
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, shard_pb2, shard_pb2_grpc
 from tests.integration.conftest import connect, create, upsert, wait_for_move, wait_until
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2
 from tests.integration.conftest import connect, create, upsert, wait_until
 from tests.integration.test_batching import value

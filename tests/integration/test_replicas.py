@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 from tests.integration.conftest import connect, create, metric_sum, scrape, upsert, wait_until
 

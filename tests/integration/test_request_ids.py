@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster, Process
+from shardsearch.tools.local import LocalCluster, Process
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 from tests.integration.conftest import create
 

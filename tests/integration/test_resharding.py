@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec, topology
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
 from tests.conftest import load_dataset, recall_at_10
 from tests.integration.conftest import batch_search, upsert, wait_for_move, wait_trained, wait_until
@@ -221,7 +221,7 @@ def test_add_then_remove_a_shard_under_traffic(cluster: LocalCluster) -> None:
 
     # The CLI shows the layout.
     shown = subprocess.run(
-        [sys.executable, "-m", "shardsearch.cli", "admin", "--coordinator", cluster.addresses[1], "topology"],
+        [sys.executable, "-m", "shardsearch.tools.cli", "admin", "--coordinator", cluster.addresses[1], "topology"],
         capture_output=True, text=True, timeout=60, check=True,
     )
     assert [s["name"] for s in json.loads(shown.stdout)["shards"]] == ["shard-0", "shard-2", "shard-3", "shard-4"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster, Process
+from shardsearch.tools.local import LocalCluster, Process
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
 from tests.integration.conftest import upsert, wait_for_move

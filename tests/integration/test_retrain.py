@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2_grpc
 from tests.conftest import load_dataset, recall_at_10
 from tests.integration.conftest import batch_search, create, upsert, wait_trained
@@ -122,7 +122,7 @@ def test_retrain_on_request_while_searching(cluster: LocalCluster, stubs) -> Non
 
     # The CLI prints every shard's state as JSON.
     shown = subprocess.run(
-        [sys.executable, "-m", "shardsearch.cli", "admin", "--coordinator", cluster.address, "retrain-status",
+        [sys.executable, "-m", "shardsearch.tools.cli", "admin", "--coordinator", cluster.address, "retrain-status",
          COLLECTION], capture_output=True, text=True, timeout=60, check=True,
     )
     printed = json.loads(shown.stdout)["shards"]

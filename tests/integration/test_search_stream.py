@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from shardsearch import codec
 from shardsearch.coordinator.shards import ShardMetrics, ShardPool
 from shardsearch.coordinator.streams import SearchStream, StreamFailed
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 from tests.integration.conftest import create, upsert, wait_until
 

@@ -19,9 +19,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from shardsearch import cli, codec, security
+from shardsearch import codec, security
 from shardsearch.client import AsyncClient
-from shardsearch.local import LocalCluster
+from shardsearch.tools import cli
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
 from tests.pki import Pki, make_pki
 

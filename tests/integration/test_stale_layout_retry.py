@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc
 from tests.integration.conftest import create, upsert, wait_for_move
 

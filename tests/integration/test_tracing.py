@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 
 from shardsearch import codec
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 from tests.integration.conftest import create, upsert
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardsearch import cli
 from shardsearch import client as sc
-from shardsearch.local import LocalCluster
+from shardsearch.tools import cli
+from shardsearch.tools.local import LocalCluster
 
 DIM = 12
 N = 1500

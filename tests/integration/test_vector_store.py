@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
-from shardsearch import cli
 from shardsearch import client as sc
-from shardsearch.datasets import embedding_like
-from shardsearch.local import LocalCluster
+from shardsearch.tools import cli
+from shardsearch.tools.datasets import embedding_like
+from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 from tests.integration.conftest import scrape
 

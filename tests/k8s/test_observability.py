@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from shardsearch.local import LocalCluster
+from shardsearch.tools.local import LocalCluster
 from tests.k8s import manifests as m
 
 DASHBOARD = m.K8S / "grafana" / "shardsearch-dashboard.json"

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardsearch.bench import BenchConfig, read_workload
-from shardsearch.bench.callers import with_request_id
-from shardsearch.bench.recorder import Recorder
-from shardsearch.bench.schedule import Plan
-from shardsearch.bench.workload import Request, batch_request, batches, read_ids, read_vectors, search_request
+from shardsearch.tools.bench import BenchConfig, read_workload
+from shardsearch.tools.bench.callers import with_request_id
+from shardsearch.tools.bench.recorder import Recorder
+from shardsearch.tools.bench.schedule import Plan
+from shardsearch.tools.bench.workload import Request, batch_request, batches, read_ids, read_vectors, search_request
 from shardsearch.v1 import search_pb2
 
 
@@ -100,7 +100,7 @@ def test_config_refuses_contradictions(bad: dict[str, object], message: str) -> 
 def test_ghz_data_is_the_search_requests_in_proto3_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from google.protobuf import json_format
 
-    from shardsearch import cli
+    from shardsearch.tools import cli
 
     queries = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
     np.save(tmp_path / "q.npy", queries)

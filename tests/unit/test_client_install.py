@@ -50,7 +50,7 @@ class Block:
         if name.split(".")[0] == "prometheus_client":
             raise ModuleNotFoundError("blocked", name=name)
 sys.meta_path.insert(0, Block())
-from shardsearch import cli
+from shardsearch.tools import cli
 cli.main(["local"])
 """
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)

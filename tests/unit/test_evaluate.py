@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardsearch import cli, codec
-from shardsearch.evaluate import (
+from shardsearch import codec
+from shardsearch.tools import cli
+from shardsearch.tools.evaluate import (
     EvalConfig,
     Metrics,
     QueryResult,

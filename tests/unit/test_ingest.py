@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
-from shardsearch.ingest import sources
-from shardsearch.ingest.sources import Record, SourceError, image_source, jsonl_source, open_source, vector_source
-from shardsearch.ingest.summary import MAX_EXAMPLES, IngestSummary, group_reason
-from shardsearch.ingest.writer import BatchResult, RetryPolicy, RpcFailure, batches, write_batch
+from shardsearch.tools.ingest import sources
+from shardsearch.tools.ingest.sources import Record, SourceError, image_source, jsonl_source, open_source, vector_source
+from shardsearch.tools.ingest.summary import MAX_EXAMPLES, IngestSummary, group_reason
+from shardsearch.tools.ingest.writer import BatchResult, RetryPolicy, RpcFailure, batches, write_batch
 from shardsearch.v1 import search_pb2
 
 FAST = RetryPolicy(retries=3, backoff_s=0.001, max_backoff_s=0.001)

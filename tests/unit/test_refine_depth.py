@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 
 from shardsearch import index_params
-from shardsearch.datasets import embedding_like, exact_neighbours
 from shardsearch.shard_server import ann
 from shardsearch.shard_server.index import Collection
+from shardsearch.tools.datasets import embedding_like, exact_neighbours
 from shardsearch.v1 import search_pb2
 from tests.conftest import recall_at_10
 

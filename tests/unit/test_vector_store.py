@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from shardsearch import index_params
-from shardsearch.datasets import embedding_like
 from shardsearch.ring import key_hashes
 from shardsearch.shard_server import ids as id_table
 from shardsearch.shard_server.index import Collection
+from shardsearch.tools.datasets import embedding_like
 from shardsearch.v1 import search_pb2
 
 STORES = {"float32": search_pb2.VECTOR_STORE_FLOAT32, "float16": search_pb2.VECTOR_STORE_FLOAT16,

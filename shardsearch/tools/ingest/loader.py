@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from shardsearch import security
 from shardsearch.client import VECTOR_STORES, AsyncClient, Unavailable
-from shardsearch.ingest.sources import Record, Source, open_source
-from shardsearch.ingest.summary import IngestSummary
-from shardsearch.ingest.writer import RetryPolicy, RpcFailure, batches, with_retries, write_batch
+from shardsearch.tools.ingest.sources import Record, Source, open_source
+from shardsearch.tools.ingest.summary import IngestSummary
+from shardsearch.tools.ingest.writer import RetryPolicy, RpcFailure, batches, with_retries, write_batch
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Awaitable, Callable, Iterable, Iterator, TypeVar
 import grpc
 
 from shardsearch.grpcserver import MAX_MESSAGE_BYTES
-from shardsearch.ingest.sources import Record
+from shardsearch.tools.ingest.sources import Record
 from shardsearch.v1 import search_pb2
 
 logger = logging.getLogger(__name__)

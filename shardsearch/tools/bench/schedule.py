@@ -7,9 +7,9 @@ import itertools
 import time
 from typing import Callable, Sequence
 
-from shardsearch.bench.callers import Caller, CallFailed
-from shardsearch.bench.recorder import Recorder
-from shardsearch.bench.workload import Request
+from shardsearch.tools.bench.callers import Caller, CallFailed
+from shardsearch.tools.bench.recorder import Recorder
+from shardsearch.tools.bench.workload import Request
 
 LATE_AFTER_S = 0.001
 """Open loop: a send that slips by more than this and more than one arrival interval counts as late."""

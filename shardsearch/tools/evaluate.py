@@ -1,12 +1,12 @@
 """Offline evaluation (`shardsearch eval`): Recall@K, Precision@K, mAP and MRR of a labelled query set.
 
 Four layers, each usable alone:
-- metrics, pure (shardsearch/relevance.py): `metrics_at(hits, relevant, k)` scores one query; `score(...)` averages
+- metrics, pure (shardsearch/tools/relevance.py): `metrics_at(hits, relevant, k)` scores one query; `score(...)` averages
   a query set per K;
-- the query set (shardsearch/query_sets.py): `load_queries(path)` reads JSON (a list of objects) or JSONL;
+- the query set (shardsearch/tools/query_sets.py): `load_queries(path)` reads JSON (a list of objects) or JSONL;
 - the run: `await run_eval(EvalConfig(...))` searches every query through a coordinator and returns an `EvalResult`,
   whose `table()` the command prints and whose `to_json()` `--json` writes;
-- the command: `add_arguments` and `run`, registered in `shardsearch.cli`.
+- the command: `add_arguments` and `run`, registered in `shardsearch.tools.cli`.
 
 Conventions (the README's "Offline evaluation" says the same):
 - Ranks are the order in which the server returned the hits. Hits with equal scores are not re-ordered: a tie is
@@ -35,8 +35,8 @@ import grpc
 
 from shardsearch import security
 from shardsearch.client import AsyncClient, Unavailable
-from shardsearch.query_sets import QUERY_FIELDS, Query, QuerySetError, load_queries, parse_query
-from shardsearch.relevance import (
+from shardsearch.tools.query_sets import QUERY_FIELDS, Query, QuerySetError, load_queries, parse_query
+from shardsearch.tools.relevance import (
     EvalResult,
     Metrics,
     QueryResult,

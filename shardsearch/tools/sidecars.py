@@ -85,7 +85,7 @@ class RedisServer:
         self.stop()
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRITON_VENV = Path(os.environ.get("SHARDSEARCH_TRITON_VENV", REPO / ".triton-venv"))
 TRITON_SCRIPT = REPO / "scripts" / "triton_models.py"
 TRITON_TEXT_MODEL = "minilm_text"

@@ -13,13 +13,14 @@ from typing import Any, Callable, Sequence
 import grpc
 import numpy as np
 
-from shardsearch import demo, security
-from shardsearch.bench import workload
-from shardsearch.bench.callers import Caller, StreamCaller, UnaryCaller
-from shardsearch.bench.recorder import Recorder, report_progress
-from shardsearch.bench.schedule import Plan, closed_loop, open_loop
-from shardsearch.bench.workload import Request, Workload
+from shardsearch import security
 from shardsearch.client import AsyncClient, Unavailable
+from shardsearch.tools import demo
+from shardsearch.tools.bench import workload
+from shardsearch.tools.bench.callers import Caller, StreamCaller, UnaryCaller
+from shardsearch.tools.bench.recorder import Recorder, report_progress
+from shardsearch.tools.bench.schedule import Plan, closed_loop, open_loop
+from shardsearch.tools.bench.workload import Request, Workload
 from shardsearch.v1 import search_pb2, search_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import sys
 from typing import NoReturn
 
 from shardsearch import security
-from shardsearch.ingest.loader import METRICS, VECTOR_STORES, IngestError, ingest
-from shardsearch.ingest.sources import Source, SourceError, image_source, jsonl_source, vector_source
+from shardsearch.tools.ingest.loader import METRICS, VECTOR_STORES, IngestError, ingest
+from shardsearch.tools.ingest.sources import Source, SourceError, image_source, jsonl_source, vector_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardsearch.ingest.writer import BatchResult
+from shardsearch.tools.ingest.writer import BatchResult
 
 MAX_EXAMPLES = 10
 _POSITION = re.compile(r"\b(items|ids)\[\d+\]")

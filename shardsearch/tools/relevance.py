@@ -1,5 +1,5 @@
 """Relevance metrics, pure: Recall@K, Precision@K, average precision and reciprocal rank of one query's hits, and a
-query set's scores averaged per K (`score`). No I/O; `shardsearch eval` (shardsearch/evaluate.py) feeds it.
+query set's scores averaged per K (`score`). No I/O; `shardsearch eval` (shardsearch/tools/evaluate.py) feeds it.
 
 Ranks are the order in which the server returned the hits (ties are not re-ordered); a repeated hit id counts once,
 at its first rank; Precision@K divides by K, not by the hits returned.

@@ -15,7 +15,7 @@ from shardsearch import __version__
 
 
 def _local(args: argparse.Namespace) -> None:
-    from shardsearch.local import CrashLoop, LocalCluster, RedisServer, RestartPolicy, TritonServer
+    from shardsearch.tools.local import CrashLoop, LocalCluster, RedisServer, RestartPolicy, TritonServer
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -58,7 +58,7 @@ def _local(args: argparse.Namespace) -> None:
             print(f"{proc.name:<12} {proc.address}" + (f"  (metrics :{proc.metrics_port})" if args.metrics else ""))
         print(f"logs in {cluster.run_dir}", flush=True)
         if args.demo:
-            from shardsearch import demo
+            from shardsearch.tools import demo
 
             demo.run(cluster.address)
             print(f"\ntry: grpcurl -plaintext -d '{{\"name\": \"demo\"}}' {cluster.address} "
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> None:
-    from shardsearch.local import RestartPolicy
+    from shardsearch.tools.local import RestartPolicy
 
     parser = argparse.ArgumentParser(prog="shardsearch", description="A gRPC sharded vector-search cluster.")
     parser.add_argument("--version", action="version", version=f"shardsearch {__version__}")
@@ -124,10 +124,10 @@ def _main(argv: Sequence[str] | None) -> None:
                        f"{RestartPolicy.window_s:.0f}s the launcher stops and exits 1 (default %(default)s)")
     local.set_defaults(run=_local)
 
-    from shardsearch import admin, evaluate, ingest, transfer
-    from shardsearch.bench import cli as bench_main
     from shardsearch.coordinator import __main__ as coordinator_main
     from shardsearch.shard_server import __main__ as shard_main
+    from shardsearch.tools import admin, evaluate, ingest, transfer
+    from shardsearch.tools.bench import cli as bench_main
 
     for name, about, add_arguments, run_command in (
         ("coordinator", "run the coordinator (public SearchService)", coordinator_main.add_arguments,

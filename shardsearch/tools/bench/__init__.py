@@ -6,7 +6,7 @@ open loop offers a fixed arrival rate and measures latency from each request's s
 the client or the server is not hidden.
 """
 
-from shardsearch.bench.runner import BenchConfig, BenchResult, run_bench
-from shardsearch.bench.workload import Workload, read_dataset, read_workload
+from shardsearch.tools.bench.runner import BenchConfig, BenchResult, run_bench
+from shardsearch.tools.bench.workload import Workload, read_dataset, read_workload
 
 __all__ = ["BenchConfig", "BenchResult", "Workload", "read_dataset", "read_workload", "run_bench"]

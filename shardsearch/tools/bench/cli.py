@@ -16,7 +16,7 @@ from typing import Any, Callable, Coroutine, NoReturn
 import grpc
 
 from shardsearch import security
-from shardsearch.bench.runner import CALLS, MODES, POLICIES, BenchConfig, BenchResult, run_bench
+from shardsearch.tools.bench.runner import CALLS, MODES, POLICIES, BenchConfig, BenchResult, run_bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,7 +162,7 @@ def write_ghz_data(args: argparse.Namespace) -> None:
     command sends (vectors as base64 float32 bytes, the proto3 JSON mapping)."""
     from google.protobuf import json_format
 
-    from shardsearch.bench import workload
+    from shardsearch.tools.bench import workload
     from shardsearch.v1 import search_pb2
 
     if args.dataset:

@@ -1,7 +1,7 @@
 """A whole cluster on one machine: N shard processes and one or more coordinators, each its own process, on free ports.
 
 Used by `shardsearch local`, the integration tests and the benchmarks (the Redis and Triton servers it can run beside
-it are in shardsearch/sidecars.py). Children get SIGTERM if the launcher dies (they set PR_SET_PDEATHSIG themselves,
+it are in shardsearch/tools/sidecars.py). Children get SIGTERM if the launcher dies (they set PR_SET_PDEATHSIG themselves,
 see shardsearch.process), so no orphans are left even after `kill -9` of the launcher.
 """
 
@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shardsearch.process import DIE_WITH_PARENT_ENV, free_port
-from shardsearch.sidecars import (
+from shardsearch.tools.sidecars import (
     TRITON_DIM,
     TRITON_IMAGE_BYTES_MODEL,
     TRITON_IMAGE_MODEL,

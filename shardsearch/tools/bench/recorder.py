@@ -9,7 +9,7 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from shardsearch.bench.workload import Request
+from shardsearch.tools.bench.workload import Request
 from shardsearch.v1 import search_pb2
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}

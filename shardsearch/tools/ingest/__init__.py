@@ -5,14 +5,14 @@ Layers, each usable alone:
 - `writer`: one batch's resume check, retries and bisection, over two coroutines (pure, tested without a server);
 - `summary`: counts and failures grouped by reason;
 - `loader`: `await ingest(address, collection, source, **options) -> IngestSummary`;
-- `cli`: `add_arguments` and `run`, registered in `shardsearch.cli`.
+- `cli`: `add_arguments` and `run`, registered in `shardsearch.tools.cli`.
 """
 
 from __future__ import annotations
 
-from shardsearch.ingest.cli import add_arguments, run
-from shardsearch.ingest.loader import IngestError, IngestOptions, ingest
-from shardsearch.ingest.sources import (
+from shardsearch.tools.ingest.cli import add_arguments, run
+from shardsearch.tools.ingest.loader import IngestError, IngestOptions, ingest
+from shardsearch.tools.ingest.sources import (
     Record,
     Source,
     SourceError,
@@ -21,7 +21,7 @@ from shardsearch.ingest.sources import (
     open_source,
     vector_source,
 )
-from shardsearch.ingest.summary import IngestSummary
+from shardsearch.tools.ingest.summary import IngestSummary
 
 __all__ = [
     "IngestError", "IngestOptions", "IngestSummary", "Record", "Source", "SourceError", "add_arguments", "image_source",
