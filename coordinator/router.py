@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 LAYOUT_RETRIES = 3  # attempts in all (the first and two re-sends) for a request refused for a stale layout
 READ_TIMEOUT_S = 2.0
 STALE_PAUSE_S = 0.05
+STALE_MIN_WAIT_S = 0.05  # what a refused call waits for the layout read at the least, even past its deadline
 SETTLE_ROUNDS = 5
 
 
@@ -182,13 +183,17 @@ class Router:
             logger.info("stored the ring layout from the flags on every shard (version 1)")
         return bool(self.layout.version)
 
-    async def stale(self, outcomes: Sequence[Outcome]) -> bool:
-        """True (after re-reading the layout) if a shard refused a request for its stale layout."""
+    async def stale(self, outcomes: Sequence[Outcome], wait: float = READ_TIMEOUT_S) -> bool:
+        """True (after re-reading the layout) if a shard refused a request for its stale layout. The caller waits
+        at most `wait` seconds for the read (which goes on for the next caller: a replica that does not answer
+        takes READ_TIMEOUT_S to give up on)."""
         if not any(o.error is not None and o.error.code == grpc.StatusCode.ABORTED for o in outcomes):
             return False
-        if not await self.refresh():
-            await asyncio.sleep(STALE_PAUSE_S)  # a shard is still storing the new layout
-            await self.refresh()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                if not await self.refresh():
+                    await asyncio.sleep(STALE_PAUSE_S)  # a shard is still storing the new layout
+                    await self.refresh()
         return True
 
     async def routed(
@@ -200,7 +205,10 @@ class Router:
         within the monotonic `deadline` (DEADLINE_EXCEEDED once it has passed). Returns the last attempt's outcomes."""
         for _ in range(LAYOUT_RETRIES):
             outcomes = await attempt(remaining(deadline))
-            if not await self.stale(outcomes):
+            # The layout read is bounded by the caller's deadline (with a short floor, so that a call refused just
+            # as its deadline passed still leaves the layout re-read for the next one).
+            wait = min(READ_TIMEOUT_S, max(STALE_MIN_WAIT_S, deadline - time.monotonic()))
+            if not await self.stale(outcomes, wait):
                 break
         return outcomes
 

@@ -1,6 +1,6 @@
 """The router's one retry rule (Router.routed): a request the shards refuse as routed by a stale ring layout
 (ABORTED) is routed again by the layout re-read from them and re-sent, a bounded number of times, within the
-caller's deadline; any other outcome is returned as it is. Against the fake replicas of test_shard_pool, which store
+caller's deadline; any other outcome is returned as it is. Against the fake replicas of fake_shards.py, which store
 a layout and refuse requests stamped with an older version, as shards do."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from shardsearch.coordinator.shards import Outcome, Replication
 from shardsearch.errors import DeadlineExceeded
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, shard_pb2
-from tests.unit.test_shard_pool import FakeCluster, failing
+from tests.unit.fake_shards import FakeCluster, failing, hanging
 
 IDS = [f"item-{i}" for i in range(60)]
 
@@ -205,3 +205,21 @@ async def test_a_write_refused_for_a_stale_layout_is_resent_and_fences_no_replic
     for replica in cluster.replicas.values():
         assert [(r.topology_version, r.version) for r in replica.requests("Upsert")] == [(1, 42), (2, 42)]
     assert not any(r.fenced for s in pool.shards for r in s.replicas) and cluster.called("Resync") == []
+
+
+async def test_a_layout_read_that_hangs_is_not_waited_for_past_the_deadline(cluster: FakeCluster) -> None:
+    """A refused call whose layout re-read meets a replica that does not answer ends with DEADLINE_EXCEEDED by its
+    own deadline, not the read's; the read goes on without it (not cancelled) and serves the next call."""
+    router = await started(cluster)
+    announce(cluster, layout(2, "s0", "s1"))
+    hung = cluster.replicas["s1-r0:50061"]
+    answer = asyncio.Event()
+    hung.on["GetTopology"] = hanging(answer)
+    reads = Reads(router, cluster)
+    with pytest.raises(DeadlineExceeded):
+        await router.routed(reads, time.monotonic() + 0.2)
+    assert reads.versions == [1]
+    assert hung.requests("GetTopology") and "GetTopology" not in hung.cancelled  # still reading when the call ended
+    answer.set()
+    await router.refresh()  # the read in flight, shared
+    assert router.version == 2
