@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec
+from shardsearch.client_messages import all_of, any_of, match, none_of, number_range
 from shardsearch.coordinator.combine import fuse_rrf
 from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
@@ -27,27 +28,7 @@ V = search_pb2.Value
 F = search_pb2.Filter
 
 
-# ---- filters: building them, and evaluating them in Python as the shards must ------------------------------------
-
-
-def match(field: str, *values: str) -> F:
-    return F(match=search_pb2.Match(field=field, values=values))
-
-
-def rng(field: str, **bounds: float) -> F:
-    return F(range=search_pb2.Range(field=field, **bounds))
-
-
-def all_of(*filters: F) -> F:
-    return F(all_of=search_pb2.Filters(filters=filters))
-
-
-def any_of(*filters: F) -> F:
-    return F(any_of=search_pb2.Filters(filters=filters))
-
-
-def none_of(*filters: F) -> F:
-    return F(none_of=search_pb2.Filters(filters=filters))
+# ---- filters: built with the client's builders (shardsearch.client), evaluated in Python as the shards must ---------
 
 
 def passes(fields: dict[str, V], flt: F) -> bool:
@@ -75,17 +56,17 @@ def passes(fields: dict[str, V], flt: F) -> bool:
 FILTERS: dict[str, F] = {
     "equality": match("category", "c03"),
     "membership": match("category", "c01", "c07", "c11"),
-    "range": rng("price", gte=100.0, lt=250.0),
-    "open range": rng("price", gt=900.0),
-    "equal bounds": rng("price", gte=500.0, lte=500.0),
+    "range": number_range("price", gte=100.0, lt=250.0),
+    "open range": number_range("price", gt=900.0),
+    "equal bounds": number_range("price", gte=500.0, lte=500.0),
     "list membership": match("tags", "t05", "t17"),
-    "all_of": all_of(match("category", *CATEGORIES[:5]), rng("price", lte=500.0)),
+    "all_of": all_of(match("category", *CATEGORIES[:5]), number_range("price", lte=500.0)),
     "any_of": any_of(match("category", "c02"), match("tags", "t03")),
     "none_of": none_of(match("category", *CATEGORIES[:10])),
-    "nested": all_of(any_of(match("tags", "t01"), rng("price", lt=100.0)), none_of(match("category", "c04"))),
-    "selective": all_of(match("category", "c05"), rng("price", lt=200.0)),  # about 1%
+    "nested": all_of(any_of(match("tags", "t01"), number_range("price", lt=100.0)), none_of(match("category", "c04"))),
+    "selective": all_of(match("category", "c05"), number_range("price", lt=200.0)),  # about 1%
     "nothing": match("category", "no-such-category"),
-    "wrong type": rng("category", gte=0.0),  # a keyword field never passes a range
+    "wrong type": number_range("category", gte=0.0),  # a keyword field never passes a range
     "keyword vs number": match("price", "500"),  # nor a number field a match
     "three": match("special", "yes"),
 }
@@ -450,12 +431,12 @@ def invalid(call: Any, request: Any, *fragments: str) -> None:
 
 
 BAD_FILTERS = [
-    (all_of(match("a", "x"), match("b", "y"), rng("price")), "filter.all_of[2].range: set at least one bound"),
+    (all_of(match("a", "x"), match("b", "y"), number_range("price")), "filter.all_of[2].range: set at least one bound"),
     (F(), "filter: set one of match, range"),
     (any_of(), "filter.any_of: give at least one filter"),
     (match("category"), "filter.match.values: 0 values"),
-    (none_of(rng("price", gt=1, gte=2)), "filter.none_of[0].range: set gt or gte, not both"),
-    (rng("price", lt=math.nan), "filter.range.lt: nan is not a finite number"),
+    (none_of(number_range("price", gt=1, gte=2)), "filter.none_of[0].range: set gt or gte, not both"),
+    (number_range("price", lt=math.nan), "filter.range.lt: nan is not a finite number"),
     (match("", "x"), "filter.match.field: a field name must not be empty"),
 ]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from shardsearch import codec, topology
+from shardsearch.client_messages import all_of, any_of, match, none_of, number_range
 from shardsearch.coordinator.router import Router
 from shardsearch.coordinator.writes import route_items
 from shardsearch.errors import InvalidArgument
@@ -18,26 +19,6 @@ from shardsearch.validation import DEFAULT_LIMITS, check_diversity, check_fields
 
 F = search_pb2.Filter
 V = search_pb2.Value
-
-
-def match(field: str, *values: str) -> F:
-    return F(match=search_pb2.Match(field=field, values=values))
-
-
-def rng(field: str, **bounds: float) -> F:
-    return F(range=search_pb2.Range(field=field, **bounds))
-
-
-def all_of(*filters: F) -> F:
-    return F(all_of=search_pb2.Filters(filters=filters))
-
-
-def any_of(*filters: F) -> F:
-    return F(any_of=search_pb2.Filters(filters=filters))
-
-
-def none_of(*filters: F) -> F:
-    return F(none_of=search_pb2.Filters(filters=filters))
 
 
 def fields(**values: V) -> search_pb2.Fields:
@@ -98,11 +79,11 @@ def test_fields_over_16_kib_serialised_are_refused() -> None:
 def test_well_formed_filters_pass() -> None:
     check_filter(match("category", "shoes"))
     check_filter(match("tags", *[f"t{i}" for i in range(1024)]))
-    check_filter(rng("price", gte=1.0))
-    check_filter(rng("price", gt=1.0, lt=2.0))
-    check_filter(rng("price", gte=5.0, lte=5.0))
-    check_filter(rng("price", gt=9.0, lt=1.0))  # matches nothing, but is not malformed
-    check_filter(all_of(match("a", "x"), any_of(rng("p", lte=3), none_of(match("t", "u", "v")))))
+    check_filter(number_range("price", gte=1.0))
+    check_filter(number_range("price", gt=1.0, lt=2.0))
+    check_filter(number_range("price", gte=5.0, lte=5.0))
+    check_filter(number_range("price", gt=9.0, lt=1.0))  # matches nothing, but is not malformed
+    check_filter(all_of(match("a", "x"), any_of(number_range("p", lte=3), none_of(match("t", "u", "v")))))
 
 
 def nested(levels: int) -> F:
@@ -119,7 +100,7 @@ def test_nesting_and_condition_count_limits() -> None:
     check_filter(any_of(*[match("a", str(i)) for i in range(64)]))
     with refused(r"filter\.any_of\[64\]: the filter has more than 64 match and range conditions"):
         check_filter(any_of(*[match("a", str(i)) for i in range(65)]))
-    spread = all_of(*[any_of(*[rng("p", gt=i) for i in range(30)]) for _ in range(3)])  # 90 in all
+    spread = all_of(*[any_of(*[number_range("p", gt=i) for i in range(30)]) for _ in range(3)])  # 90 in all
     with refused(r"filter\.all_of\[2\]\.any_of\[4\]: the filter has more than 64"):
         check_filter(spread)
 
@@ -136,13 +117,13 @@ def test_nesting_and_condition_count_limits() -> None:
     (match("a", *["v"] * 1025), r"^filter\.match\.values: 1025 values; give 1 to 1024$"),
     (match("a", "x", ""), r"^filter\.match\.values\[1\]: a keyword must not be empty$"),
     (match("a", "x" * 257), r"^filter\.match\.values\[0\]: keyword is longer than 256 bytes$"),
-    (rng("", gt=1), r"^filter\.range\.field: a field name must not be empty$"),
-    (all_of(match("a", "x"), match("b", "y"), rng("p")), r"^filter\.all_of\[2\]\.range: set at least one bound"),
-    (rng("p", gt=math.nan), r"^filter\.range\.gt: nan is not a finite number$"),
-    (rng("p", lte=math.inf), r"^filter\.range\.lte: inf is not a finite number$"),
-    (rng("p", gt=1, gte=1), r"^filter\.range: set gt or gte, not both$"),
-    (rng("p", lt=1, lte=1), r"^filter\.range: set lt or lte, not both$"),
-    (none_of(any_of(rng("p", gte=-math.inf))), r"^filter\.none_of\[0\]\.any_of\[0\]\.range\.gte: -inf is not a finite"),
+    (number_range("", gt=1), r"^filter\.range\.field: a field name must not be empty$"),
+    (all_of(match("a", "x"), match("b", "y"), number_range("p")), r"^filter\.all_of\[2\]\.range: set at least one bound"),
+    (number_range("p", gt=math.nan), r"^filter\.range\.gt: nan is not a finite number$"),
+    (number_range("p", lte=math.inf), r"^filter\.range\.lte: inf is not a finite number$"),
+    (number_range("p", gt=1, gte=1), r"^filter\.range: set gt or gte, not both$"),
+    (number_range("p", lt=1, lte=1), r"^filter\.range: set lt or lte, not both$"),
+    (none_of(any_of(number_range("p", gte=-math.inf))), r"^filter\.none_of\[0\]\.any_of\[0\]\.range\.gte: -inf is not a finite"),
 ])
 def test_bad_filters_are_refused_naming_the_condition(flt: F, message: str) -> None:
     with refused(message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shardsearch.client_messages import match
 from shardsearch.shard_server import index as index_module
 from shardsearch.shard_server.index import Collection
 from shardsearch.v1 import search_pb2 as pb
@@ -19,10 +20,6 @@ def fields(category: str, price: float, tags: list[str]) -> pb.Fields:
         "category": pb.Value(keyword=category), "price": pb.Value(number=price),
         "tags": pb.Value(keywords=pb.Keywords(values=tags)),
     })
-
-
-def match(field: str, *values: str) -> pb.Filter:
-    return pb.Filter(match=pb.Match(field=field, values=list(values)))
 
 
 def price_range(**bounds: float) -> pb.Filter:
