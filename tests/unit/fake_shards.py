@@ -92,12 +92,16 @@ class FakeReplica:
             self.cancelled.append(method)
             raise
 
-    def serve(self, method: str, request: Any) -> Message:
-        """What a healthy replica with this layout answers."""
+    def check_layout(self, request: Any) -> None:
+        """Refuses a request routed by an older layout than the one this replica stores (ABORTED), as shards do."""
         version = getattr(request, "topology_version", 0)
         if version and version < self.topology.version:
             raise rpc_error(grpc.StatusCode.ABORTED, f"routed by ring layout {version}, but shard {self.shard} has "
                             f"layout {self.topology.version}; re-read the layout and send the request again")
+
+    def serve(self, method: str, request: Any) -> Message:
+        """What a healthy replica with this layout answers."""
+        self.check_layout(request)
         if method == "Get":
             return shard_pb2.ShardGetResponse(ids=request.ids)
         if method == "Search":

@@ -46,10 +46,7 @@ class DataReplica(FakeReplica):
         """Ids whose copies it acknowledges and drops until it is first asked for a checksum."""
 
     def serve(self, method: str, request: Any) -> Message:
-        version = getattr(request, "topology_version", 0)
-        if version and version < self.topology.version:
-            raise rpc_error(grpc.StatusCode.ABORTED, f"routed by ring layout {version}, but shard {self.shard} has "
-                            f"layout {self.topology.version}")
+        self.check_layout(request)
         if method == "SetTopology":
             if request.topology.version < self.topology.version:
                 raise rpc_error(grpc.StatusCode.ABORTED, f"already at layout {self.topology.version}")
