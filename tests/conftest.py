@@ -42,6 +42,17 @@ def write_dataset(folder: Path, name: str = "l2-10k-128") -> Path:
     return folder
 
 
+def exact(vectors: np.ndarray, query: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (order, scores) of `vectors` for one query, best first; metric "ip" (inner product) or "l2" (squared)."""
+    if metric == "ip":
+        scores = vectors @ query
+        order = np.argsort(-scores, kind="stable")
+    else:
+        scores = ((vectors - query) ** 2).sum(axis=1)
+        order = np.argsort(scores, kind="stable")
+    return order, scores[order]
+
+
 def recall_at_10(found_ids: list[list[int]], gt: np.ndarray) -> float:
     return float(np.mean([len(set(row[:10]) & set(gt[i, :10].tolist())) / 10 for i, row in enumerate(found_ids)]))
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 import numpy as np
@@ -13,17 +14,31 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shardsearch import codec
 from shardsearch.tools.local import LocalCluster
-from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc
+from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
+
+
+@contextlib.contextmanager
+def running_cluster(
+    request: pytest.FixtureRequest, extra_logs: Callable[[], str] | None = None, **options: Any
+) -> Iterator[LocalCluster]:
+    """A LocalCluster for a fixture or a test; its logs (and `extra_logs()`) are printed at the end if a test failed
+    meanwhile or an error leaves the block."""
+    failed_before = request.session.testsfailed
+    with LocalCluster(**options) as running:
+        failed = True
+        try:
+            yield running
+            failed = request.session.testsfailed > failed_before
+        finally:
+            if failed:
+                print(f"\n=== cluster logs ===\n{running.logs()}{extra_logs() if extra_logs else ''}")
 
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """A 4-shard cluster shared by a test module; its logs are printed if a test fails."""
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=4, metrics=True) as running:
+    with running_cluster(request, shards=4, metrics=True) as running:
         yield running
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{running.logs()}")
 
 
 def connect(cluster: LocalCluster) -> search_pb2_grpc.SearchServiceStub:
@@ -34,6 +49,20 @@ def connect(cluster: LocalCluster) -> search_pb2_grpc.SearchServiceStub:
 @pytest.fixture(scope="module")
 def stub(cluster: LocalCluster) -> search_pb2_grpc.SearchServiceStub:
     return connect(cluster)
+
+
+def shard_ids(address: str, collection: str) -> list[str]:
+    """Every id a shard holds (straight from the shard, past the coordinators), by pages of ListIds."""
+    with grpc.insecure_channel(address) as channel:
+        stub = shard_pb2_grpc.ShardServiceStub(channel)
+        ids, after, resume = [], 0, False
+        while True:
+            page = stub.ListIds(shard_pb2.ShardListIdsRequest(collection=collection, after=after, resume=resume,
+                                                              limit=10_000))
+            ids.extend(page.ids)
+            if not page.more:
+                return ids
+            after, resume = page.next_after, True
 
 
 def upsert(stub: search_pb2_grpc.SearchServiceStub, collection: str, ids: list[str], vectors: np.ndarray,

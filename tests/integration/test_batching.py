@@ -15,7 +15,7 @@ import pytest
 from shardsearch import codec
 from shardsearch.tools.local import LocalCluster, Process
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
-from tests.integration.conftest import connect, create, scrape, upsert, wait_until
+from tests.integration.conftest import connect, create, running_cluster, scrape, upsert, wait_until
 
 NAME = "batched"
 DIM = 8
@@ -26,14 +26,12 @@ QUEUE = 8
 def held(request: pytest.FixtureRequest) -> Iterator[tuple[LocalCluster, object, np.ndarray]]:
     """2 shards; the coordinator sends one batch at a time and queues at most QUEUE searches; no cache."""
     args = ["--batch-max-in-flight", "1", "--batch-max-queue-size", str(QUEUE), "--cache", "off"]
-    with LocalCluster(shards=2, metrics=True, coordinator_args=args) as cluster:
+    with running_cluster(request, shards=2, metrics=True, coordinator_args=args) as cluster:
         stub = connect(cluster)
         create(stub, NAME, DIM)
         vectors = np.random.default_rng(5).standard_normal((200, DIM)).astype(np.float32)
         upsert(stub, NAME, [str(i) for i in range(200)], vectors)
         yield cluster, stub, vectors
-        if request.session.testsfailed:
-            print(cluster.logs())
 
 
 def value(proc: Process, name: str, **labels: str) -> float:

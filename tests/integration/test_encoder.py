@@ -36,7 +36,7 @@ from shardsearch.tools.local import (
 )
 from shardsearch.v1 import search_pb2 as pb
 from shardsearch.v1 import search_pb2_grpc
-from tests.integration.conftest import Samples, connect, metric_sum, scrape
+from tests.integration.conftest import Samples, connect, metric_sum, running_cluster, scrape
 
 pytestmark = pytest.mark.triton
 
@@ -69,12 +69,13 @@ def redis() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def cluster(triton: TritonServer, redis: RedisServer, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    failed_before = request.session.testsfailed
     args = [*triton.coordinator_args(), "--redis-url", redis.url, "--encoder-wait-s", "60"]
-    with LocalCluster(shards=2, metrics=True, coordinator_args=args) as running:
+
+    def triton_log() -> str:
+        return f"\n=== triton log ===\n{triton.log_path.read_text()[-4000:]}"
+
+    with running_cluster(request, triton_log, shards=2, metrics=True, coordinator_args=args) as running:
         yield running
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{running.logs()}\n=== triton log ===\n{triton.log_path.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from shardsearch.tools import cli
 from shardsearch.tools.evaluate import EvalConfig, load_queries, run_eval
 from shardsearch.tools.local import LocalCluster
-from tests.integration.conftest import create, upsert
+from tests.integration.conftest import create, running_cluster, upsert
 
 NAME = "evalset"
 DIM = 16
@@ -30,11 +30,8 @@ PARTIAL_POSITIONS = (0, 3, 8, 20)
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """Two shards without write-ahead logs (this module never restarts one); logs printed if a test fails."""
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=2, durable=False) as running:
+    with running_cluster(request, shards=2, durable=False) as running:
         yield running
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{running.logs()}")
 
 
 @pytest.fixture(scope="module")

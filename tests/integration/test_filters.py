@@ -17,7 +17,8 @@ from shardsearch.client_messages import all_of, any_of, match, none_of, number_r
 from shardsearch.coordinator.combine import fuse_rrf
 from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
-from tests.integration.conftest import connect, create, wait_trained, wait_until
+from tests.conftest import exact
+from tests.integration.conftest import connect, create, running_cluster, wait_trained, wait_until
 
 DIM = 16
 N = 3000
@@ -93,14 +94,8 @@ class Data:
         """The exact ranking of the items passing `flt`, best first, as (id, score)."""
         rows = np.flatnonzero(self.mask(flt))
         rows = rows[[self.ids[r] != leave_out for r in rows]] if leave_out else rows
-        sub = self.vectors[rows]
-        if metric == "ip":
-            scores = sub @ query
-            order = np.argsort(-scores, kind="stable")
-        else:
-            scores = ((sub - query) ** 2).sum(axis=1)
-            order = np.argsort(scores, kind="stable")
-        return [(self.ids[rows[i]], float(scores[i])) for i in order]
+        order, scores = exact(self.vectors[rows], query, metric)
+        return [(self.ids[rows[i]], float(score)) for i, score in zip(order, scores)]
 
     def fields_of(self, item_id: str) -> dict[str, V]:
         return self.fields[int(item_id.split("-")[1])]
@@ -140,11 +135,8 @@ def make_data(stub: search_pb2_grpc.SearchServiceStub, seed: int = 11) -> Data:
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """2 shards x 2 replicas with durable storage (the last test restarts a replica, which catches up from its peer)."""
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=2, replicas=2) as running:
+    with running_cluster(request, shards=2, replicas=2) as running:
         yield running
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{running.logs()}")
 
 
 @pytest.fixture(scope="module")
@@ -441,14 +433,19 @@ BAD_FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("flt, message", BAD_FILTERS)
-def test_bad_filters_are_invalid_argument_naming_the_path(cluster: LocalCluster, flt: F, message: str) -> None:
+def validation_collection(cluster: LocalCluster) -> tuple[search_pb2_grpc.SearchServiceStub, str]:
+    """A stub and the empty collection the validation tests send bad requests to (made by the first that runs)."""
     stub = connect(cluster)
-    collection = "validation"
     try:
-        create(stub, collection, DIM)
+        create(stub, "validation", DIM)
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.ALREADY_EXISTS
+    return stub, "validation"
+
+
+@pytest.mark.parametrize("flt, message", BAD_FILTERS)
+def test_bad_filters_are_invalid_argument_naming_the_path(cluster: LocalCluster, flt: F, message: str) -> None:
+    stub, collection = validation_collection(cluster)
     vector = codec.pack(np.ones(DIM, np.float32))
     invalid(stub.Search, search_pb2.SearchRequest(collection=collection, vector_f32=vector, k=5, filter=flt), message)
     invalid(stub.BatchSearch, search_pb2.BatchSearchRequest(
@@ -462,12 +459,7 @@ def test_bad_filters_are_invalid_argument_naming_the_path(cluster: LocalCluster,
 
 
 def test_bad_diversity_and_bad_fields_are_invalid_argument(cluster: LocalCluster) -> None:
-    stub = connect(cluster)
-    collection = "validation"
-    try:
-        create(stub, collection, DIM)
-    except grpc.RpcError as exc:
-        assert exc.code() == grpc.StatusCode.ALREADY_EXISTS
+    stub, collection = validation_collection(cluster)
     vector = codec.pack(np.ones(DIM, np.float32))
     invalid(stub.Search, search_pb2.SearchRequest(
         collection=collection, vector_f32=vector, k=5, diversity=search_pb2.Diversity(field="c")),

@@ -16,6 +16,7 @@ from shardsearch import codec
 from shardsearch.tools.ingest import IngestSummary, ingest
 from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
+from tests.integration.conftest import running_cluster
 
 N = 3000
 DIM = 16
@@ -25,11 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """Two shards without write-ahead logs (this module never restarts one); logs printed if a test fails."""
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=2, durable=False) as running:
+    with running_cluster(request, shards=2, durable=False) as running:
         yield running
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{running.logs()}")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from shardsearch import codec
 from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
-from tests.integration.conftest import connect, create, metric_sum, scrape, upsert, wait_until
+from tests.integration.conftest import connect, create, metric_sum, running_cluster, scrape, upsert, wait_until
 
 NAME = "rep"
 DIM = 24
@@ -26,15 +26,12 @@ N = 3000
 @pytest.fixture
 def replicated(request: pytest.FixtureRequest) -> Iterator[tuple[LocalCluster, object, np.ndarray]]:
     """2 shards x 2 replicas, durable, with a collection of N items."""
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=2, replicas=2, metrics=True, coordinator_args=request.param) as cluster:
+    with running_cluster(request, shards=2, replicas=2, metrics=True, coordinator_args=request.param) as cluster:
         stub = connect(cluster)
         create(stub, NAME, DIM)
         vectors = np.random.default_rng(5).standard_normal((N, DIM)).astype(np.float32)
         upsert(stub, NAME, [f"id{i}" for i in range(N)], vectors)
         yield cluster, stub, vectors
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{cluster.logs()}")
 
 
 class SearchLoad:

@@ -17,7 +17,7 @@ import pytest
 from shardsearch import codec
 from shardsearch.tools.local import LocalCluster, Process
 from shardsearch.v1 import search_pb2, search_pb2_grpc
-from tests.integration.conftest import create
+from tests.integration.conftest import create, running_cluster
 
 DIM = 8
 JSON_LOGS = ("--log-format", "json", "--access-log", "all")
@@ -25,11 +25,8 @@ JSON_LOGS = ("--log-format", "json", "--access-log", "all")
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=2, durable=False, shard_args=JSON_LOGS, coordinator_args=JSON_LOGS) as running:
+    with running_cluster(request, shards=2, durable=False, shard_args=JSON_LOGS, coordinator_args=JSON_LOGS) as running:
         yield running
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{running.logs()}")
 
 
 @pytest.fixture(scope="module")

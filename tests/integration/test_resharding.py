@@ -17,9 +17,17 @@ import pytest
 
 from shardsearch import codec, topology
 from shardsearch.tools.local import LocalCluster
-from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
+from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc
 from tests.conftest import load_dataset, recall_at_10
-from tests.integration.conftest import batch_search, upsert, wait_for_move, wait_trained, wait_until
+from tests.integration.conftest import (
+    batch_search,
+    running_cluster,
+    shard_ids,
+    upsert,
+    wait_for_move,
+    wait_trained,
+    wait_until,
+)
 
 COLLECTION = "moving"
 NPROBE = 16
@@ -28,11 +36,8 @@ FAR = 1000.0  # the traffic's items sit this far off the real data, so they neve
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=4, coordinators=2, coordinator_args=["--cache", "off"]) as running:
+    with running_cluster(request, shards=4, coordinators=2, coordinator_args=["--cache", "off"]) as running:
         yield running
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{running.logs()}")
 
 
 def stubs(address: str) -> tuple[search_pb2_grpc.SearchServiceStub, admin_pb2_grpc.AdminServiceStub]:
@@ -120,19 +125,6 @@ class Traffic:
                     self.bad_answers.append(f"partial={answer.partial} ids={ids}")
 
 
-def shard_ids(address: str) -> list[str]:
-    """Every id a shard holds (straight from the shard, past the coordinator)."""
-    stub = shard_pb2_grpc.ShardServiceStub(grpc.insecure_channel(address))
-    ids, after, resume = [], 0, False
-    while True:
-        page = stub.ListIds(shard_pb2.ShardListIdsRequest(collection=COLLECTION, after=after, resume=resume,
-                                                          limit=10_000))
-        ids.extend(page.ids)
-        if not page.more:
-            return ids
-        after, resume = page.next_after, True
-
-
 def test_add_then_remove_a_shard_under_traffic(cluster: LocalCluster) -> None:
     base, queries, gt = load_dataset("l2-10k-128")
     main, admin = stubs(cluster.addresses[0])
@@ -194,7 +186,7 @@ def test_add_then_remove_a_shard_under_traffic(cluster: LocalCluster) -> None:
     addresses = {s.name: s.addresses[0] for s in final.shards}
     seen: dict[str, str] = {}
     for name, address in addresses.items():
-        for item_id in shard_ids(address):
+        for item_id in shard_ids(address, COLLECTION):
             assert item_id not in seen, f"{item_id} is on {seen[item_id]} and {name}"
             seen[item_id] = name
     assert set(seen) == set(expected), (
@@ -203,7 +195,7 @@ def test_add_then_remove_a_shard_under_traffic(cluster: LocalCluster) -> None:
     owners = ring.owner_indices(list(seen))
     assert all(ring.shards[o] == seen[i] for i, o in zip(seen, owners))
     assert not traffic.deleted & set(seen)
-    assert shard_ids(cluster.shard_procs[1].address) == []
+    assert shard_ids(cluster.shard_procs[1].address, COLLECTION) == []
 
     # Exact vectors, read back through the coordinator that did not drive the moves.
     written = sorted(traffic.live)

@@ -20,7 +20,7 @@ from shardsearch import codec
 from shardsearch.tools.local import LocalCluster, Process
 from shardsearch.topology import Layout
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
-from tests.integration.conftest import upsert, wait_for_move
+from tests.integration.conftest import running_cluster, shard_ids, upsert, wait_for_move
 
 DIM = 16
 KEPT = "kept"
@@ -39,19 +39,6 @@ def shard_stub(address: str) -> shard_pb2_grpc.ShardServiceStub:
 def create(stub: search_pb2_grpc.SearchServiceStub, name: str) -> None:
     stub.CreateCollection(search_pb2.CreateCollectionRequest(name=name, dim=DIM, metric=search_pb2.METRIC_L2,
                                                              index=FLAT))
-
-
-def shard_ids(address: str, collection: str) -> list[str]:
-    """Every id a shard holds (straight from the shard, past the coordinators)."""
-    stub = shard_stub(address)
-    ids, after, resume = [], 0, False
-    while True:
-        page = stub.ListIds(shard_pb2.ShardListIdsRequest(collection=collection, after=after, resume=resume,
-                                                          limit=10_000))
-        ids.extend(page.ids)
-        if not page.more:
-            return ids
-        after, resume = page.next_after, True
 
 
 def placement(layout: admin_pb2.Topology, collection: str) -> dict[str, str]:
@@ -84,11 +71,6 @@ def restart_with_original_flags(cluster: LocalCluster, proc: Process, timeout: f
     proc.wait_ready(time.monotonic() + timeout)
 
 
-def dump_logs_on_failure(request: pytest.FixtureRequest, cluster: LocalCluster, failed_before: int) -> None:
-    if request.session.testsfailed > failed_before:
-        print(f"\n=== cluster logs ===\n{cluster.logs()}")
-
-
 # ---- one AddShard, then restarts ----------------------------------------------------------------------------------
 
 
@@ -109,8 +91,7 @@ class Moved:
 def moved(request: pytest.FixtureRequest) -> Iterator[Moved]:
     """4 shards and 2 coordinators; 3000 items (300 then deleted); the second coordinator is stopped; shard-4 joins
     through the first."""
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=4, coordinators=2, coordinator_args=["--cache", "off"]) as cluster:
+    with running_cluster(request, shards=4, coordinators=2, coordinator_args=["--cache", "off"]) as cluster:
         main, admin = stubs(cluster.addresses[0])
         create(main, KEPT)
         rng = np.random.default_rng(21)
@@ -132,7 +113,6 @@ def moved(request: pytest.FixtureRequest) -> Iterator[Moved]:
         assert [s.name for s in layout.shards] == [f"shard-{i}" for i in range(5)]
         moved_items = sum(r.items for r in done.move.ranges if r.collection == KEPT)
         yield Moved(cluster, layout, live, deleted, moved_items, original_shards)
-        dump_logs_on_failure(request, cluster, failed_before)
 
 
 def test_the_move_leaves_each_item_once_on_its_owner(moved: Moved) -> None:
@@ -264,12 +244,8 @@ def test_after_restarting_every_process_the_stored_layout_still_decides(moved: M
 
 
 def test_resume_move_finishes_a_move_whose_coordinator_was_killed(request: pytest.FixtureRequest) -> None:
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=4, coordinators=2, coordinator_args=["--cache", "off"]) as cluster:
-        try:
-            resume_after_kill(cluster)
-        finally:
-            dump_logs_on_failure(request, cluster, failed_before)
+    with running_cluster(request, shards=4, coordinators=2, coordinator_args=["--cache", "off"]) as cluster:
+        resume_after_kill(cluster)
 
 
 def resume_after_kill(cluster: LocalCluster) -> None:
@@ -338,47 +314,43 @@ def resume_after_kill(cluster: LocalCluster) -> None:
 
 
 def test_a_non_empty_joining_shard_and_removing_the_last_shard_are_refused(request: pytest.FixtureRequest) -> None:
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=1, durable=False, coordinator_args=["--cache", "off"]) as cluster:
-        try:
-            search, admin = stubs(cluster.address)
-            create(search, KEPT)
-            upsert(search, KEPT, ["a", "b"], np.ones((2, DIM), np.float32))
-            before = admin.GetTopology(admin_pb2.GetTopologyRequest())
+    with running_cluster(request, shards=1, durable=False, coordinator_args=["--cache", "off"]) as cluster:
+        search, admin = stubs(cluster.address)
+        create(search, KEPT)
+        upsert(search, KEPT, ["a", "b"], np.ones((2, DIM), np.float32))
+        before = admin.GetTopology(admin_pb2.GetTopologyRequest())
 
-            # A fresh shard process that holds items of a collection the cluster does not have.
-            extra = cluster.start_extra_shard("shard-1")
-            own = shard_stub(extra.address)
-            own.CreateCollection(shard_pb2.ShardCreateCollectionRequest(collection=search_pb2.Collection(
-                name="elsewhere", dim=4, metric=search_pb2.METRIC_L2, index=FLAT)))
-            own.Upsert(shard_pb2.ShardUpsertRequest(collection="elsewhere", ids=["z"],
-                                                    vectors_f32=codec.pack(np.ones((1, 4), np.float32))))
-            with pytest.raises(grpc.RpcError) as refused:
-                admin.AddShard(admin_pb2.AddShardRequest(shard=admin_pb2.ShardSpec(
-                    name="shard-1", addresses=[extra.address])), timeout=30)
-            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
-            assert "elsewhere" in refused.value.details() and "empty" in refused.value.details()
+        # A fresh shard process that holds items of a collection the cluster does not have.
+        extra = cluster.start_extra_shard("shard-1")
+        own = shard_stub(extra.address)
+        own.CreateCollection(shard_pb2.ShardCreateCollectionRequest(collection=search_pb2.Collection(
+            name="elsewhere", dim=4, metric=search_pb2.METRIC_L2, index=FLAT)))
+        own.Upsert(shard_pb2.ShardUpsertRequest(collection="elsewhere", ids=["z"],
+                                                vectors_f32=codec.pack(np.ones((1, 4), np.float32))))
+        with pytest.raises(grpc.RpcError) as refused:
+            admin.AddShard(admin_pb2.AddShardRequest(shard=admin_pb2.ShardSpec(
+                name="shard-1", addresses=[extra.address])), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
+        assert "elsewhere" in refused.value.details() and "empty" in refused.value.details()
 
-            with pytest.raises(grpc.RpcError) as last:
-                admin.RemoveShard(admin_pb2.RemoveShardRequest(name="shard-0"), timeout=30)
-            assert last.value.code() == grpc.StatusCode.FAILED_PRECONDITION, last.value.details()
-            assert "last" in last.value.details()
+        with pytest.raises(grpc.RpcError) as last:
+            admin.RemoveShard(admin_pb2.RemoveShardRequest(name="shard-0"), timeout=30)
+        assert last.value.code() == grpc.StatusCode.FAILED_PRECONDITION, last.value.details()
+        assert "last" in last.value.details()
 
-            # Neither left a trace: same layout (the initial one the coordinator stored, version 1), nothing stored
-            # on the refused shard, the cluster serves as before.
-            after = admin.GetTopology(admin_pb2.GetTopologyRequest())
-            assert after == before and not after.HasField("move") and after.version == 1
-            for proc in cluster.shard_procs:
-                stored = shard_stub(proc.address).GetTopology(shard_pb2.ShardGetTopologyRequest()).topology.version
-                assert stored == (0 if proc.address == extra.address else 1), proc.name
-            assert KEPT not in {c.name for c in own.ListCollections(shard_pb2.ShardListCollectionsRequest())
-                                .collections}
-            upsert(search, KEPT, ["c"], np.ones((1, DIM), np.float32))
-            got = search.Get(search_pb2.GetRequest(collection=KEPT, ids=["a", "b", "c"]))
-            assert [item.id for item in got.items] == ["a", "b", "c"]
-            assert sorted(shard_ids(cluster.shard_procs[0].address, KEPT)) == ["a", "b", "c"]
-        finally:
-            dump_logs_on_failure(request, cluster, failed_before)
+        # Neither left a trace: same layout (the initial one the coordinator stored, version 1), nothing stored
+        # on the refused shard, the cluster serves as before.
+        after = admin.GetTopology(admin_pb2.GetTopologyRequest())
+        assert after == before and not after.HasField("move") and after.version == 1
+        for proc in cluster.shard_procs:
+            stored = shard_stub(proc.address).GetTopology(shard_pb2.ShardGetTopologyRequest()).topology.version
+            assert stored == (0 if proc.address == extra.address else 1), proc.name
+        assert KEPT not in {c.name for c in own.ListCollections(shard_pb2.ShardListCollectionsRequest())
+                            .collections}
+        upsert(search, KEPT, ["c"], np.ones((1, DIM), np.float32))
+        got = search.Get(search_pb2.GetRequest(collection=KEPT, ids=["a", "b", "c"]))
+        assert [item.id for item in got.items] == ["a", "b", "c"]
+        assert sorted(shard_ids(cluster.shard_procs[0].address, KEPT)) == ["a", "b", "c"]
 
 
 def test_a_request_from_a_future_layout_does_not_wedge_the_shard() -> None:

@@ -17,7 +17,7 @@ import pytest
 from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2_grpc
 from tests.conftest import load_dataset, recall_at_10
-from tests.integration.conftest import batch_search, create, upsert, wait_trained
+from tests.integration.conftest import batch_search, create, running_cluster, upsert, wait_trained
 
 COLLECTION = "drifting"
 SHARDS = ["shard-0", "shard-1"]
@@ -26,11 +26,8 @@ IDLE = admin_pb2.RetrainStatus.STATE_IDLE
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=2, coordinator_args=["--cache", "off"]) as running:
+    with running_cluster(request, shards=2, coordinator_args=["--cache", "off"]) as running:
         yield running
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{running.logs()}")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import pytest
 from shardsearch import codec
 from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, search_pb2_grpc
-from tests.integration.conftest import create, upsert
+from tests.conftest import exact
+from tests.integration.conftest import create, running_cluster, upsert
 
 DIM = 16
 N = 600
@@ -22,11 +23,8 @@ N = 600
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """2 shards x 2 replicas: pages of a listing and Get calls land on either replica."""
-    failed_before = request.session.testsfailed
-    with LocalCluster(shards=2, replicas=2, durable=False) as running:
+    with running_cluster(request, shards=2, replicas=2, durable=False) as running:
         yield running
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{running.logs()}")
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +40,6 @@ def data(cluster: LocalCluster) -> tuple[search_pb2_grpc.SearchServiceStub, list
     upsert(stub, "l2", ids, vectors)
     upsert(stub, "ip", ids, vectors)
     return stub, ids, vectors
-
-
-def exact(vectors: np.ndarray, query: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (order, scores) over all items, best first."""
-    if metric == "ip":
-        scores = vectors @ query
-        order = np.argsort(-scores, kind="stable")
-    else:
-        scores = ((vectors - query) ** 2).sum(axis=1)
-        order = np.argsort(scores, kind="stable")
-    return order, scores[order]
 
 
 # ---- score threshold ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from shardsearch.client import AsyncClient
 from shardsearch.tools import cli
 from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
+from tests.integration.conftest import running_cluster
 from tests.pki import Pki, make_pki
 
 DIM = 8
@@ -87,14 +88,10 @@ def secured(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
         "--shard-tls-key-file", str(pki.client.key), "--shard-tls-server-name", "localhost",
         "--shard-token-file", str(root / "shard-tokens"),
     ]
-    failed_before = request.session.testsfailed
     probe = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pki.client.key.read_bytes(), pki.client.cert.read_bytes())
-    cluster = LocalCluster(shards=2, replicas=2, run_dir=root / "run", durable=False, shard_args=shard_args,
-                           coordinator_args=coordinator_args, probe_credentials=probe)
-    with cluster:
+    with running_cluster(request, shards=2, replicas=2, run_dir=root / "run", durable=False, shard_args=shard_args,
+                         coordinator_args=coordinator_args, probe_credentials=probe) as cluster:
         yield Secured(cluster, pki, root)
-        if request.session.testsfailed > failed_before:
-            print(f"\n=== cluster logs ===\n{cluster.logs()}")
 
 
 async def refused(call: Any) -> grpc.aio.AioRpcError:

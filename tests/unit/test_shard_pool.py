@@ -31,6 +31,17 @@ async def settled(pool: ShardPool) -> None:
     await until(lambda: not pool._tasks)
 
 
+def record_resyncs(pool: ShardPool) -> list[set[str]]:
+    """The collections of each resync the pool reports as accepted, in order."""
+    resynced: list[set[str]] = []
+
+    async def on_resynced(collections: set[str]) -> None:
+        resynced.append(collections)
+
+    pool.on_resynced = on_resynced
+    return resynced
+
+
 def get(*ids: str) -> shard_pb2.ShardGetRequest:
     return shard_pb2.ShardGetRequest(collection="c", ids=list(ids) or ["a"])
 
@@ -447,12 +458,7 @@ async def test_a_replica_that_missed_a_write_is_not_read_until_it_accepts_a_resy
     lagging.on["Upsert"] = hanging()  # past the write's timeout: DEADLINE_EXCEEDED (no avoidance of its own)
     accept = asyncio.Event()
     lagging.on["Resync"] = hanging(accept)
-    resynced: list[set[str]] = []
-
-    async def on_resynced(collections: set[str]) -> None:
-        resynced.append(collections)
-
-    pool.on_resynced = on_resynced
+    resynced = record_resyncs(pool)
     outcome = await pool.write(pool.by_name["s0"], "Upsert", upsert(), timeout=0.02, version=1234)
     assert outcome.ok
     replica = pool.by_name["s0"].replicas[1]
@@ -479,12 +485,7 @@ async def test_a_fenced_replica_still_gets_writes_and_a_newer_miss_is_resynced_a
     lagging.on["Upsert"] = failing(grpc.StatusCode.INTERNAL, "fsync failed")
     accept = asyncio.Event()
     lagging.on["Resync"] = hanging(accept)
-    resynced: list[set[str]] = []
-
-    async def on_resynced(collections: set[str]) -> None:
-        resynced.append(collections)
-
-    pool.on_resynced = on_resynced
+    resynced = record_resyncs(pool)
     assert (await pool.write(pool.by_name["s0"], "Upsert", upsert(collection="a"), timeout=1.0, version=100)).ok
     await until(lambda: len(lagging.requests("Resync")) == 1)
     assert (await pool.write(pool.by_name["s0"], "Upsert", upsert(collection="b"), timeout=1.0, version=200)).ok
