@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Sequence
 
 from shardsearch import config as settings
 from shardsearch import security
@@ -48,10 +47,7 @@ def run(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+main = settings.command(PROG, __doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from shardsearch import redis_store
 from shardsearch.config import cache_kind
 from shardsearch.lru import ByteLRU
 from shardsearch.metrics import LATENCY_BUCKETS
@@ -159,10 +157,7 @@ class RedisCache(ResultCache):
         prefix: str = "shardsearch",
     ) -> None:
         super().__init__(metrics)
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self._redis = redis_store.connect(url, timeout_s)
         self._lookup_script = self._redis.register_script(_LOOKUP)
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._timeout = timeout_s
@@ -171,7 +166,7 @@ class RedisCache(ResultCache):
         self.available = True  # False from a Redis error until _recover succeeds
         self._unapplied: set[str] = set()  # collections written while Redis was unreachable
         self._recovering: asyncio.Task[None] | None = None
-        self._stores: set[asyncio.Task[None]] = set()
+        self._fills = redis_store.Fills(MAX_PENDING_STORES)
 
     def _version_key(self, collection: str) -> str:
         return f"{self._prefix}:{{{collection}}}:v"
@@ -240,26 +235,17 @@ class RedisCache(ResultCache):
     def store(self, collection: str, token: str, entries: Sequence[tuple[str, bytes]]) -> None:
         if not entries or not self.available:
             return
-        if len(self._stores) >= MAX_PENDING_STORES:
+        if self._fills.full():
             self.metrics.skipped_stores.inc()
             return
-        task = asyncio.create_task(self._store(collection, token, entries))
-        self._stores.add(task)
-        task.add_done_callback(self._stores.discard)
+        self._fills.start(self._store(collection, token, entries))
 
     async def _store(self, collection: str, token: str, entries: Sequence[tuple[str, bytes]]) -> None:
         prefix = f"{self._entry_prefix(collection)}{token}:"
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                if len(entries) == 1:
-                    key, value = entries[0]
-                    await self._redis.set(prefix + key, value, px=self._ttl_ms)
-                else:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for key, value in entries:
-                            pipe.set(prefix + key, value, px=self._ttl_ms)
-                        await pipe.execute()
+                await redis_store.set_all(self._redis, [(prefix + key, value) for key, value in entries], self._ttl_ms)
         except Exception as exc:
             self._trip("store", exc)
         finally:
@@ -280,8 +266,7 @@ class RedisCache(ResultCache):
     async def close(self) -> None:
         if self._recovering is not None:
             self._recovering.cancel()
-        for task in list(self._stores):
-            task.cancel()
+        self._fills.cancel()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
 

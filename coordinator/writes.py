@@ -5,7 +5,7 @@ cached answers before it is acknowledged."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 import numpy as np
@@ -57,6 +57,40 @@ class Writes:
             "(retrying the whole call is safe)", error.code,
         )
 
+    async def _on_every_shard(
+        self, name: str, method: str, request: Any, timeout: float, benign: grpc.StatusCode, done: str
+    ) -> bool:
+        """Sends a collection-wide change to every replica of every shard; True if every one answered `benign` (the
+        change was already there). Raises, saying on how many shards the change is, if some failed."""
+        outcomes = await self._pool.write_broadcast(method, request, timeout, every_replica=True, benign=benign)
+        await self._invalidate(name, outcomes)
+        already = [o for o in outcomes if o.error is not None and o.error.code == benign]
+        if len(already) == len(outcomes):
+            return True
+        failed = [o for o in outcomes if not o.ok and o not in already]
+        if failed:
+            error = failed[0].error
+            assert error is not None
+            raise ShardSearchError(
+                f"collection {name!r} {done} {len(outcomes) - len(failed)} of {len(outcomes)} shards; {error} "
+                f"(retry {method} to finish)", error.code,
+            )
+        return False
+
+    async def _write_items(
+        self, collection: str, method: str, version: int, deadline: float,
+        route: Callable[[], Awaitable[list[tuple[Any, Any]]]],
+    ) -> list[Outcome]:
+        """A write of items to their owning shards under the routed-call rules; the cache is invalidated if any
+        shard applied it, and it raises unless every owner did."""
+        async def attempt(timeout: float) -> list[Outcome]:
+            return await self._pool.write_fan_out(method, await route(), timeout, version=version)
+
+        outcomes = await self._router.routed(attempt, deadline)
+        await self._invalidate(collection, outcomes)
+        self._raise_failure(collection, outcomes, method.lower())
+        return outcomes
+
     # ---- collections ----------------------------------------------------------------------------------------
 
     async def create_collection(
@@ -64,41 +98,22 @@ class Writes:
     ) -> search_pb2.CreateCollectionResponse:
         spec = search_pb2.Collection(name=request.name, dim=request.dim, metric=request.metric, index=request.index)
         validation.check_collection(spec, self._limits)
-        outcomes = await self._pool.write_broadcast(
-            "CreateCollection", shard_pb2.ShardCreateCollectionRequest(collection=spec), timeout,
-            every_replica=True, benign=grpc.StatusCode.ALREADY_EXISTS,
-        )
-        await self._invalidate(spec.name, outcomes)
-        exists = [o for o in outcomes if o.error is not None and o.error.code == grpc.StatusCode.ALREADY_EXISTS]
-        if len(exists) == len(outcomes):
+        if await self._on_every_shard(spec.name, "CreateCollection", shard_pb2.ShardCreateCollectionRequest(
+                collection=spec), timeout, grpc.StatusCode.ALREADY_EXISTS, "is on"):
             raise AlreadyExists(f"collection {spec.name!r} already exists")
-        failed = [o for o in outcomes if not o.ok and o not in exists]
-        if failed:
-            raise ShardSearchError(
-                f"collection {spec.name!r} is on {len(outcomes) - len(failed)} of {len(outcomes)} shards; "
-                f"{failed[0].error} (retry CreateCollection to finish)", failed[0].error.code,  # type: ignore[union-attr]
-            )
         self._catalog.put(spec)
         return search_pb2.CreateCollectionResponse(collection=spec)
 
     async def drop_collection(
         self, request: search_pb2.DropCollectionRequest, timeout: float
     ) -> search_pb2.DropCollectionResponse:
-        outcomes = await self._pool.write_broadcast(
-            "DropCollection", shard_pb2.ShardDropCollectionRequest(name=request.name), timeout,
-            every_replica=True, benign=grpc.StatusCode.NOT_FOUND,
-        )
-        self._catalog.forget(request.name)
-        await self._invalidate(request.name, outcomes)
-        missing = [o for o in outcomes if o.error is not None and o.error.code == grpc.StatusCode.NOT_FOUND]
-        if len(missing) == len(outcomes):
+        try:
+            missing = await self._on_every_shard(request.name, "DropCollection", shard_pb2.ShardDropCollectionRequest(
+                name=request.name), timeout, grpc.StatusCode.NOT_FOUND, "was dropped on")
+        finally:  # after the shards answered (a search meanwhile may have read the definition back)
+            self._catalog.forget(request.name)
+        if missing:
             raise NotFound(f"collection {request.name!r} does not exist")
-        failed = [o for o in outcomes if not o.ok and o not in missing]
-        if failed:
-            raise ShardSearchError(
-                f"collection {request.name!r} was dropped on {len(outcomes) - len(failed)} of {len(outcomes)} "
-                f"shards; {failed[0].error} (retry DropCollection to finish)", failed[0].error.code,  # type: ignore[union-attr]
-            )
         return search_pb2.DropCollectionResponse()
 
     # ---- items ----------------------------------------------------------------------------------------------
@@ -109,13 +124,10 @@ class Writes:
         embedded = await self._embedding.embed_items(spec, request.items, timeout)
         version = self._clock()
 
-        async def attempt(timeout: float) -> list[Outcome]:
-            routed = await self._run(route_items, request, spec, self._router, self._limits, version, embedded)
-            return await self._pool.write_fan_out("Upsert", routed, timeout, version=version)
+        async def route() -> list[tuple[Any, Any]]:
+            return await self._run(route_items, request, spec, self._router, self._limits, version, embedded)
 
-        outcomes = await self._router.routed(attempt, deadline)
-        await self._invalidate(spec.name, outcomes)
-        self._raise_failure(spec.name, outcomes, "upsert")
+        outcomes = await self._write_items(spec.name, "Upsert", version, deadline, route)
         return search_pb2.UpsertResponse(upserted=sum(o.response.upserted for o in outcomes))
 
     async def delete(self, request: search_pb2.DeleteRequest, timeout: float) -> search_pb2.DeleteResponse:
@@ -125,19 +137,16 @@ class Writes:
         version = self._clock()
         deadline = time.monotonic() + timeout
 
-        async def attempt(timeout: float) -> list[Outcome]:
-            routed = [
+        async def route() -> list[tuple[Any, Any]]:
+            return [
                 (shard, shard_pb2.ShardDeleteRequest(
                     collection=spec.name, ids=[ids[i] for i in rows], version=version,
                     topology_version=self._router.version,
                 ))
                 for shard, rows in self._router.write_groups(ids)
             ]
-            return await self._pool.write_fan_out("Delete", routed, timeout, version=version)
 
-        outcomes = await self._router.routed(attempt, deadline)
-        await self._invalidate(spec.name, outcomes)
-        self._raise_failure(spec.name, outcomes, "delete")
+        outcomes = await self._write_items(spec.name, "Delete", version, deadline, route)
         return search_pb2.DeleteResponse(deleted=sum(o.response.deleted for o in outcomes))
 
     async def get(self, request: search_pb2.GetRequest, timeout: float) -> search_pb2.GetResponse:

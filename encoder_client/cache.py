@@ -16,10 +16,8 @@ import time
 from typing import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from redis import asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from shardsearch import redis_store
 from shardsearch.config import cache_kind
 from shardsearch.lru import ByteLRU
 
@@ -100,16 +98,13 @@ class RedisEmbeddingCache(EmbeddingCache):
         prefix: str = "shardsearch:emb:",
     ) -> None:
         super().__init__(metrics)
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self._redis = redis_store.connect(url, timeout_s)
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._timeout = timeout_s
         self._retry_s = retry_s
         self._prefix = prefix
         self._off_until = 0.0
-        self._stores: set[asyncio.Task[None]] = set()
+        self._fills = redis_store.Fills(MAX_PENDING_STORES)
 
     def _available(self) -> bool:
         return time.monotonic() >= self._off_until
@@ -139,25 +134,20 @@ class RedisEmbeddingCache(EmbeddingCache):
         return list(values)
 
     def put_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
-        if not entries or not self._available() or len(self._stores) >= MAX_PENDING_STORES:
+        if not entries or not self._available() or self._fills.full():
             return
-        task = asyncio.create_task(self._store(list(entries)))
-        self._stores.add(task)
-        task.add_done_callback(self._stores.discard)
+        self._fills.start(self._store(list(entries)))
 
     async def _store(self, entries: list[tuple[str, bytes]]) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, value in entries:
-                        pipe.set(self._prefix + key, value, px=self._ttl_ms)
-                    await pipe.execute()
+                await redis_store.set_all(self._redis, [(self._prefix + key, value) for key, value in entries],
+                                          self._ttl_ms)
         except Exception as exc:
             self._trip("set", exc)
 
     async def close(self) -> None:
-        for task in list(self._stores):
-            task.cancel()
+        self._fills.cancel()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
 

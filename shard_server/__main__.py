@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import importlib.util
 import os
-from typing import Sequence
 
 from shardsearch import config as settings
 from shardsearch import security
@@ -55,10 +54,7 @@ async def serve_config(config: ShardConfig) -> None:
     await serve(config)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+main = settings.command(PROG, __doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

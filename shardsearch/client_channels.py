@@ -49,23 +49,25 @@ class SettingsError(ValueError):
     or the path, never a file's contents."""
 
 
-def _read(path: str | None, what: str) -> bytes | None:
-    if not path:
-        return None
+def read_secret(path: str, what: str, error: type[Exception] = SettingsError) -> bytes:
+    """A certificate, key or token file's bytes; an unreadable or empty one raises `error` naming the path only
+    (the servers pass their own start-up error type)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise SettingsError(f"cannot read {what} file {path!r}: {exc.strerror or type(exc).__name__}") from None
+        raise error(f"cannot read {what} file {path!r}: {exc.strerror or type(exc).__name__}") from None
     if not data.strip():
-        raise SettingsError(f"{what} file {path!r} is empty")
+        raise error(f"{what} file {path!r} is empty")
     return data
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    return read_secret(path, what) if path else None
 
 
 def read_token(path: str) -> str:
     """The first token of a token file (a line is `<token> [role]`: shardsearch.security's format)."""
-    data = _read(path, "token")
-    assert data is not None
-    return data.split()[0].decode("ascii", "replace")
+    return read_secret(path, "token").split()[0].decode("ascii", "replace")
 
 
 @dataclass(frozen=True)

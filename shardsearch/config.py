@@ -12,7 +12,7 @@ import sys
 import textwrap
 import types
 import typing
-from typing import Any, ClassVar, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
 from shardsearch import logs
 
@@ -169,6 +169,19 @@ def config_errors(prog: str) -> Iterator[None]:
     except ConfigError as exc:  # the configs' own checks, and files they name (SecurityConfigError)
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def command(
+    prog: str, description: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], None],
+) -> Callable[[Sequence[str] | None], None]:
+    """The `main(argv)` of a server's `python -m` entry point: parse its flags, then run."""
+    def main(argv: Sequence[str] | None = None) -> None:
+        parser = argparse.ArgumentParser(prog=prog, description=description)
+        add_arguments(parser)
+        run(parser.parse_args(argv))
+
+    return main
 
 
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False,

@@ -4,9 +4,8 @@ Nothing read from them ever goes into a log line or an error message: errors nam
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from shardsearch import config
+from shardsearch.client_channels import read_secret
 
 
 class SecurityConfigError(config.ConfigError):
@@ -15,13 +14,7 @@ class SecurityConfigError(config.ConfigError):
 
 def read_secret_file(path: str, what: str) -> bytes:
     """Reads a certificate, key or token file at start-up; an unreadable one stops the server with its path named."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise SecurityConfigError(f"cannot read {what} file {path!r}: {exc.strerror or type(exc).__name__}") from None
-    if not data.strip():
-        raise SecurityConfigError(f"{what} file {path!r} is empty")
-    return data
+    return read_secret(path, what, SecurityConfigError)
 
 
 ROLES = ("read", "write", "admin")

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 from shardsearch import security
 from shardsearch.client import AsyncClient
+from shardsearch.tools.exits import fail
 from shardsearch.v1 import admin_pb2, admin_pb2_grpc
 
 DONE_POLL_S = 1.0
@@ -52,8 +53,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
         sys.exit(1)
     except ValueError as exc:  # settings that cannot work (TLS files, token file)
-        print(f"shardsearch admin: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail("admin", exc)
     print(json_format.MessageToJson(answer, indent=2))
 
 

@@ -29,12 +29,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 import grpc
 
 from shardsearch import security
 from shardsearch.client import AsyncClient, Unavailable
+from shardsearch.tools.exits import fail
 from shardsearch.tools.query_sets import QUERY_FIELDS, Query, QuerySetError, load_queries, parse_query
 from shardsearch.tools.relevance import (
     EvalResult,
@@ -196,18 +197,13 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     )
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"shardsearch eval: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run(args: argparse.Namespace) -> None:
     """The command: exit 2 when the run could not start, 1 when not one query was evaluated, else 0."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         result = asyncio.run(run_eval(config_from_args(args)))
     except (ValueError, OSError) as exc:  # QuerySetError, SecurityConfigError, ConnectionError among them
-        _fail(str(exc))
+        fail("eval", str(exc))
     print(result.table(), flush=True)
     if args.json:
         args.json.write_text(json.dumps(result.to_json(args.per_query), indent=2) + "\n")

@@ -27,6 +27,7 @@ from google.protobuf import json_format
 
 from shardsearch import security
 from shardsearch.client import VECTOR_STORES, AlreadyExists, Client, ClientError, FieldValue
+from shardsearch.tools.exits import fail
 from shardsearch.v1 import search_pb2
 
 FORMAT, VERSION = "shardsearch-export", 1
@@ -177,8 +178,7 @@ def run_export(args: argparse.Namespace) -> None:
                                   quiet=args.quiet)
         except ClientError as exc:
             hint = " (start again without --resume)" if args.resume and "page_token" in exc.details else ""
-            print(f"shardsearch export: error: {exc}{hint}", file=sys.stderr)
-            sys.exit(2)
+            fail("export", f"{exc}{hint}")
     print(f"exported {n} items of {args.collection} to {args.out}")
 
 
@@ -188,6 +188,5 @@ def run_import(args: argparse.Namespace) -> None:
             n = import_collection(client, args.source, name=args.collection, batch_size=args.batch_size,
                                   quiet=args.quiet, vector_store=args.vector_store)
         except (ClientError, ValueError, OSError) as exc:
-            print(f"shardsearch import: error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            fail("import", exc)
     print(f"imported {n} items into {args.collection or 'the exported collection'}")

@@ -11,12 +11,13 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Coroutine, NoReturn
+from typing import Any, Callable, Coroutine
 
 import grpc
 
 from shardsearch import security
 from shardsearch.tools.bench.runner import CALLS, MODES, POLICIES, BenchConfig, BenchResult, run_bench
+from shardsearch.tools.exits import fail
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,11 +111,6 @@ def _run_async(coro: Coroutine[Any, Any, BenchResult]) -> BenchResult:
         return runner.run(coro)
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"shardsearch bench: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run(args: argparse.Namespace) -> None:
     """The command: exit 2 when the run could not start, 1 when not one query was answered."""
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -130,9 +126,9 @@ def run(args: argparse.Namespace) -> None:
         try:
             result = _run_async(run_bench(config))
         except grpc.aio.AioRpcError as exc:
-            _fail(f"{exc.code().name}: {exc.details()}")
+            fail("bench", f"{exc.code().name}: {exc.details()}")
         except (ValueError, OSError, TimeoutError) as exc:
-            _fail(str(exc))
+            fail("bench", str(exc))
         print(result.summary(), flush=True)
         results.append((next(iter(step.values()), None), result))
     if len(results) > 1:
@@ -170,7 +166,7 @@ def write_ghz_data(args: argparse.Namespace) -> None:
     elif args.queries:
         queries = workload.read_vectors(args.queries)
     else:
-        _fail("--write-ghz-data needs --queries or --dataset")
+        fail("bench", "--write-ghz-data needs --queries or --dataset")
     messages = [json_format.MessageToDict(search_pb2.SearchRequest(
         collection=args.collection, vector_f32=row.astype("<f4").tobytes(), k=args.k or 10, nprobe=args.nprobe or 0,
         skip_cache=args.skip_cache), preserving_proto_field_name=True) for row in queries]

@@ -9,9 +9,9 @@ import asyncio
 import json
 import logging
 import sys
-from typing import NoReturn
 
 from shardsearch import security
+from shardsearch.tools.exits import fail
 from shardsearch.tools.ingest.loader import METRICS, VECTOR_STORES, IngestError, ingest
 from shardsearch.tools.ingest.sources import Source, SourceError, image_source, jsonl_source, vector_source
 
@@ -52,11 +52,6 @@ def source_from_args(args: argparse.Namespace) -> Source:
     return jsonl_source(args.texts) if args.texts else image_source(args.images)
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"shardsearch ingest: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
@@ -71,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
               file=sys.stderr)
         sys.exit(130)
     except (IngestError, ValueError, OSError) as exc:  # SourceError and SecurityConfigError are ValueErrors
-        _fail(str(exc))
+        fail("ingest", str(exc))
     print(summary.text(), file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
     if args.json:
         document = json.dumps(summary.to_json(), indent=2) + "\n"
