@@ -48,11 +48,8 @@ class CoordinatorConfig(
     """Send searches to each shard replica over one long-lived stream (about half the gRPC cost per search of a
     unary call); off: one unary call per search."""
     refine_share: bool = False
-    """Each of the S shards a search reaches re-ranks k x refine_factor / S PQ candidates (at least min(2k, k x
-    refine_factor)) instead of k x refine_factor: about a collection's whole depth per query whatever its shard
-    count. Measured recall@10 of 4 shards: 384-d embedding-like 0.99 at their share (one index at the whole depth:
-    0.956); 32-d 0.90 (0.999 at the whole depth each). Turn on for high-dimensional embeddings; check with
-    `shardsearch eval`."""
+    """Deprecated, no effect (a warning at start): each shard now fits its re-ranking depth to its data and to the
+    number of shards a search reaches (shard_server/refine_fit.py), which is what sharing a fixed depth guessed at."""
     vnodes: int = 1024
     """Virtual nodes per shard on the consistent-hash ring."""
     topology_poll_s: float = 2.0

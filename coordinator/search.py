@@ -71,10 +71,9 @@ class Searcher:
     def __init__(
         self, pool: ShardPool, router: Router, catalog: Catalog, executor: Executor, metrics: SearchMetrics,
         batching: BatchingConfig, batch_metrics: BatchMetrics, lookup_metrics: BatchMetrics,
-        cache: ResultCache | None = None, refine_share: bool = False,
+        cache: ResultCache | None = None,
     ) -> None:
         self._pool = pool
-        self._refine_share = refine_share
         self._router = router
         self._catalog = catalog
         self._run = Offload(executor)
@@ -177,8 +176,7 @@ class Searcher:
             nonlocal dedupe
             request.topology_version = self._router.version
             shards = self._router.search_shards()
-            if self._refine_share:  # each re-ranks its share of the collection's depth (shard_server.ann.depth)
-                request.shards = len(shards)
+            request.shards = len(shards)  # a shard's fitted re-ranking depth follows it (shard_server.refine_fit)
             dedupe = len(shards) > 1 and self._router.dedupe  # while shards move, an id may be on two of them
             return await self._pool.fan_out("Search", [(shard, request) for shard in shards], timeout)
 

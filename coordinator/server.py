@@ -69,6 +69,9 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     port_security = security.ServerSecurity.from_config(config, registry)  # read every file before starting
     shard_channels = security.client_factory_of(config, "shard_")
     logger.info("calls to the shards: %s", shard_channels.description)
+    if config.refine_share:
+        logger.warning("refine_share is deprecated and has no effect: each shard fits its re-ranking depth to the "
+                       "number of shards a search reaches (an explicit index refine_factor is used as it is)")
     traced = tracing.setup("shardsearch-coordinator")
     if traced is not None:
         shard_channels = shard_channels.with_interceptors(traced.client_interceptors)
@@ -97,7 +100,7 @@ async def start(config: CoordinatorConfig, registry: CollectorRegistry | None = 
     searcher = Searcher(
         pool, router, catalog, executor, SearchMetrics(registry), config.batching_config(),
         BatchMetrics(registry, "shardsearch_coordinator"), BatchMetrics(registry, "shardsearch_coordinator_cache_lookup"),
-        result_cache, refine_share=config.refine_share,
+        result_cache,
     )
     if result_cache is not None:
         async def invalidate_again(collections: set[str]) -> None:

@@ -12,23 +12,21 @@ import faiss
 import numpy as np
 
 from shardsearch import index_params
-from shardsearch.shard_server import device
+from shardsearch.shard_server import device, refine_fit, retrain
 from shardsearch.shard_server import vectors as vector_rows
 
 MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items probes min(1/f, this) times more lists
 
 
 def depth(chosen: index_params.IndexParams, k: int, shards: int = 1) -> int:
-    """PQ candidates one shard re-ranks per query when a search reaches `shards` shards: its share of the
-    collection's k x refine_factor, at least min(2k, k x refine_factor).
-
-    Items are spread over the shards by a hash of their ids, so a query's true neighbours are too, and a shard
-    holding 1/S of the items ranks each of them about S times higher among its own PQ candidates than one index
-    over all of them would: the share finds what the whole depth finds in one index. Measured (100K x 384
-    embedding-like, nprobe 16, recall@10 of the merged top 10): one index, depth 200: 0.956; 4 shards, 50 each:
-    0.99; 8 shards, 25 each: 0.994; 16 shards, 20 each: 0.999 (13 each: 0.992, hence the 2k floor)."""
-    whole = k * chosen.refine_factor
-    return max(math.ceil(whole / max(shards, 1)), min(2 * k, whole))
+    """PQ candidates one shard re-ranks per query when a search reaches `shards` shards: k x the factor fitted for
+    that many shards (shard_server/refine_fit.py), or k x the collection's refine_factor when none was fitted. A
+    fitted depth is at least min(k x 20, 20): the fit is made for k = 10, and a search for one or two neighbours
+    keeps the candidates an unfitted index gives it."""
+    fitted = refine_fit.factor(chosen, shards)
+    if not chosen.refine_by_shards:
+        return k * fitted
+    return max(k * fitted, min(k * index_params.DEFAULT_REFINE_FACTOR, 2 * retrain.RECALL_K))
 
 
 def ivf_candidates(
@@ -110,7 +108,7 @@ def selected(
     buffered = buffer_start + np.flatnonzero(mask[buffer_start:])
     kf = min(depth(chosen, k, shards), int(index.ntotal))
     if explain is not None:
-        explain.update(path="ivf with selector", nprobe=probe, refine_factor=chosen.refine_factor,
+        explain.update(path="ivf with selector", nprobe=probe, refine_factor=refine_fit.factor(chosen, shards),
                        refine_depth=kf, shards_searched=shards, candidates=kf + len(buffered))
     out_labels = np.full((n, k), -1, np.int64)
     out_scores = np.zeros((n, k), np.float32)

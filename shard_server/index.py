@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from shardsearch.ring import key_hashes
-from shardsearch.shard_server import device
+from shardsearch.shard_server import device, refine_fit
 from shardsearch.shard_server import ids as id_table
 from shardsearch.shard_server.fields import FieldIndex
 from shardsearch.shard_server.items import ItemStore
@@ -171,6 +171,8 @@ class Collection(ItemStore, SearchPath, Training, SnapshotState, Scans):
                 )
             )
             info.index_description = f"{chosen.factory()},Refine(Flat) + exact buffer on {device.name(self.use_gpu)}"
+            if chosen.refine_by_shards:
+                info.index_description += f"; {refine_fit.describe(chosen.refine_by_shards)}"
         if self._vecs.lossy:
             info.index.vector_store = self.spec.index.vector_store
             stored = "sq8" if self._vecs.encoded else "float32 until the first training fits the sq8 range"

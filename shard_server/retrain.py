@@ -133,6 +133,8 @@ class Sample:
     labels: np.ndarray
     queries: np.ndarray
     bound: np.ndarray
+    tops: np.ndarray
+    """Each query's RECALL_K exact neighbour scores, best first (`bound` is the last column)."""
 
 
 def draw_sample(
@@ -152,8 +154,8 @@ def draw_sample(
     others[others.sum(axis=1) > RECALL_K, RECALL_K] = False  # own item not among the 11: keep the first 10
     neighbours = found[others].reshape(len(chosen), RECALL_K)
     exact = score(queries, neighbours)
-    bound = exact.min(axis=1) if metric == faiss.METRIC_INNER_PRODUCT else exact.max(axis=1)
-    return Sample(chosen, queries, bound)
+    tops = -np.sort(-exact, axis=1) if metric == faiss.METRIC_INNER_PRODUCT else np.sort(exact, axis=1)
+    return Sample(chosen, queries, tops[:, -1].copy(), tops)
 
 
 def exact_search(

@@ -14,7 +14,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from shardsearch.shard_server import ann
+from shardsearch.shard_server import ann, refine_fit
 from shardsearch.shard_server import vectors as vector_rows
 from shardsearch.shard_server.columns import Columns
 from shardsearch.shard_server.ids import IdTable
@@ -114,7 +114,7 @@ class SearchPath(Columns):
             explain.update(
                 path="ivf" if trained else "flat", buffered=int(np.count_nonzero(self._alive[start:stop])),
                 nprobe=min(nprobe or self._params.default_nprobe, self._params.nlist) if trained else 0,  # type: ignore[union-attr]
-                refine_factor=self._params.refine_factor if trained else 0,  # type: ignore[union-attr]
+                refine_factor=refine_fit.factor(self._params, shards) if trained else 0,  # type: ignore[arg-type]
                 refine_depth=candidates[0].shape[1] if trained else 0, shards_searched=shards,
                 candidates=sum(c.shape[1] for c in candidates),
             )

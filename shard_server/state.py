@@ -55,6 +55,8 @@ class SnapshotState(Columns):
         return {
             "meta": meta, "labels": labels, "vector_rows": vecs.data[:upto], "vector_range": vecs.quantizer_state(),
             **id_state, "hashes": hashes, "params": params, "ivf": ivf,
+            # its own key: a shard of an earlier version reading this snapshot (a peer's catch-up) still loads it
+            "refine_by_shards": np.array(chosen.refine_by_shards if chosen is not None else (), dtype=np.int64),
             "versions": versions, "deleted_versions": np.array([v for _, v in deleted], dtype=np.uint64),
             **_pack_strings("payloads", blobs), **_pack_strings("fields", field_blobs),
             **_pack_strings("deleted_ids", [i.encode() for i, _ in deleted]),
@@ -96,7 +98,8 @@ class SnapshotState(Columns):
                 self._fields = FieldIndex.rebuilt(blobs, len(self._alive))
             self._next, self._live = upto, len(labels)
             if len(state["ivf"]):
-                self._params = index_params.IndexParams(*(int(x) for x in state["params"]))
+                fitted = tuple(int(x) for x in state["refine_by_shards"]) if "refine_by_shards" in state else ()
+                self._params = index_params.IndexParams(*(int(x) for x in state["params"]), refine_by_shards=fitted)
                 self._ivf = device.to_device(faiss.deserialize_index(state["ivf"]), self.use_gpu)
                 self._ivf_upto, self._trained_on = ivf_upto, trained_on
                 self._ivf_dead = ivf_upto - int(np.count_nonzero(self._alive[:ivf_upto]))

@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 
 from shardsearch import index_params
-from shardsearch.shard_server import ann
+from shardsearch.shard_server import ann, refine_fit
 from shardsearch.shard_server import retrain as retraining
 from shardsearch.shard_server import vectors as vector_rows
 from shardsearch.shard_server.columns import Columns
@@ -106,17 +106,24 @@ class Training(Columns):
         tracker, before, after = self._retrain, 0.0, 0.0
         sample = None
         promote, reason = True, "trained the first index" if first else "rebuilt without the recall gate"
-        if gate:
+        if gate or not opts.refine_factor:
             with self._lock:
                 tracker.state = retraining.State.STATE_EVALUATING
             sample = retraining.draw_sample(vecs, labels, self.metric, self._scorer(vecs), seed=upto)
-            if sample is None:
-                reason = "promoted: too few vectors to measure recall"
-            else:
-                before = self._sample_recall(sample, vecs, alive, upto)
-                fixed = bool((self.spec.index if options is None else options).default_nprobe)
-                chosen, after, note = self._fit_nprobe(sample, vecs, alive, upto, index, chosen, before, fixed)
-                promote, reason = retraining.verdict(before, after, note)
+        if gate and sample is None:
+            reason = "promoted: too few vectors to measure recall"
+        elif gate:
+            assert sample is not None
+            before = self._sample_recall(sample, vecs, alive, upto)
+            chosen, after, note = self._fit_nprobe(
+                sample, vecs, alive, upto, index, chosen, before, bool(opts.default_nprobe))
+            if not opts.refine_factor:
+                chosen = self._fit_refine(sample, alive, upto, vecs, index, chosen, before)
+                after = self._sample_recall(sample, vecs, alive, upto, (index, chosen))
+            promote, reason = retraining.verdict(before, after, note)
+        elif sample is not None:  # the first index, or one rebuilt without the gate: fit its depth all the same
+            chosen = self._fit_refine(sample, alive, upto, vecs, index, chosen, 0.0)
+            after = self._sample_recall(sample, vecs, alive, upto, (index, chosen))  # its first recall estimate
         with self._lock:
             if promote:
                 self._ivf, self._params, self._ivf_upto = index, chosen, upto
@@ -149,6 +156,24 @@ class Training(Columns):
         if chosen.default_nprobe == rule:
             return chosen, after, ""
         return chosen, after, f" at nprobe {chosen.default_nprobe} (nprobe {rule} gave {at_rule:.3f})"
+
+    def _fit_refine(
+        self, sample: retraining.Sample, alive: np.ndarray, upto: int, vecs: vector_rows.VectorRows,
+        index: faiss.Index, chosen: index_params.IndexParams, floor: float,
+    ) -> index_params.IndexParams:
+        """`chosen` with the re-ranking depths fitted on the sample (shard_server/refine_fit.py) at its default
+        nprobe; the one-shard depth keeps the sample's recall at `floor` (the current index's) where it can."""
+        deepest = replace(chosen, refine_factor=refine_fit.LADDER[-1], refine_by_shards=())
+        found = ann.ivf_candidates(index, deepest, sample.queries, retraining.RECALL_K + 1)
+        labels, valid, safe = ann.resolved([found], alive[:upto])
+        valid &= labels != sample.labels[:, None]  # the sample's own items are held out
+        scores = self._exact_scores(sample.queries, safe, vecs)
+        table, estimates = refine_fit.fit(sample, labels, scores, valid, self.inner_product, floor)
+        logger.info("collection %s: %s at nprobe %d (estimated merged recall@10 by shard count: %s)",
+                    self.spec.name, refine_fit.describe(table), chosen.default_nprobe,
+                    "; ".join(f"{s}: " + " ".join(f"x{r} {v:.3f}" for r, v in zip(refine_fit.LADDER, row))
+                              for s, row in estimates.items()))
+        return replace(chosen, refine_factor=table[0], refine_by_shards=table)
 
     def _scorer(self, vecs: vector_rows.VectorRows) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         return lambda queries, labels: self._exact_scores(queries, np.ascontiguousarray(labels), vecs)

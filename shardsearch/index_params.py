@@ -7,9 +7,12 @@ For a shard holding n vectors of dimension d when it trains (every value can be 
 - pq_nbits = 4 on CPU (8 on GPU, which has no fast-scan): fast-scan PQ (SIMD lookup tables), ~9x the CPU throughput of 8-bit PQ at better recall once refined.
 - default_nprobe = nlist / 8 clamped to [16, 64] (and to nlist): on bigann10k this gives recall@10 0.98-0.99
   after refine (nprobe nlist/32 gave 0.86).
-- refine_factor = 20: k * 20 PQ candidates are re-ranked exactly with the stored float vectors. On a clustered
-  200k x 128 set (Gaussian mixture, inner product) 10 gave recall@10 0.76 and 20 gave 0.997: 4-bit PQ cannot order
-  points that sit close together, so the candidate list must be deep.
+- refine_factor: k * 20 PQ candidates are re-ranked exactly with the stored float vectors until the index is
+  trained; then each shard fits the factor to its data and to the number of shards a search reaches
+  (shard_server/refine_fit.py), at most 20. On a clustered 200k x 128 set (Gaussian mixture, inner product) 10
+  gave recall@10 0.76 and 20 gave 0.997: 4-bit PQ cannot order points that sit close together; real 384-d
+  embeddings need 4-16, and a shard of four needs less than one index over all the items. An explicit
+  refine_factor is used as it is.
 - train_threshold = 10000: below it the shard answers exactly from the flat buffer.
 """
 
@@ -32,6 +35,9 @@ class IndexParams:
     pq_nbits: int
     default_nprobe: int
     refine_factor: int
+    refine_by_shards: tuple[int, ...] = ()
+    """Fitted when the collection leaves refine_factor unset: the factor a search reaching 1, 2, 4, 8, 16, 32 or more
+    shards uses (shard_server/refine_fit.py); refine_factor is then the first. Empty: refine_factor everywhere."""
 
     def factory(self) -> str:
         suffix = "x4fs" if self.pq_nbits == 4 else f"x{self.pq_nbits}"

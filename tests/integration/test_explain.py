@@ -35,8 +35,8 @@ def test_explain_tells_the_path_the_times_and_the_cache_outcome() -> None:
         assert sorted(s.shard for s in explain.shards) == ["shard-0", "shard-1"]
         for shard in explain.shards:
             assert shard.path == "ivf" and shard.nprobe > 0 and shard.refine_factor > 0 and shard.candidates >= 10
-            # refine_share is off by default: each shard re-ranks the whole k x refine_factor
-            assert shard.shards_searched == 1 and shard.refine_depth == 10 * shard.refine_factor
+            # each shard re-ranks k x the factor it fitted for a search reaching both shards (refine_fit)
+            assert shard.shards_searched == 2 and shard.refine_depth == 10 * shard.refine_factor
             assert shard.call_seconds >= shard.search_seconds > 0 and shard.queued_seconds >= 0 and shard.address
 
         query.filter.CopyFrom(search_pb2.Filter(match=search_pb2.Match(field="kind", values=["rare"])))  # 1%
@@ -52,18 +52,22 @@ def test_explain_tells_the_path_the_times_and_the_cache_outcome() -> None:
         assert again.cached and again.explain.cache == "hit" and not again.explain.shards
 
 
-def test_with_refine_share_each_shard_re_ranks_its_share_of_the_depth() -> None:
+def test_an_explicit_refine_factor_is_used_by_every_shard_whatever_the_shard_count() -> None:
+    """An explicit index refine_factor is not fitted; the deprecated --refine-share still starts and changes nothing."""
     with LocalCluster(shards=2, coordinator_args=["--refine-share"]) as cluster:
         stub = search_pb2_grpc.SearchServiceStub(grpc.insecure_channel(cluster.address))
         stub.CreateCollection(search_pb2.CreateCollectionRequest(
-            name="x", dim=DIM, metric=search_pb2.METRIC_L2, index=search_pb2.IndexOptions(train_threshold=500)))
+            name="x", dim=DIM, metric=search_pb2.METRIC_L2,
+            index=search_pb2.IndexOptions(train_threshold=500, refine_factor=20)))
         vectors = np.random.default_rng(2).standard_normal((N, DIM)).astype(np.float32)
         stub.Upsert(search_pb2.UpsertRequest(collection="x", items=[
             search_pb2.Item(id=f"id{i}", vector_f32=codec.pack(vectors[i])) for i in range(N)]))
-        wait_trained(stub, "x")
+        info = wait_trained(stub, "x")
+        assert all("fitted" not in s.index_description and s.index.refine_factor == 20 for s in info.shards)
         reply = stub.Search(search_pb2.SearchRequest(collection="x", vector_f32=codec.pack(vectors[7]), k=10,
                                                      explain=True, skip_cache=True), timeout=10)
         assert reply.hits[0].id == "id7"
         for shard in reply.explain.shards:
             assert shard.path == "ivf" and shard.shards_searched == 2
-            assert shard.refine_depth == 10 * shard.refine_factor // 2  # shard_server.ann.depth
+            assert shard.refine_factor == 20 and shard.refine_depth == 200
+        assert "refine_share is deprecated" in cluster.logs()
