@@ -52,6 +52,7 @@ DIM = 384
 COLLECTION = "bench"  # throughput.h2load searches this collection
 TARGET = 0.95
 NPROBES = (8, 16, 24, 32, 48, 64, 96, 128)
+REFINES = (2, 3, 4, 6, 8, 12, 16, 20)  # the shards' own ladder (shard_server/refine_fit.py)
 HEADING = "## Latency: one query, and the cluster next to the transport and FAISS"
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
 
@@ -230,16 +231,24 @@ def raw_faiss(base: np.ndarray, queries: np.ndarray, gt: np.ndarray, seconds: fl
     index.train(base[np.sort(sample)])
     index.add(base)
 
-    def params(nprobe: int) -> Any:
+    def params(nprobe: int, refine: int = chosen.refine_factor) -> Any:
         return faiss.IndexRefineSearchParameters(
-            k_factor=chosen.refine_factor, base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))
+            k_factor=refine, base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))
 
+    # The first nprobe reaching the target at the unfitted depth, then the shallowest depth that still reaches it
+    # there: raw FAISS tuned by hand, as the shards tune their own depth (shard_server/refine_fit.py).
     sweep = {}
     for nprobe in NPROBES:
         sweep[nprobe] = recall(index.search(queries, 10, params=params(nprobe))[1], gt)
         if sweep[nprobe] >= TARGET:
             break
-    p = params(nprobe)
+    refine, refines = chosen.refine_factor, {}
+    for rf in REFINES:
+        refines[rf] = recall(index.search(queries, 10, params=params(nprobe, rf))[1], gt)
+        if refines[rf] >= TARGET:
+            refine = rf
+            break
+    p = params(nprobe, refine)
     faiss.omp_set_num_threads(1)
     latencies = []
     for i in range(1100):
@@ -252,8 +261,8 @@ def raw_faiss(base: np.ndarray, queries: np.ndarray, gt: np.ndarray, seconds: fl
     while time.perf_counter() - started < seconds:
         index.search(queries, 10, params=p)
         done += len(queries)
-    return {"factory": factory, "nprobe": nprobe, "refine_factor": chosen.refine_factor, "recall": sweep[nprobe],
-            "sweep": sweep, "seq": percentiles(latencies), "batched_qps": done / (time.perf_counter() - started),
+    return {"factory": factory, "nprobe": nprobe, "refine_factor": refine, "recall": refines.get(refine, sweep[nprobe]),
+            "sweep": sweep, "refine_sweep": refines, "seq": percentiles(latencies), "batched_qps": done / (time.perf_counter() - started),
             "batched_threads": os.cpu_count()}
 
 
@@ -305,6 +314,14 @@ def stages(cluster: LocalCluster, run: Callable[[], dict[str, Any]]) -> tuple[di
     return result, out
 
 
+def index_descriptions(address: str) -> list[str]:
+    """Each shard's index as DescribeCollection says (its parameters and, when fitted, its re-ranking depths)."""
+    with grpc.insecure_channel(address) as channel:
+        info = search_pb2_grpc.SearchServiceStub(channel).DescribeCollection(
+            search_pb2.DescribeCollectionRequest(name=COLLECTION), timeout=30)
+    return [shard.index_description for shard in info.shards]
+
+
 def measure_cluster(shards: int, base: np.ndarray, queries: np.ndarray, gt: np.ndarray, seconds: float,
                     h2load_seconds: float, coordinator_args: Sequence[str] = ()) -> dict[str, Any]:
     with LocalCluster(shards=shards, metrics=True, coordinator_args=["--cache", "off", *coordinator_args]) as cluster:
@@ -325,6 +342,7 @@ def measure_cluster(shards: int, base: np.ndarray, queries: np.ndarray, gt: np.n
                                            lambda: conc(floor_address, request, 8, seconds))}
         out = {
             "shards": shards, "nprobe": nprobe, "recall": sweep[nprobe], "sweep": sweep, "load_s": load_s,
+            "index": index_descriptions(address),
             "seq": seq_result, "stages_ms": stage,
             "conc8": with_cpu(pids, lambda: conc(address, request, 8, seconds)),
             "conc64": conc(address, request, 64, seconds),
