@@ -72,7 +72,7 @@ class Collection(ItemStore, SearchPath, Training, SnapshotState, Scans):
             return "absorb"
         if self._ivf_dead > COMPACT_DEAD_FRACTION * max(1, self._ivf.ntotal) and self._ivf_dead >= 1000:
             return "compact" if device.can_remove(self._ivf) else "rebuild"
-        return "measure" if tracker.measure_due() else None
+        return "measure" if tracker.measure_due() or self._refit_due() else None
 
     def maintain(self) -> None:
         """Runs pending work until there is none (call from a background thread)."""

@@ -32,6 +32,9 @@ LADDER = (2, 3, 4, 6, 8, 12, 16, index_params.DEFAULT_REFINE_FACTOR)
 SHARD_COUNTS = (1, 2, 4, 8, 16, 32)
 """Shard counts a depth is fitted for; a search reaching S shards uses the largest of them <= S."""
 TOLERANCE = 0.005
+REFIT_GROWTH = 1.5
+"""The depths are fitted again (with the next recall estimate) once the index holds this many times the codes it
+held at the last fit: at most three refits between retrains, which come at 4x growth."""
 """Recall@10 a fitted depth may lose on the sample against the deepest rung: about the sample's standard error."""
 
 

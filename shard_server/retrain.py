@@ -69,6 +69,8 @@ class Tracker:
     """Monotonic time before which the maintenance thread does not measure the recall again."""
     hold_next: int = 0
     hold_until: float = 0.0
+    fit_size: int = 0
+    """Codes the index held when its re-ranking depths were last fitted (shard_server/refine_fit.py)."""
     last: admin_pb2.RetrainOutcome = field(default_factory=admin_pb2.RetrainOutcome)
 
     def reasons(self, live: int, trained_on: int, written: int, threshold: int) -> list[str]:

@@ -8,6 +8,7 @@ against the collection's columns (`_ivf`, `_params`, `_ivf_upto`, `_ivf_dead`, `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -130,6 +131,7 @@ class Training(Columns):
                 self._ivf_dead = len(labels) - int(np.count_nonzero(self._alive[labels]))
                 self._trained_on = len(labels)
                 tracker.trained_upto = upto
+                tracker.fit_size = len(labels)
                 tracker.changed(index)
                 tracker.next_check = time.monotonic() + retraining.RECALL_CHECK_INTERVAL_S
             if sample is not None:
@@ -159,12 +161,14 @@ class Training(Columns):
 
     def _fit_refine(
         self, sample: retraining.Sample, alive: np.ndarray, upto: int, vecs: vector_rows.VectorRows,
-        index: faiss.Index, chosen: index_params.IndexParams, floor: float,
+        index: faiss.Index, chosen: index_params.IndexParams, floor: float, live: bool = False,
     ) -> index_params.IndexParams:
         """`chosen` with the re-ranking depths fitted on the sample (shard_server/refine_fit.py) at its default
-        nprobe; the one-shard depth keeps the sample's recall at `floor` (the current index's) where it can."""
+        nprobe; the one-shard depth keeps the sample's recall at `floor` (the current index's) where it can. `live`:
+        `index` is the collection's own, searched under the lock like any search (a shadow needs none)."""
         deepest = replace(chosen, refine_factor=refine_fit.LADDER[-1], refine_by_shards=())
-        found = ann.ivf_candidates(index, deepest, sample.queries, retraining.RECALL_K + 1)
+        with self._lock if live else contextlib.nullcontext():
+            found = ann.ivf_candidates(index, deepest, sample.queries, retraining.RECALL_K + 1)
         labels, valid, safe = ann.resolved([found], alive[:upto])
         valid &= labels != sample.labels[:, None]  # the sample's own items are held out
         scores = self._exact_scores(sample.queries, safe, vecs)
@@ -209,9 +213,17 @@ class Training(Columns):
             if self._ivf is None:
                 return 0.0
             upto, vecs, version = self._next, self._vecs, self._retrain.index_version
+            index, chosen, size = self._ivf, self._params, int(self._ivf.ntotal)
             alive = self._alive[:upto].copy()
         labels = np.flatnonzero(alive).astype(np.int64)
         sample = retraining.draw_sample(vecs, labels, self.metric, self._scorer(vecs), seed=upto)
+        refitted = chosen
+        if sample is not None and chosen is not None and chosen.refine_by_shards:  # the depths follow the data
+            refitted = self._fit_refine(sample, alive, upto, vecs, index, chosen, 0.0, live=True)
+        with self._lock:
+            if self._ivf is index and self._params is chosen:  # not retrained meanwhile (a retrain fits its own)
+                self._params = refitted
+                self._retrain.fit_size = size  # also when there was nothing to fit on: the growth is seen
         value = self._sample_recall(sample, vecs, alive, upto) if sample is not None else 0.0
         with self._lock:
             if sample is None:
@@ -219,6 +231,13 @@ class Training(Columns):
             else:
                 self._retrain.measured(value, version)
         return value
+
+    def _refit_due(self) -> bool:
+        """Whether the index grew REFIT_GROWTH times since its depths were fitted (absorbed writes: each shard's
+        candidates for a query are drawn from more items, so it may need a deeper list). O(1)."""
+        chosen, index = self._params, self._ivf
+        return bool(chosen is not None and chosen.refine_by_shards and index is not None
+                    and index.ntotal >= refine_fit.REFIT_GROWTH * max(1, self._retrain.fit_size))
 
     def ask_retrain(self, force: bool) -> bool:
         """Asks the maintenance thread for a retrain where one is due (any time with `force`). False: none asked

@@ -109,3 +109,22 @@ def test_a_fitted_depth_survives_a_snapshot() -> None:
     again = collection(64, 3_000)
     again.import_state(coll.export_state())
     assert again._params == coll._params
+
+
+def test_the_depths_are_fitted_again_as_the_index_grows() -> None:
+    """Trained on a few thousand items, the shard then absorbs as many again (short of a retrain's 4x): the next
+    maintenance round refits the depths on the grown index (with its recall estimate), without a retrain."""
+    data = embedding_like(8_000, 64, seed=4, clusters=20, intrinsic=16)
+    coll = collection(64, 4_000)
+    ids = [str(i) for i in range(len(data))]
+    coll.upsert(ids[:4_000], data[:4_000])
+    coll.maintain()
+    trained, first = coll._retrain.trained_upto, coll._params
+    assert first.refine_by_shards and coll._retrain.fit_size == 4_000
+    coll.upsert(ids[4_000:], data[4_000:])
+    coll.absorb()
+    assert coll.pending_work() == "measure"  # twice the codes it was fitted on
+    coll.maintain()
+    assert coll.pending_work() is None and coll._retrain.fit_size == 8_000
+    assert coll._retrain.trained_upto == trained and coll._params.nlist == first.nlist  # not retrained
+    assert coll._params.refine_by_shards and coll.retrain_status().estimated_recall > 0.9
