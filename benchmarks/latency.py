@@ -46,7 +46,7 @@ from shardsearch import (
 )
 from shardsearch.tools.datasets import embedding_like, exact_neighbours  # noqa: E402
 from shardsearch.tools.local import LocalCluster  # noqa: E402
-from shardsearch.v1 import search_pb2, search_pb2_grpc  # noqa: E402
+from shardsearch.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc  # noqa: E402
 
 DIM = 384
 COLLECTION = "bench"  # throughput.h2load searches this collection
@@ -279,7 +279,24 @@ def load(address: str, base: np.ndarray) -> float:
         while not all(s.trained and not s.training for s in stub.DescribeCollection(
                 search_pb2.DescribeCollectionRequest(name=COLLECTION), timeout=30).shards):
             time.sleep(0.5)
+        settle(channel)
     return time.perf_counter() - started
+
+
+def settle(channel: grpc.Channel) -> None:
+    """Waits until every shard serves the index a long-running cluster would: the first index is trained on the
+    train_threshold vectors a shard held then, and a shard that grew 4x past it retrains; asks for those retrains
+    now and waits for them, for the buffer to be absorbed and for the maintenance that follows (the depth refit)."""
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    search = search_pb2_grpc.SearchServiceStub(channel)
+    admin.Retrain(admin_pb2.RetrainRequest(collection=COLLECTION), timeout=60)  # only where one is due
+    idle = admin_pb2.RetrainStatus.STATE_IDLE
+    while True:
+        time.sleep(2.0)  # a maintenance tick or two: absorbs and refits run between them
+        status = admin.GetRetrainStatus(admin_pb2.GetRetrainStatusRequest(collection=COLLECTION), timeout=30)
+        info = search.DescribeCollection(search_pb2.DescribeCollectionRequest(name=COLLECTION), timeout=30)
+        if all(s.status.state == idle for s in status.shards) and not any(s.buffered_vectors for s in info.shards):
+            return
 
 
 def scrape(port: int) -> dict[str, float]:
