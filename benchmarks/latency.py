@@ -467,6 +467,10 @@ def report(results: dict[str, Any], command: str) -> str:
         "StreamSearch: one stream, 64 queries in flight; StreamSearch, 100 a message: one stream, 4 messages of 100 "
         "queries (SearchRequest.vectors_f32) in flight.", "",
         *rows, "", "Ratios (same run):", "", *ratios, "",
+        "Each cluster's shards (DescribeCollection), retrained on all they hold before the run; raw FAISS at the "
+        "shallowest refine reaching the target at its nprobe:", "",
+        *(f"- {c['shards']} shard(s): " + "; ".join(f"`{d}`" for d in sorted(set(c.get("index", [])))) for c in
+          results["clusters"]), "",
         "Where one query's time goes (the servers' own histograms over the seq run; shard: shard-0):", "",
         *stage_rows, "",
         f"CPU per answered query over the conc 8 run (2 cores: {m['cores'] * 1000} ms of CPU per second in all):", "",

@@ -54,7 +54,7 @@ class ShardQueries:
         if request.explain:
             return await self._explained(coll, request, queries, flt, timeout)
         # Only searches with the same filter share a FAISS call: the key holds its canonical bytes.
-        key = (coll, request.nprobe, max(request.shards, 1), request.include_payload, request.include_fields,
+        key = (coll, request.nprobe, shards_reached(request), request.include_payload, request.include_fields,
                flt.SerializeToString(deterministic=True) if flt is not None else b"")
         self._inline.arrival(busy=bool(self._batcher.waiting or self._batcher.in_flight))
         return await self._batcher.submit(key, (queries, request.k, flt), queries.shape[0], timeout)
@@ -89,7 +89,7 @@ class ShardQueries:
         def run() -> tuple[shard_pb2.ShardSearchResponse, float, float]:
             started = time.perf_counter()
             (response,) = search_batch(coll, [(queries, request.k, flt)], request.nprobe, request.include_payload,
-                                        request.include_fields, explain=stats, shards=max(request.shards, 1))
+                                        request.include_fields, explain=stats, shards=shards_reached(request))
             if isinstance(response, BaseException):
                 raise response
             return response, started - submitted, time.perf_counter() - started
@@ -136,3 +136,8 @@ class ShardQueries:
         if rows:
             self._inline.record(coll, rows, time.thread_time() - started)
         return responses
+
+
+def shards_reached(request: shard_pb2.ShardSearchRequest) -> int:
+    """How many shards the search reached (an older coordinator's `shards`, sent with --refine-share, counts)."""
+    return max(request.shards_searched or request.shards, 1)

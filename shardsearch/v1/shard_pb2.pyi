@@ -125,7 +125,7 @@ class ShardGetResponse(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., fields: _Optional[_Iterable[_Union[_search_pb2.Fields, _Mapping]]] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries_f32", "n", "k", "nprobe", "include_payload", "filter", "include_fields", "topology_version", "explain", "shards")
+    __slots__ = ("collection", "queries_f32", "n", "k", "nprobe", "include_payload", "filter", "include_fields", "topology_version", "explain", "shards", "shards_searched")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_F32_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class ShardSearchRequest(_message.Message):
     TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_SEARCHED_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries_f32: bytes
     n: int
@@ -148,7 +149,8 @@ class ShardSearchRequest(_message.Message):
     topology_version: int
     explain: bool
     shards: int
-    def __init__(self, collection: _Optional[str] = ..., queries_f32: _Optional[bytes] = ..., n: _Optional[int] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., include_payload: _Optional[bool] = ..., filter: _Optional[_Union[_search_pb2.Filter, _Mapping]] = ..., include_fields: _Optional[bool] = ..., topology_version: _Optional[int] = ..., explain: _Optional[bool] = ..., shards: _Optional[int] = ...) -> None: ...
+    shards_searched: int
+    def __init__(self, collection: _Optional[str] = ..., queries_f32: _Optional[bytes] = ..., n: _Optional[int] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., include_payload: _Optional[bool] = ..., filter: _Optional[_Union[_search_pb2.Filter, _Mapping]] = ..., include_fields: _Optional[bool] = ..., topology_version: _Optional[int] = ..., explain: _Optional[bool] = ..., shards: _Optional[int] = ..., shards_searched: _Optional[int] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
     __slots__ = ("n", "k", "ids", "scores_f32", "payloads", "fields", "explain")

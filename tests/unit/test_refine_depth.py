@@ -128,3 +128,13 @@ def test_the_depths_are_fitted_again_as_the_index_grows() -> None:
     assert coll.pending_work() is None and coll._retrain.fit_size == 8_000
     assert coll._retrain.trained_upto == trained and coll._params.nlist == first.nlist  # not retrained
     assert coll._params.refine_by_shards and coll.retrain_status().estimated_recall > 0.9
+
+
+def test_the_shard_count_comes_from_shards_searched_or_an_older_coordinators_shards() -> None:
+    from shardsearch.shard_server.queries import shards_reached as searched
+    from shardsearch.v1 import shard_pb2
+
+    assert searched(shard_pb2.ShardSearchRequest()) == 1
+    assert searched(shard_pb2.ShardSearchRequest(shards_searched=4)) == 4
+    assert searched(shard_pb2.ShardSearchRequest(shards=3)) == 3  # sent with --refine-share before shards_searched
+    assert searched(shard_pb2.ShardSearchRequest(shards=3, shards_searched=8)) == 8
