@@ -248,6 +248,11 @@ class Router:
         """Every shard of the layout (both rings during a move)."""
         return [self._pool.by_name[name] for name in self.layout.search_names()]
 
+    def spread(self) -> int:
+        """Over how many shards a collection's items are spread, at the fewest: during a move the smaller of the two
+        rings (a shard there may still hold 1 / that of them), which sets a fitted re-ranking depth."""
+        return min(len(ring.shards) for ring in self.layout.write_rings())
+
     def list_shards(self) -> list[Shard]:
         """The shards that hold every id exactly once: the read ring's."""
         return [self._pool.by_name[name] for name in self.layout.read_ring().shards]

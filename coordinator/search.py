@@ -176,7 +176,7 @@ class Searcher:
             nonlocal dedupe
             request.topology_version = self._router.version
             shards = self._router.search_shards()
-            request.shards_searched = len(shards)  # a shard's fitted re-ranking depth follows it (refine_fit)
+            request.shards_searched = self._router.spread()  # a shard's fitted re-ranking depth follows it
             dedupe = len(shards) > 1 and self._router.dedupe  # while shards move, an id may be on two of them
             return await self._pool.fan_out("Search", [(shard, request) for shard in shards], timeout)
 

@@ -21,8 +21,8 @@ MAX_FILTER_PROBE_BOOST = 16.0  # a filter matching a fraction f of the items pro
 def depth(chosen: index_params.IndexParams, k: int, shards: int = 1) -> int:
     """PQ candidates one shard re-ranks per query when a search reaches `shards` shards: k x the factor fitted for
     that many shards (shard_server/refine_fit.py), or k x the collection's refine_factor when none was fitted. A
-    fitted depth is at least min(k x 20, 20): the fit is made for k = 10, and a search for one or two neighbours
-    keeps the candidates an unfitted index gives it."""
+    fitted depth is at least min(k x 20, 20) candidates: the fit is made for k = 10, and a search for one neighbour
+    keeps the 20 an unfitted index gives it (explain's refine_factor is then the fitted one, not depth / k)."""
     fitted = refine_fit.factor(chosen, shards)
     if not chosen.refine_by_shards:
         return k * fitted

@@ -32,10 +32,10 @@ LADDER = (2, 3, 4, 6, 8, 12, 16, index_params.DEFAULT_REFINE_FACTOR)
 SHARD_COUNTS = (1, 2, 4, 8, 16, 32)
 """Shard counts a depth is fitted for; a search reaching S shards uses the largest of them <= S."""
 TOLERANCE = 0.005
+"""Recall@10 a fitted depth may lose on the sample against the deepest rung: about the sample's standard error."""
 REFIT_GROWTH = 1.5
 """The depths are fitted again (with the next recall estimate) once the index holds this many times the codes it
 held at the last fit: at most three refits between retrains, which come at 4x growth."""
-"""Recall@10 a fitted depth may lose on the sample against the deepest rung: about the sample's standard error."""
 
 
 def weights(shards: int) -> np.ndarray:
@@ -72,7 +72,8 @@ def fit(
     width = labels.shape[1]
     factors, estimates = [], {}
     for shards in SHARD_COUNTS:
-        row = [merged_recall(within[:, min(width, (RECALL_K + 1) * r) - 1, :], shards) for r in LADDER]
+        # a search for k re-ranks k x r candidates: RECALL_K x r others, plus the query's own item, held out here
+        row = [merged_recall(within[:, min(width, RECALL_K * r + 1) - 1, :], shards) for r in LADDER]
         need = row[-1] - TOLERANCE
         if shards == 1:
             need = max(need, min(floor_one_shard, row[-1]))

@@ -106,7 +106,8 @@ class SnapshotState(Columns):
                 # Writes since training are not in snapshots: taken as the growth since (exact without overwrites).
                 self._retrain.trained_upto = upto - max(0, len(labels) - trained_on)
                 self._retrain.changed(self._ivf)
-                self._retrain.fit_size = int(self._ivf.ntotal)  # fitted at or before this size: refit from here
+                # fitted at or before this size: refit from here; never fitted (an older snapshot): fit once now
+                self._retrain.fit_size = int(self._ivf.ntotal) if fitted else 0
 
 
 def _pack_strings(name: str, items: list[bytes]) -> dict[str, np.ndarray]:

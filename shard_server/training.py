@@ -168,6 +168,8 @@ class Training(Columns):
         `index` is the collection's own, searched under the lock like any search (a shadow needs none)."""
         deepest = replace(chosen, refine_factor=refine_fit.LADDER[-1], refine_by_shards=())
         with self._lock if live else contextlib.nullcontext():
+            if index.ntotal == 0:  # every code compacted away: nothing to fit on until writes are absorbed
+                return chosen
             found = ann.ivf_candidates(index, deepest, sample.queries, retraining.RECALL_K + 1)
         labels, valid, safe = ann.resolved([found], alive[:upto])
         valid &= labels != sample.labels[:, None]  # the sample's own items are held out
@@ -214,16 +216,18 @@ class Training(Columns):
                 return 0.0
             upto, vecs, version = self._next, self._vecs, self._retrain.index_version
             index, chosen, size = self._ivf, self._params, int(self._ivf.ntotal)
+            refit = self._refit_due()
             alive = self._alive[:upto].copy()
         labels = np.flatnonzero(alive).astype(np.int64)
         sample = retraining.draw_sample(vecs, labels, self.metric, self._scorer(vecs), seed=upto)
-        refitted = chosen
-        if sample is not None and chosen is not None and chosen.refine_by_shards:  # the depths follow the data
-            refitted = self._fit_refine(sample, alive, upto, vecs, index, chosen, 0.0, live=True)
-        with self._lock:
-            if self._ivf is index and self._params is chosen:  # not retrained meanwhile (a retrain fits its own)
-                self._params = refitted
-                self._retrain.fit_size = size  # also when there was nothing to fit on: the growth is seen
+        if refit:  # the index grew since its depths were fitted: they follow the data
+            refitted = chosen
+            if sample is not None and chosen is not None:
+                refitted = self._fit_refine(sample, alive, upto, vecs, index, chosen, 0.0, live=True)
+            with self._lock:
+                if self._ivf is index and self._params is chosen:  # not retrained meanwhile (a retrain fits its own)
+                    self._params = refitted
+                    self._retrain.fit_size = size  # also when there was nothing to fit on: the growth is seen
         value = self._sample_recall(sample, vecs, alive, upto) if sample is not None else 0.0
         with self._lock:
             if sample is None:
@@ -233,11 +237,12 @@ class Training(Columns):
         return value
 
     def _refit_due(self) -> bool:
-        """Whether the index grew REFIT_GROWTH times since its depths were fitted (absorbed writes: each shard's
-        candidates for a query are drawn from more items, so it may need a deeper list). O(1)."""
-        chosen, index = self._params, self._ivf
-        return bool(chosen is not None and chosen.refine_by_shards and index is not None
-                    and index.ntotal >= refine_fit.REFIT_GROWTH * max(1, self._retrain.fit_size))
+        """Whether a collection that leaves refine_factor unset should fit its depths again: its index grew
+        REFIT_GROWTH times since they were fitted (absorbed writes: each shard's candidates for a query are drawn
+        from more items, so it may need a deeper list), or they never were (an index from before fitted depths
+        existed: fit_size 0). O(1)."""
+        return bool(self._params is not None and self._ivf is not None and not self.spec.index.refine_factor
+                    and self._ivf.ntotal >= refine_fit.REFIT_GROWTH * max(1, self._retrain.fit_size))
 
     def ask_retrain(self, force: bool) -> bool:
         """Asks the maintenance thread for a retrain where one is due (any time with `force`). False: none asked

@@ -138,3 +138,22 @@ def test_the_shard_count_comes_from_shards_searched_or_an_older_coordinators_sha
     assert searched(shard_pb2.ShardSearchRequest(shards_searched=4)) == 4
     assert searched(shard_pb2.ShardSearchRequest(shards=3)) == 3  # sent with --refine-share before shards_searched
     assert searched(shard_pb2.ShardSearchRequest(shards=3, shards_searched=8)) == 8
+
+
+def test_a_recall_check_without_growth_keeps_the_depths_and_an_unfitted_snapshot_is_fitted_once() -> None:
+    data = embedding_like(6_000, 64, seed=6, clusters=20, intrinsic=16)
+    coll = collection(64, 3_000)
+    coll.upsert([str(i) for i in range(len(data))], data)
+    coll.maintain()
+    fitted = coll._params
+    assert fitted.refine_by_shards and coll.pending_work() is None
+    coll.measure_recall()  # what RetrainStatus(measure=true) runs: a fresh sample, the same depths
+    assert coll._params is fitted
+
+    state = coll.export_state()
+    del state["refine_by_shards"]  # a snapshot written before fitted depths existed
+    older = collection(64, 3_000)
+    older.import_state(state)
+    assert older._params.refine_by_shards == () and older.pending_work() == "measure"
+    older.maintain()
+    assert older._params.refine_by_shards and older.pending_work() is None

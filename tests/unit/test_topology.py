@@ -475,3 +475,17 @@ def test_list_ids_with_a_selection_lists_only_the_selected_ids_in_hash_order() -
     assert sorted(listed) == sorted(i for i, o in zip(ids, owners) if ring.shards[o] == "b")
     hashes = id_hashes(listed).tolist()
     assert hashes == sorted(hashes) and len(set(listed)) == len(listed)
+
+
+def test_a_search_during_a_move_is_told_the_smaller_rings_shard_count() -> None:
+    """The shards' fitted re-ranking depth follows the count the coordinator sends (Router.spread): during a move
+    it is the smaller ring's, where a shard may still hold 1 / that of the items (not the 5 or 4+3 searched)."""
+    from types import SimpleNamespace
+
+    from shardsearch.coordinator.router import Router
+
+    still = Layout.of(admin_pb2.Topology(version=3, shards=specs(FOUR)))
+    cases = [(still, 4), (adding(COPYING), 4), (adding(SWITCHED), 4), (removing(COPYING), 3)]
+    for layout, spread in cases:
+        assert Router.spread(SimpleNamespace(layout=layout)) == spread  # type: ignore[arg-type]
+        assert len(layout.search_names()) >= spread
