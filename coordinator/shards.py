@@ -182,9 +182,10 @@ class ShardPool:
                 try:
                     response = await replica.stream.search(request, timeout)
                 except StreamFailed as failed:
-                    if replica.stream.supported:
+                    if replica.stream.supported and not failed.status_lost:
                         return self._failed(replica, failed.code, from_status(failed.code, failed.details, where(replica)))
-                    response = await self._unary(replica, method, request, timeout)  # an older shard: unary from now
+                    # an older shard (unary for a while), or a stream whose status grpc.aio lost: a unary call tells
+                    response = await self._unary(replica, method, request, timeout - (time.perf_counter() - start))
             else:
                 response = await self._unary(replica, method, request, timeout)
             replica.avoid_until = 0.0

@@ -8,7 +8,12 @@ deadline (sent in the message and enforced here), request id, status code and me
 The stream is opened on the first search and again after it fails; a failure of the stream fails the searches in
 flight on it with its status (UNAVAILABLE when the replica went away), so fail-over and hedging see what a unary
 call would have shown. A replica that does not know SearchStream (UNIMPLEMENTED: an older shard during a rolling
-upgrade) is searched with unary calls from then on.
+upgrade) is searched with unary calls, and offered a stream again a minute later (it may have been upgraded).
+
+grpc.aio can lose a stream's status: when a write meets a call the server has already ended, it overwrites the
+status with INTERNAL "Internal error from Core", and the reader may see that in place of the server's UNIMPLEMENTED.
+A stream that ends so before it answered anything raises StreamFailed with `status_lost`: the caller asks again with
+a unary call, whose status is never lost (an older shard answers it; a dead one fails it as UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -29,32 +35,44 @@ logger = logging.getLogger(__name__)
 class StreamFailed(Exception):
     """A search over the stream ended with a status other than OK (the search's own, or the stream's)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, status_lost: bool = False) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.status_lost = status_lost
+        """The stream ended under a write before answering anything, and grpc.aio replaced its status: ask with a
+        unary call to learn it."""
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 CORE_WRITE_ERROR = "Internal error from Core"  # grpc.aio's status for a call that ended while a write was under way
+UNARY_FOR_S = 60.0  # how long a replica that answered UNIMPLEMENTED is searched with unary calls before a new stream
+
+Answer = asyncio.Future["shard_pb2.ShardSearchStreamResponse | StreamFailed"]
 
 
 class SearchStream:
-    def __init__(self, stub: shard_pb2_grpc.ShardServiceStub) -> None:
+    def __init__(self, stub: shard_pb2_grpc.ShardServiceStub, unary_for_s: float = UNARY_FOR_S) -> None:
         self._stub = stub
         self._call: Any = None
+        self._answered = False  # the current call has delivered a reply
         self._reader: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[shard_pb2.ShardSearchStreamResponse]] = {}
+        self._pending: dict[int, Answer] = {}
         self._tags = itertools.count(1)
         self._write = asyncio.Lock()  # grpc.aio allows one write at a time on a call
-        self.supported = True
-        """False once the replica answered UNIMPLEMENTED: use unary Search."""
+        self._unary_for_s = unary_for_s
+        self._unary_until = 0.0
+
+    @property
+    def supported(self) -> bool:
+        """False for a while after the replica answered UNIMPLEMENTED: use unary Search."""
+        return time.monotonic() >= self._unary_until
 
     async def search(self, request: shard_pb2.ShardSearchRequest, timeout: float) -> shard_pb2.ShardSearchResponse:
         """The replica's answer, or StreamFailed with the status a unary Search would have ended with."""
         loop = asyncio.get_running_loop()
         tag = next(self._tags)
-        answer: asyncio.Future[shard_pb2.ShardSearchStreamResponse] = loop.create_future()
+        answer: Answer = loop.create_future()
         self._pending[tag] = answer
         expire = loop.call_later(max(timeout, 0.001), _expire, answer)
         try:
@@ -69,13 +87,18 @@ class SearchStream:
                     # A write fails only once the call is over, with INTERNAL "Internal error from Core" whatever
                     # ended it (the shard went away, mostly: UNAVAILABLE), unless the call's status is UNIMPLEMENTED
                     # (an older shard): that must be seen even when it arrives before the reader reports it.
-                    if await _final_code(call) == grpc.StatusCode.UNIMPLEMENTED:
-                        self._failed(call, grpc.StatusCode.UNIMPLEMENTED, "SearchStream is not implemented")
+                    code, details = await _final_status(call)
+                    if code == grpc.StatusCode.UNIMPLEMENTED:
+                        self._failed(call, code, "SearchStream is not implemented")
+                    elif code == grpc.StatusCode.INTERNAL and details == CORE_WRITE_ERROR:
+                        self._failed(call, code, details)  # the status is lost
                     self._failed(call, grpc.StatusCode.UNAVAILABLE, "the search stream to the shard broke")
             reply = await answer
         finally:
             expire.cancel()
             self._pending.pop(tag, None)
+        if isinstance(reply, StreamFailed):
+            raise reply
         if reply.code:
             raise StreamFailed(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message)
         return reply.response
@@ -83,12 +106,15 @@ class SearchStream:
     def _open(self) -> Any:
         if self._call is None:
             self._call = self._stub.SearchStream()
+            self._answered = False
             self._reader = asyncio.create_task(self._read(self._call), name="shard search stream reader")
         return self._call
 
     async def _read(self, call: Any) -> None:
         try:
             async for reply in call:
+                if call is self._call:
+                    self._answered = True
                 answer = self._pending.get(reply.tag)
                 if answer is not None and not answer.done():
                     answer.set_result(reply)
@@ -104,15 +130,18 @@ class SearchStream:
         if self._call is not call:
             return
         self._call = None
-        if code == grpc.StatusCode.OK or (code == grpc.StatusCode.INTERNAL and details == CORE_WRITE_ERROR):
-            code = grpc.StatusCode.UNAVAILABLE  # the call ended under a write: the shard went away
+        lost = code == grpc.StatusCode.INTERNAL and details == CORE_WRITE_ERROR
+        if code == grpc.StatusCode.OK or lost:
+            code = grpc.StatusCode.UNAVAILABLE  # the call ended under a write: the shard went away, mostly
+            details = "the search stream to the shard broke" if lost else details
         details = details or code.name
         if code == grpc.StatusCode.UNIMPLEMENTED:
-            self.supported = False
+            self._unary_until = time.monotonic() + self._unary_for_s
             logger.info("this shard does not know SearchStream: searching it with unary calls")
+        failure = StreamFailed(code, details, status_lost=lost and not self._answered)
         for answer in list(self._pending.values()):
             if not answer.done():
-                answer.set_result(shard_pb2.ShardSearchStreamResponse(code=code.value[0], message=details))
+                answer.set_result(failure)
         call.cancel()
 
     async def close(self) -> None:
@@ -125,14 +154,14 @@ class SearchStream:
             await asyncio.gather(reader, return_exceptions=True)
 
 
-async def _final_code(call: Any) -> grpc.StatusCode | None:
+async def _final_status(call: Any) -> tuple[grpc.StatusCode | None, str]:
     try:
-        return await asyncio.wait_for(call.code(), 1.0)
+        return await asyncio.wait_for(call.code(), 1.0), await call.details()
     except (asyncio.TimeoutError, grpc.aio.AioRpcError):
-        return None
+        return None, ""
 
 
-def _expire(answer: asyncio.Future[shard_pb2.ShardSearchStreamResponse]) -> None:
+def _expire(answer: Answer) -> None:
     if not answer.done():
         answer.set_result(shard_pb2.ShardSearchStreamResponse(
             code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0], message="Deadline Exceeded"))

@@ -5,6 +5,7 @@ does not know the stream (an older version during a rolling upgrade)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from shardsearch import codec
 from shardsearch.coordinator.shards import ShardMetrics, ShardPool
-from shardsearch.coordinator.streams import SearchStream, StreamFailed
+from shardsearch.coordinator.streams import CORE_WRITE_ERROR, SearchStream, StreamFailed
 from shardsearch.tools.local import LocalCluster
 from shardsearch.v1 import search_pb2, shard_pb2, shard_pb2_grpc
 from tests.integration.conftest import create, upsert, wait_until
@@ -148,25 +149,91 @@ asyncio.run(main())
 '''
 
 
-async def test_a_shard_without_search_stream_is_searched_with_unary_calls() -> None:
+
+
+
+class _CallThatLostItsStatus:
+    """What grpc.aio leaves when a write meets a call the server had already ended (an older shard's UNIMPLEMENTED):
+    the write fails and the call's status reads INTERNAL "Internal error from Core", for the reader as well."""
+
+    def __init__(self) -> None:
+        self.lost = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                         details=CORE_WRITE_ERROR)
+
+    async def write(self, message: object) -> None:
+        raise asyncio.InvalidStateError("RPC already finished.")
+
+    def __aiter__(self) -> "_CallThatLostItsStatus":
+        return self
+
+    async def __anext__(self) -> object:
+        raise self.lost
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.INTERNAL
+
+    async def details(self) -> str:
+        return CORE_WRITE_ERROR
+
+    def cancel(self) -> bool:
+        return True
+
+
+class _StubWhoseStreamLosesItsStatus:
+    def SearchStream(self) -> _CallThatLostItsStatus:  # noqa: N802 (the stub's method name)
+        return _CallThatLostItsStatus()
+
+
+@contextlib.contextmanager
+def old_shard() -> Iterator[str]:
     port_file = Path(tempfile.mkdtemp()) / "port.json"
     proc = subprocess.Popen([sys.executable, "-c", OLD_SHARD, str(port_file)])
-    pool = None
     try:
         wait_until(port_file.exists, "the old-version shard to start")
-        address = f"127.0.0.1:{json.loads(port_file.read_text())['grpc']}"
-        pool = ShardPool([("shard-0", [address])], ShardMetrics(CollectorRegistry()))
-        vector = np.zeros((1, DIM), np.float32)
-        for _ in range(3):
-            outcome = await pool.call(pool.shards[0], "Search", request(vector, k=2), 10)
-            assert outcome.ok and list(outcome.response.ids) == ["old", "old"], outcome.error
-        stream = pool.shards[0].replicas[0].stream
-        assert stream is not None and not stream.supported
+        yield f"127.0.0.1:{json.loads(port_file.read_text())['grpc']}"
     finally:
-        if pool is not None:
-            await pool.close()
         proc.terminate()
         proc.wait(10)
+
+
+async def test_a_shard_without_search_stream_is_searched_with_unary_calls() -> None:
+    with old_shard() as address:
+        pool = ShardPool([("shard-0", [address])], ShardMetrics(CollectorRegistry()))
+        try:
+            vector = np.zeros((1, DIM), np.float32)
+            for _ in range(3):
+                outcome = await pool.call(pool.shards[0], "Search", request(vector, k=2), 10)
+                assert outcome.ok and list(outcome.response.ids) == ["old", "old"], outcome.error
+            stream = pool.shards[0].replicas[0].stream
+            assert stream is not None and not stream.supported
+        finally:
+            await pool.close()
+
+async def test_a_stream_whose_status_grpc_lost_is_answered_by_a_unary_call() -> None:
+    with old_shard() as address:
+        pool = ShardPool([("shard-0", [address])], ShardMetrics(CollectorRegistry()))
+        try:
+            replica = pool.shards[0].replicas[0]
+            replica.stream = SearchStream(_StubWhoseStreamLosesItsStatus())  # type: ignore[arg-type]
+            outcome = await pool.call(pool.shards[0], "Search", request(np.zeros((1, DIM), np.float32), k=2), 10)
+            assert outcome.ok and list(outcome.response.ids) == ["old", "old"], outcome.error
+        finally:
+            await pool.close()
+
+
+async def test_a_shard_that_did_not_know_search_stream_is_offered_one_again_later() -> None:
+    with old_shard() as address:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stream = SearchStream(shard_pb2_grpc.ShardServiceStub(channel), unary_for_s=0.3)
+            with pytest.raises(StreamFailed) as failed:
+                await stream.search(request(np.zeros((1, DIM), np.float32)), 10)
+            if failed.value.status_lost:  # the race above: the status is unknown, nothing is decided
+                assert stream.supported
+            else:
+                assert failed.value.code == grpc.StatusCode.UNIMPLEMENTED and not stream.supported
+                await asyncio.sleep(0.4)
+                assert stream.supported  # a rolling upgrade may have replaced the shard meanwhile
+            await stream.close()
 
 
 def test_the_coordinator_searches_with_unary_calls_when_streams_are_off() -> None:
