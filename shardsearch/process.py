@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
+from pathlib import Path
 
 DIE_WITH_PARENT_ENV = "SHARDSEARCH_DIE_WITH_PARENT"
 _PR_SET_PDEATHSIG = 1
@@ -43,8 +45,40 @@ if __name__ == "__main__":
     exec_with_parent_death(sys.argv[1:])
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on `host` now (a child binds it next; tests and the local launcher)."""
+    """A port free on `host` now, for a child to bind next (tests and the local launcher).
+
+    Taken below the kernel's ephemeral range when there is room: a port from that range (what bind to port 0
+    gives) can be taken meanwhile as the source port of any outgoing connection or by another bind to 0, and the
+    child then fails with "Address already in use" (seen in CI: replicas start on ports picked up front, while their
+    peers already connect out). Below the range only an explicit bind can take it. Not handed out twice by one
+    process."""
+    low, _ = _ephemeral_range()
+    candidates = [random.randrange(_FIRST_FIXED_PORT, low) for _ in range(64)] if low > _FIRST_FIXED_PORT + 1000 else []
+    for port in candidates:
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+_FIRST_FIXED_PORT = 20000  # well clear of the registered services below it that a machine may run
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
