@@ -73,6 +73,7 @@ class SearchPath(Columns):
         search reached, which sets this one's share of the re-ranking depth (`ann.depth`).
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        ann.prefer_blas_from(queries.shape[1])
         if flt is not None and flt.WhichOneof("kind") is not None:
             return self._search_filtered(queries, k, nprobe, flt, explain, shards)
         with self._lock:
@@ -87,6 +88,7 @@ class SearchPath(Columns):
         """`search` without a filter, or None at once if a write or maintenance holds the collection (for a caller
         on an event loop, which must not wait for the lock)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        ann.prefer_blas_from(queries.shape[1])
         if not self._lock.acquire(blocking=False):
             return None
         try:

@@ -174,3 +174,21 @@ def test_overwrites_below_the_training_threshold_are_reclaimed_by_relabelling() 
     assert sorted(coll.ids_for(coll.search(vectors[:1], 2).labels)) == ["id0", "new"]  # same vector
     with pytest.raises(Exception, match="relabelled"):
         coll.export_chunk(-1, 10, generation=0)
+
+
+def test_a_batch_on_blas_finds_what_each_query_finds_alone(rng: np.random.Generator) -> None:
+    """FAISS scores the coarse quantizer with BLAS from ann.BLAS_FROM_QUERIES queries a call and with its own loop
+    below: a batch and its queries one by one take different paths and must still find the same items."""
+    import faiss
+
+    from shardsearch.shard_server import ann
+
+    coll = make(dim=64, metric=search_pb2.METRIC_INNER_PRODUCT, threshold=2_000)
+    x = rng.standard_normal((4_000, 64)).astype(np.float32)
+    coll.upsert([str(i) for i in range(4_000)], x)
+    coll.maintain()
+    assert coll.info().trained
+    q = rng.standard_normal((3 * ann.BLAS_FROM_QUERIES, 64)).astype(np.float32)
+    batched = top_ids(coll, q)
+    assert faiss.cvar.distance_compute_blas_threshold == ann.BLAS_FROM_QUERIES * 64  # this batch went to BLAS
+    assert batched == [top_ids(coll, q[i : i + 1])[0] for i in range(len(q))]
