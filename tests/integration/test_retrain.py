@@ -67,7 +67,9 @@ def test_retrain_on_request_while_searching(cluster: LocalCluster, stubs) -> Non
     for entry in status.shards:
         assert not entry.error and entry.status.state == IDLE and entry.status.trained_on >= 2_000, entry
         assert entry.status.estimated_recall > 0.9 and not entry.status.due, entry
-        assert entry.status.last.reason.startswith("trained the first index"), entry
+        # The first index, or a retrain the shard started itself: on a slow machine the upserts go on while the
+        # first index trains on the 2,000 it had, and the shard grows past twice that before this check.
+        assert entry.status.last.reason.startswith(("trained the first index", "promoted", "kept")), entry
 
     errors: list[str] = []
     searches = 0
