@@ -46,6 +46,7 @@ class StreamFailed(Exception):
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 CORE_WRITE_ERROR = "Internal error from Core"  # grpc.aio's status for a call that ended while a write was under way
+BROKEN = "the search stream to the shard broke"
 UNARY_FOR_S = 60.0  # how long a replica that answered UNIMPLEMENTED is searched with unary calls before a new stream
 
 Answer = asyncio.Future["shard_pb2.ShardSearchStreamResponse | StreamFailed"]
@@ -89,10 +90,10 @@ class SearchStream:
                     # (an older shard): that must be seen even when it arrives before the reader reports it.
                     code, details = await _final_status(call)
                     if code == grpc.StatusCode.UNIMPLEMENTED:
-                        self._failed(call, code, "SearchStream is not implemented")
-                    elif code == grpc.StatusCode.INTERNAL and details == CORE_WRITE_ERROR:
-                        self._failed(call, code, details)  # the status is lost
-                    self._failed(call, grpc.StatusCode.UNAVAILABLE, "the search stream to the shard broke")
+                        details = "SearchStream is not implemented"
+                    elif not (code == grpc.StatusCode.INTERNAL and details == CORE_WRITE_ERROR):  # that one: lost
+                        code, details = grpc.StatusCode.UNAVAILABLE, BROKEN
+                    self._failed(call, code, details)
             reply = await answer
         finally:
             expire.cancel()
@@ -133,7 +134,7 @@ class SearchStream:
         lost = code == grpc.StatusCode.INTERNAL and details == CORE_WRITE_ERROR
         if code == grpc.StatusCode.OK or lost:
             code = grpc.StatusCode.UNAVAILABLE  # the call ended under a write: the shard went away, mostly
-            details = "the search stream to the shard broke" if lost else details
+            details = BROKEN if lost else details
         details = details or code.name
         if code == grpc.StatusCode.UNIMPLEMENTED:
             self._unary_until = time.monotonic() + self._unary_for_s

@@ -46,6 +46,7 @@ if __name__ == "__main__":
 
 
 _handed_out: set[int] = set()
+_FIRST_FIXED_PORT = 20000  # well clear of the registered services below it that a machine may run
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -71,9 +72,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-_FIRST_FIXED_PORT = 20000  # well clear of the registered services below it that a machine may run
 
 
 def _ephemeral_range() -> tuple[int, int]:
